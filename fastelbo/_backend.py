@@ -1,0 +1,104 @@
+"""The backend registry: which implementations exist, which one a call uses.
+
+A call's backend is, in order: its ``backend=`` argument, the innermost ``use_backend`` block of
+the calling thread, the process-wide ``set_backend`` choice, else "auto". "auto" picks the fastest
+fused backend available for the tensors' device and falls back to "reference".
+
+Each backend is a module exposing the same implementation functions (see
+``fastelbo/reference/ops.py``): they receive arguments already checked by ``fastelbo.functional``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+from types import ModuleType
+
+import torch
+
+NAMES = ("reference", "cpu", "triton", "cuda")
+CHOICES = ("auto",) + NAMES
+
+# Tried in this order by "auto" for each device type; "reference" closes every list.
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+
+_MODULES = {"reference": "fastelbo.reference.ops"}
+
+# Backends of the design that this version does not ship, with the reason backends() reports.
+_NOT_SHIPPED = {
+    "cpu": "not built: this version of fastelbo has no fused C++ CPU kernels yet",
+    "triton": "not built: this version of fastelbo has no fused Triton kernels yet",
+    "cuda": "not built: this version of fastelbo has no fused CUDA kernels yet",
+}
+
+_state = threading.local()
+_global_choice = "auto"
+
+
+def _check_name(name, argument: str) -> str:
+    if not isinstance(name, str) or name not in CHOICES:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, CHOICES))}; got {name!r}")
+    return name
+
+
+def _unavailable_reason(name: str) -> str | None:
+    if name in _NOT_SHIPPED:
+        return _NOT_SHIPPED[name]
+    return None
+
+
+def backends() -> dict[str, str]:
+    """{name: "available" | the reason it is not} for every backend of the design."""
+    return {name: _unavailable_reason(name) or "available" for name in NAMES}
+
+
+def _require_available(name: str) -> None:
+    reason = _unavailable_reason(name)
+    if reason is not None:
+        raise RuntimeError(f"fastelbo backend {name!r} is unavailable: {reason}")
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend ("auto", "reference", "cpu", "triton" or "cuda")."""
+    global _global_choice
+    _check_name(name, "backend")
+    if name != "auto":
+        _require_available(name)
+    _global_choice = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Use backend ``name`` for fastelbo calls made by this thread inside the block."""
+    _check_name(name, "backend")
+    if name != "auto":
+        _require_available(name)
+    stack = _state.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def current_backend() -> str:
+    """The backend name a call without ``backend=`` would ask for (possibly "auto")."""
+    stack = _state.__dict__.get("stack")
+    return stack[-1] if stack else _global_choice
+
+
+def resolve_name(backend: str | None, device: torch.device) -> str:
+    """The concrete backend for a call on tensors of ``device``."""
+    name = current_backend() if backend is None else _check_name(backend, "backend")
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, ()):
+            if _unavailable_reason(candidate) is None:
+                return candidate
+        return "reference"
+    _require_available(name)
+    return name
+
+
+def resolve(backend: str | None, device: torch.device) -> ModuleType:
+    """The implementation module for a call on tensors of ``device``."""
+    return importlib.import_module(_MODULES[resolve_name(backend, device)])

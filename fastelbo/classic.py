@@ -1,0 +1,33 @@
+"""Drop-in replacements for the two helpers of the classic VAE example code."""
+from __future__ import annotations
+
+import torch
+
+from . import _validate as V
+from .functional import bernoulli_log_prob, gaussian_kl, gaussian_latent
+from .module import REDUCTIONS, reduce
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) from the default generator."""
+    return gaussian_latent(mu, logvar).z
+
+
+def vae_loss(recon_logits, x, mu, logvar, *, beta=1.0, reduction="sum") -> torch.Tensor:
+    """-(log p(x|z) - beta KL(q || N(0, I))) with a Bernoulli likelihood on logits.
+
+    recon_logits: mu's batch dims, then the event dims summed over; x broadcasts against it.
+    reduction "sum" (the classic code's), "mean" (per data point) or "none".
+    """
+    V.tensor("mu", mu, min_dim=1)
+    V.tensor("recon_logits", recon_logits)
+    event_dims = recon_logits.dim() - (mu.dim() - 1)
+    if event_dims < 0 or recon_logits.shape[: mu.dim() - 1] != mu.shape[:-1]:
+        raise ValueError(
+            f"recon_logits must start with mu's batch dims {tuple(mu.shape[:-1])}; got {tuple(recon_logits.shape)}"
+        )
+    beta = V.real("beta", beta, minimum=0.0)
+    V.choice("reduction", reduction, REDUCTIONS)
+    log_lik = bernoulli_log_prob(recon_logits, x, event_dims=event_dims)
+    kl = gaussian_kl(mu, logvar)
+    return -reduce(log_lik - beta * kl, reduction)

@@ -1,0 +1,119 @@
+"""fe.ELBO: the whole VAE objective as a loss module."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import _validate as V
+from ._backend import CHOICES as BACKEND_CHOICES
+from ._backend import use_backend
+from ._types import ELBOOutput
+from .functional import (
+    ESTIMATORS,
+    KL_MODES,
+    PARAMS,
+    bernoulli_log_prob,
+    categorical_log_prob,
+    continuous_bernoulli_log_prob,
+    elbo,
+    gaussian_kl,
+    gaussian_latent,
+    gaussian_log_prob,
+)
+
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "categorical")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
+
+
+class ELBO(torch.nn.Module):
+    """loss = -(reduced objective) of a VAE with a diagonal Gaussian posterior.
+
+    forward(x, mu, scale, decoder): mu, scale (*batch, D) from the encoder; decoder(z) returns the
+    likelihood's parameters for z of shape (*batch, D), or (K, *batch, D) when n_samples=K > 1:
+    logits for "bernoulli", "continuous_bernoulli" and "categorical" (with a trailing class dim),
+    and for "gaussian" the mean or a pair (mean, logvar). x has mu's batch dims followed by the
+    event dims (for "categorical", integer class targets).
+
+    free_bits=lambda > 0 (with kl="analytic", estimator="elbo", reduction "mean" or "sum")
+    replaces the batch objective's KL term by sum_d max(lambda, mean over the batch of KL_d).
+    """
+
+    def __init__(self, likelihood="bernoulli", *, n_samples=1, kl="analytic", estimator="elbo",
+                 beta=1.0, free_bits=0.0, param="logvar", stl=False, reduction="mean", backend=None):
+        super().__init__()
+        self.likelihood = V.choice("likelihood", likelihood, LIKELIHOODS)
+        self.n_samples = V.integer("n_samples", n_samples, 1)
+        self.kl = V.choice("kl", kl, KL_MODES)
+        self.estimator = V.choice("estimator", estimator, ESTIMATORS)
+        self.beta = V.real("beta", beta, minimum=0.0)
+        self.free_bits = V.real("free_bits", free_bits, minimum=0.0)
+        self.param = V.choice("param", param, PARAMS)
+        self.stl = V.flag("stl", stl)
+        self.reduction = V.choice("reduction", reduction, REDUCTIONS)
+        self.backend = None if backend is None else V.choice("backend", backend, BACKEND_CHOICES)
+        if estimator != "elbo" and kl != "mc":
+            raise ValueError(f"kl must be 'mc' with estimator={estimator!r}; got kl={kl!r}")
+        if estimator != "elbo" and self.beta != 1.0:
+            raise ValueError(f"beta must be 1 with estimator={estimator!r}; got {self.beta}")
+        if self.free_bits > 0:
+            if kl != "analytic" or estimator != "elbo":
+                raise ValueError("free_bits needs kl='analytic' and estimator='elbo'")
+            if reduction == "none":
+                raise ValueError("free_bits is a batch objective: reduction must be 'mean' or 'sum'")
+
+    def extra_repr(self) -> str:
+        return (f"likelihood={self.likelihood!r}, n_samples={self.n_samples}, kl={self.kl!r}, "
+                f"estimator={self.estimator!r}, beta={self.beta}, free_bits={self.free_bits}, "
+                f"param={self.param!r}, stl={self.stl}, reduction={self.reduction!r}")
+
+    def forward(self, x, mu, scale, decoder) -> ELBOOutput:
+        if not callable(decoder):
+            raise TypeError(f"decoder must be callable (z -> likelihood parameters), got {type(decoder).__name__}")
+        context = use_backend(self.backend) if self.backend is not None else contextlib.nullcontext()
+        with context:
+            return self._forward(x, mu, scale, decoder)
+
+    def _forward(self, x, mu, scale, decoder) -> ELBOOutput:
+        latent = gaussian_latent(mu, scale, param=self.param, stl=self.stl,
+                                 n_samples=self.n_samples if self.n_samples > 1 else None)
+        log_lik = self._log_lik(decoder(latent.z), x, mu)
+        value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)
+        samples = latent.z.dim() - mu.dim()
+        if self.kl == "analytic":
+            kl = latent.kl
+        else:
+            kl = (latent.log_q - latent.log_p).mean(0) if samples else latent.log_q - latent.log_p
+        if self.free_bits > 0:
+            mean_log_lik = log_lik.mean(0) if samples else log_lik
+            kl_per_dim = gaussian_kl(mu, scale, param=self.param, per_dim=True)
+            kl_term = kl_per_dim.reshape(-1, mu.shape[-1]).mean(0).clamp(min=self.free_bits).sum()
+            total = mean_log_lik.mean() if self.reduction == "mean" else mean_log_lik.sum()
+            n_points = 1 if self.reduction == "mean" else mean_log_lik.numel()
+            loss = -(total - self.beta * n_points * kl_term)
+        else:
+            loss = -reduce(value, self.reduction)
+        return ELBOOutput(loss, value, log_lik, kl, latent.z)
+
+    def _log_lik(self, params, x, mu):
+        event_dims = x.dim() - (mu.dim() - 1) if isinstance(x, torch.Tensor) else 0
+        if event_dims < 0:
+            raise ValueError(f"x must start with mu's batch dims {tuple(mu.shape[:-1])}; got shape {tuple(x.shape)}")
+        if self.likelihood == "gaussian":
+            mean, logvar = params if isinstance(params, (tuple, list)) else (params, 0.0)
+            return gaussian_log_prob(mean, x, logvar=logvar, event_dims=event_dims)
+        if isinstance(params, (tuple, list)):
+            raise TypeError(f"decoder must return a logits tensor for likelihood={self.likelihood!r}")
+        if self.likelihood == "bernoulli":
+            return bernoulli_log_prob(params, x, event_dims=event_dims)
+        if self.likelihood == "continuous_bernoulli":
+            return continuous_bernoulli_log_prob(params, x, event_dims=event_dims)
+        return categorical_log_prob(params, x, event_dims=event_dims)

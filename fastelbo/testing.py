@@ -1,0 +1,356 @@
+"""Checking a backend against the reference: the tolerance table and the op cases.
+
+`fastelbo check` and the test suite both use this module, so one table decides pass or fail.
+
+How an op is judged, for a backend B and dtype T:
+  * inputs are drawn fresh in float64, rounded to T; "truth" is the reference run on those
+    rounded values in float64, the same generator state giving the same eps.
+  * float32 / float64 (and the reference in every dtype): every element of every output and
+    gradient must satisfy |actual - truth| <= atol + rtol |truth| (TOLERANCES[T]).
+  * a fused backend in float16 / bfloat16 may err by at most HALF_FACTOR times the reference's own
+    error in T (the reference run in T, against the same truth) plus HALF_FLOOR.
+Gradients are taken with random output cotangents (never all ones).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ._backend import use_backend
+
+__all__ = ["Tolerance", "TOLERANCES", "HALF_FACTOR", "HALF_FLOOR", "DTYPES", "OpCase", "CASES",
+           "CaseResult", "compare", "assert_close"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# TOLERANCES[dtype][phase], phase "fwd" (values) or "bwd" (gradients).
+TOLERANCES = {
+    torch.float64: {"fwd": Tolerance(1e-10, 1e-10), "bwd": Tolerance(1e-9, 1e-9)},
+    torch.float32: {"fwd": Tolerance(1e-5, 1e-5), "bwd": Tolerance(1e-4, 1e-4)},
+    torch.float16: {"fwd": Tolerance(2e-3, 2e-3), "bwd": Tolerance(1e-2, 1e-2)},
+    torch.bfloat16: {"fwd": Tolerance(2e-2, 2e-2), "bwd": Tolerance(8e-2, 8e-2)},
+}
+HALF_FACTOR = 2.0
+HALF_FLOOR = {"fwd": 1e-4, "bwd": 1e-3}
+
+
+def _violation(actual: torch.Tensor, truth: torch.Tensor, allowed) -> tuple[float, float]:
+    """(max |actual - truth|, max of that error over the allowed error); NaN must match NaN."""
+    actual = actual.detach().to(torch.float64)
+    truth = truth.detach().to(torch.float64)
+    if actual.shape != truth.shape:
+        return math.inf, math.inf
+    nan_a, nan_t = torch.isnan(actual), torch.isnan(truth)
+    if not torch.equal(nan_a, nan_t):
+        return math.inf, math.inf
+    ok = ~nan_t
+    if not bool(ok.any()):
+        return 0.0, 0.0
+    err = (actual - truth).abs()[ok]
+    same_inf = (actual == truth)[ok]  # equal infinities count as exact
+    err = torch.where(same_inf, 0.0, err)
+    allowed = allowed[ok] if isinstance(allowed, torch.Tensor) else allowed
+    return float(err.max()), float((err / allowed).max()) if err.numel() else 0.0
+
+
+def assert_close(actual, truth, dtype: torch.dtype, phase: str, what: str = "value") -> None:
+    """Assert the table bound for `dtype` and `phase` holds elementwise."""
+    tol = TOLERANCES[dtype][phase]
+    truth64 = truth.detach().to(torch.float64)
+    err, ratio = _violation(actual, truth64, tol.atol + tol.rtol * truth64.abs())
+    if not ratio <= 1.0:
+        raise AssertionError(f"{what} ({dtype}, {phase}): max error {err:.3g} exceeds the table "
+                             f"bound atol={tol.atol:g} rtol={tol.rtol:g} ({ratio:.3g}x)")
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One public op in one configuration.
+
+    make(generator) -> dict of float64 (or integer) input tensors on the generator's device;
+    run(inputs, backend, generator) -> tuple of output tensors, calling the public API;
+    grads: names of the inputs whose gradients are compared.
+    """
+
+    name: str
+    make: Callable[[torch.Generator], dict]
+    run: Callable[[dict, str, torch.Generator], tuple]
+    grads: tuple[str, ...]
+
+
+def _normal(g, *shape, scale=1.0):
+    return torch.randn(*shape, generator=g, dtype=torch.float64, device=g.device) * scale
+
+
+def _uniform(g, *shape, low=0.0, high=1.0):
+    return low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64, device=g.device)
+
+
+def _posterior(g, batch=(2, 3), dim=5):
+    return {"mu": _normal(g, *batch, dim), "scale": _uniform(g, *batch, dim, low=-1.5, high=1.0)}
+
+
+def _latent_case(name, param="logvar", n_samples=None, prior=False, stl=False, explicit_eps=False):
+    def make(g):
+        inputs = _posterior(g)
+        if prior:
+            inputs["prior_mu"] = _normal(g, 3, 5, scale=0.5)
+            inputs["prior_scale"] = _uniform(g, 5, low=-0.5, high=0.5)
+        if explicit_eps:
+            shape = (n_samples, 2, 3, 5) if n_samples else (2, 3, 5)
+            inputs["eps"] = _normal(g, *shape)
+        return inputs
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        p = (t["prior_mu"], t["prior_scale"]) if prior else None
+        eps = t.get("eps")
+        return tuple(fe.gaussian_latent(t["mu"], t["scale"], param=param, n_samples=n_samples, prior=p,
+                                        stl=stl, eps=eps, generator=None if explicit_eps else g,
+                                        backend=backend))
+
+    grads = ("mu", "scale") + (("prior_mu", "prior_scale") if prior else ())
+    return OpCase(name, make, run, grads)
+
+
+def _kl_case(name, param, prior, per_dim):
+    def make(g):
+        inputs = _posterior(g)
+        if prior:
+            inputs["prior_mu"] = _normal(g, 5, scale=0.5)
+            # Some prior scales equal the posterior's: the expm1 form must stay accurate there.
+            inputs["prior_scale"] = torch.where(_uniform(g, 2, 3, 5) < 0.3, inputs["scale"], _uniform(g, 2, 3, 5, low=-1, high=1))
+        return inputs
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        p = (t["prior_mu"], t["prior_scale"]) if prior else None
+        return (fe.gaussian_kl(t["mu"], t["scale"], param=param, prior=p, per_dim=per_dim, backend=backend),)
+
+    return OpCase(name, make, run, ("mu", "scale") + (("prior_mu", "prior_scale") if prior else ()))
+
+
+def _bernoulli_case():
+    def make(g):
+        return {"logits": _normal(g, 2, 3, 7, scale=3.0), "x": (_uniform(g, 3, 7) < 0.5).to(torch.float64)}
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        return (fe.bernoulli_log_prob(t["logits"], t["x"], backend=backend),)
+
+    return OpCase("bernoulli_log_prob", make, run, ("logits",))
+
+
+def _continuous_bernoulli_case():
+    def make(g):
+        wide = _normal(g, 2, 3, 9, scale=3.0)
+        near_zero = _normal(g, 2, 3, 9, scale=0.05)  # the normalizer's delicate region
+        logits = torch.where(_uniform(g, 2, 3, 9) < 0.5, wide, near_zero)
+        return {"logits": logits, "x": _uniform(g, 3, 9)}
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        return (fe.continuous_bernoulli_log_prob(t["logits"], t["x"], backend=backend),)
+
+    return OpCase("continuous_bernoulli_log_prob", make, run, ("logits",))
+
+
+def _gaussian_case():
+    def make(g):
+        return {"mean": _normal(g, 2, 3, 7), "x": _normal(g, 3, 7), "logvar": _uniform(g, 7, low=-1, high=1)}
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        return (fe.gaussian_log_prob(t["mean"], t["x"], logvar=t["logvar"], backend=backend),)
+
+    return OpCase("gaussian_log_prob", make, run, ("mean", "logvar"))
+
+
+def _categorical_case():
+    def make(g):
+        target = torch.randint(0, 6, (3, 4), generator=g, device=g.device)
+        return {"logits": _normal(g, 2, 3, 4, 6, scale=2.0), "target": target}
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        return (fe.categorical_log_prob(t["logits"], t["target"], backend=backend),)
+
+    return OpCase("categorical_log_prob", make, run, ("logits",))
+
+
+def _decoder_inputs(g, batch=3, dim=5, dx=7):
+    inputs = _posterior(g, batch=(batch,), dim=dim)
+    inputs["weight"] = _normal(g, dim, dx, scale=0.5)
+    inputs["x"] = (_uniform(g, batch, dx) < 0.5).to(torch.float64)
+    return inputs
+
+
+def _elbo_case(name, kl, estimator, n_samples, beta=1.0):
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        with use_backend(backend):
+            latent = fe.gaussian_latent(t["mu"], t["scale"], n_samples=n_samples, generator=g)
+            log_lik = fe.bernoulli_log_prob(latent.z @ t["weight"], t["x"])
+            return (fe.elbo(log_lik, latent, kl=kl, estimator=estimator, beta=beta),)
+
+    return OpCase(name, _decoder_inputs, run, ("mu", "scale", "weight"))
+
+
+def _module_case(name, **options):
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        loss = fe.ELBO("bernoulli", backend=backend, **options)
+        with _default_generator(g):
+            out = loss(t["x"], t["mu"], t["scale"], lambda z: z @ t["weight"])
+        return (out.loss, out.elbo, out.log_lik, out.kl)
+
+    return OpCase(name, _decoder_inputs, run, ("mu", "scale", "weight"))
+
+
+def _vae_loss_case():
+    def make(g):
+        inputs = _posterior(g, batch=(4,), dim=3)
+        inputs["recon_logits"] = _normal(g, 4, 6, scale=2.0)
+        inputs["x"] = _uniform(g, 4, 6)
+        return inputs
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        with use_backend(backend):
+            return (fe.vae_loss(t["recon_logits"], t["x"], t["mu"], t["scale"], beta=0.7),)
+
+    return OpCase("vae_loss", make, run, ("recon_logits", "mu", "scale"))
+
+
+def _reparameterize_case():
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        with use_backend(backend), _default_generator(g):
+            return (fe.reparameterize(t["mu"], t["scale"]),)
+
+    return OpCase("reparameterize", lambda g: _posterior(g), run, ("mu", "scale"))
+
+
+@contextlib.contextmanager
+def _default_generator(g: torch.Generator):
+    """Run a block that draws from the device's default generator as if it drew from g."""
+    if g.device.type == "cpu":
+        get_state, set_state = torch.get_rng_state, torch.set_rng_state
+    else:
+        get_state = lambda: torch.cuda.get_rng_state(g.device)  # noqa: E731
+        set_state = lambda state: torch.cuda.set_rng_state(state, g.device)  # noqa: E731
+    saved = get_state()
+    set_state(g.get_state())
+    try:
+        yield
+    finally:
+        g.set_state(get_state())
+        set_state(saved)
+
+
+CASES: tuple[OpCase, ...] = (
+    _latent_case("gaussian_latent[logvar]"),
+    _latent_case("gaussian_latent[log_std,prior,K=3]", param="log_std", n_samples=3, prior=True),
+    _latent_case("gaussian_latent[softplus,stl,K=2]", param="softplus", n_samples=2, stl=True),
+    _latent_case("gaussian_latent[eps,prior,stl]", prior=True, stl=True, explicit_eps=True),
+    _kl_case("gaussian_kl[logvar]", "logvar", prior=False, per_dim=False),
+    _kl_case("gaussian_kl[softplus,prior,per_dim]", "softplus", prior=True, per_dim=True),
+    _bernoulli_case(),
+    _gaussian_case(),
+    _continuous_bernoulli_case(),
+    _categorical_case(),
+    _elbo_case("elbo[mc,beta=0.5,K=2]", "mc", "elbo", 2, beta=0.5),
+    _elbo_case("elbo[analytic]", "analytic", "elbo", None),
+    _elbo_case("elbo[iwae,K=4]", "mc", "iwae", 4),
+    _elbo_case("elbo[dreg,K=4]", "mc", "dreg", 4),
+    _module_case("ELBO[analytic,free_bits]", free_bits=0.3),
+    _module_case("ELBO[iwae,K=3,sum]", n_samples=3, kl="mc", estimator="iwae", reduction="sum"),
+    _vae_loss_case(),
+    _reparameterize_case(),
+)
+
+
+@dataclass
+class CaseResult:
+    case: str
+    backend: str
+    dtype: torch.dtype
+    fwd_error: float
+    bwd_error: float
+    passed: bool
+    detail: str = ""
+
+
+def _evaluate(case: OpCase, inputs64: dict, backend: str, dtype: torch.dtype, seed: int, cotangent_seed: int):
+    """Outputs and gradients of `case` on `backend` with the float inputs cast to `dtype`."""
+    leaves = {}
+    for name, value in inputs64.items():
+        value = value.to(dtype) if value.is_floating_point() else value
+        if name in case.grads:
+            value = value.detach().requires_grad_(True)
+        leaves[name] = value
+    device = next(iter(inputs64.values())).device
+    outputs = case.run(leaves, backend, torch.Generator(device).manual_seed(seed))
+    g = torch.Generator(device).manual_seed(cotangent_seed)
+    cotangents = [torch.randn(o.shape, generator=g, dtype=torch.float64, device=device).to(o.dtype) for o in outputs]
+    pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
+    wrt = [leaves[n] for n in case.grads]
+    grads = torch.autograd.grad([o for o, _ in pairs], wrt, [c for _, c in pairs], allow_unused=True)
+    grads = [torch.zeros_like(w) if gr is None else gr for w, gr in zip(wrt, grads)]
+    return [o.detach() for o in outputs], grads
+
+
+def _round_trip(inputs64: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to(dtype).to(torch.float64) if v.is_floating_point() else v for k, v in inputs64.items()}
+
+
+def compare(case: OpCase, backend: str, dtype: torch.dtype, device="cpu", seed: int | None = None) -> CaseResult:
+    """Run `case` on `backend` in `dtype` and judge it against the float64 reference."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    g = torch.Generator(device).manual_seed(seed)
+    inputs64 = _round_trip(case.make(g), dtype)
+    run_seed, cot_seed = seed + 1, seed + 2
+    truth_out, truth_grads = _evaluate(case, inputs64, "reference", torch.float64, run_seed, cot_seed)
+    out, grads = _evaluate(case, inputs64, backend, dtype, run_seed, cot_seed)
+    half_rule = dtype in (torch.float16, torch.bfloat16) and backend != "reference"
+    if half_rule:
+        ref_out, ref_grads = _evaluate(case, inputs64, "reference", dtype, run_seed, cot_seed)
+    errors, ratios = {"fwd": 0.0, "bwd": 0.0}, {"fwd": 0.0, "bwd": 0.0}
+    for phase, actual, truth, ref in (("fwd", out, truth_out, ref_out if half_rule else None),
+                                      ("bwd", grads, truth_grads, ref_grads if half_rule else None)):
+        for i, (a, t) in enumerate(zip(actual, truth)):
+            t64 = t.to(torch.float64)
+            if half_rule:
+                ref_err = (ref[i].to(torch.float64) - t64).abs().nan_to_num(0.0).max() if t.numel() else 0.0
+                allowed = HALF_FACTOR * float(ref_err) + HALF_FLOOR[phase]
+            else:
+                tol = TOLERANCES[dtype][phase]
+                allowed = tol.atol + tol.rtol * t64.abs()
+            err, ratio = _violation(a, t64, allowed)
+            errors[phase] = max(errors[phase], err)
+            ratios[phase] = max(ratios[phase], ratio)
+    passed = ratios["fwd"] <= 1.0 and ratios["bwd"] <= 1.0
+    detail = "" if passed else f"seed={seed}: error/allowed fwd {ratios['fwd']:.3g}, bwd {ratios['bwd']:.3g}"
+    return CaseResult(case.name, backend, dtype, errors["fwd"], errors["bwd"], passed, detail)

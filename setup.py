@@ -1,0 +1,20 @@
+"""fastelbo: fused ELBO kernels for PyTorch VAEs.
+
+torch is not pinned here, so an existing CUDA build of torch is kept; on a CPU-only machine
+install it first with `pip install torch==2.13.0` (the README's commands do) so pip does not
+fetch CUDA wheels.
+"""
+from setuptools import setup
+
+setup(
+    name="fastelbo",
+    version="0.1.0",
+    description="The evidence lower bound of VAEs in fused kernels, as differentiable PyTorch ops",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["fastelbo", "fastelbo.reference"],
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={"test": ["pytest>=7", "mpmath"]},
+    entry_points={"console_scripts": ["fastelbo=fastelbo.cli:main"]},
+)

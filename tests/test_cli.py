@@ -1,0 +1,36 @@
+"""The command line: `fastelbo check` prints its table and its exit status tells failures."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastelbo import cli, testing
+
+
+def test_check_prints_table_and_passes():
+    proc = subprocess.run([sys.executable, "-m", "fastelbo", "check", "--dtype", "float32", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "max err fwd" in out and "max err bwd" in out
+    for case in testing.CASES:
+        assert case.name in out
+    for name, status in __import__("fastelbo").backends().items():
+        if status != "available":
+            assert f"{name:<10} unavailable: {status}" in out
+    assert "0 failed" in out
+
+
+def test_check_exit_status_reports_failures(monkeypatch, capsys):
+    """With a table no computation can meet, every row fails and the exit status is 1."""
+    impossible = {phase: testing.Tolerance(0.0, 0.0) for phase in ("fwd", "bwd")}
+    monkeypatch.setitem(testing.TOLERANCES, torch.float32, impossible)
+    code = cli.main(["check", "--dtype", "float32", "--backend", "reference", "--device", "cpu", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAIL" in out
+
+
+def test_unknown_subcommand_is_an_error():
+    with pytest.raises(SystemExit):
+        cli.main(["frobnicate"])

@@ -1,0 +1,106 @@
+"""The Philox scheme (docs/RNG.md): known-answer words, normal statistics, replay and invariances.
+
+Statistical tests use fixed seeds so they are deterministic; the thresholds are for p = 1e-4.
+"""
+import math
+
+import pytest
+import torch
+
+import fastelbo as fe
+from fastelbo.rng import box_muller, normal_noise, philox4x32_10
+from helpers import PARAMS, generator, randn
+
+
+def _words(counter, key):
+    as_t = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+    return [int(w) for w in philox4x32_10(tuple(map(as_t, counter)), tuple(map(as_t, key)))]
+
+
+@pytest.mark.parametrize("counter,key,want", [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_philox_known_answers(counter, key, want):
+    """The Random123 known-answer vectors for Philox4x32-10."""
+    assert _words(counter, key) == list(want)
+
+
+def test_box_muller_edges():
+    w = torch.tensor([0, 0xFFFFFFFF, 0x80000000], dtype=torch.int64)
+    n0, n1 = box_muller(w, torch.zeros_like(w))
+    assert torch.isfinite(n0).all()
+    assert float(n0[1]) == 0.0  # u = 1 exactly -> radius 0
+    assert abs(float(n0[0]) - math.sqrt(-2 * math.log(2.0**-24))) < 1e-5  # the largest radius
+    torch.testing.assert_close(n1, torch.zeros_like(n1))
+
+
+def _normal_cdf(x):
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def test_noise_moments_and_ks():
+    eps = normal_noise(torch.tensor(20261123), 4, 2500, 37).double().flatten()  # 370k normals
+    n = eps.numel()
+    z = 3.9  # two-sided p = 1e-4
+    assert abs(eps.mean()) < z / math.sqrt(n)
+    assert abs(eps.var() - 1) < z * math.sqrt(2 / n)
+    assert abs((eps**3).mean()) < z * math.sqrt(15 / n)
+    assert abs((eps**4).mean() - 3) < z * math.sqrt(96 / n)
+    sorted_eps, _ = torch.sort(eps)
+    cdf = _normal_cdf(sorted_eps)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    ks = torch.maximum(i / n - cdf, cdf - (i - 1) / n).max()
+    assert ks < 2.23 / math.sqrt(n)  # Kolmogorov critical value at p = 1e-4
+    # Lanes of one Philox call and neighbouring rows are uncorrelated.
+    grid = normal_noise(torch.tensor(7), 1, 20000, 8)[0].double()
+    corr = torch.corrcoef(grid.T)
+    off_diag = corr - torch.eye(8, dtype=torch.float64)
+    assert off_diag.abs().max() < 4.5 / math.sqrt(20000)
+
+
+def test_same_seed_same_z_and_fresh_noise_each_call(seed):
+    mu, s = torch.zeros(3, 5), torch.zeros(3, 5)
+    torch.manual_seed(seed)
+    a = fe.gaussian_latent(mu, s, n_samples=2).z
+    b = fe.gaussian_latent(mu, s, n_samples=2).z
+    torch.manual_seed(seed)
+    a2 = fe.gaussian_latent(mu, s, n_samples=2).z
+    assert torch.equal(a, a2)
+    assert not torch.equal(a, b)
+    g1, g2 = generator(seed, "cpu"), generator(seed, "cpu")
+    assert torch.equal(fe.gaussian_latent(mu, s, generator=g1).z, fe.gaussian_latent(mu, s, generator=g2).z)
+
+
+def test_noise_depends_on_logical_index_only(seed):
+    """Element (k, row, d) gets the same eps whatever the batch size, layout or dtype."""
+    g = generator(seed, "cpu")
+    wide = randn(g, 6, 4, 11)
+    full = fe.gaussian_latent(torch.zeros(6, 4, 11), torch.zeros(6, 4, 11), n_samples=3, generator=generator(seed, "cpu")).z
+    part = fe.gaussian_latent(torch.zeros(2, 4, 11), torch.zeros(2, 4, 11), n_samples=2, generator=generator(seed, "cpu")).z
+    assert torch.equal(full[:2, :2], part)
+    strided = wide.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    assert not strided.is_contiguous()
+    z1 = fe.gaussian_latent(wide, torch.zeros_like(wide), generator=generator(seed, "cpu")).z
+    z2 = fe.gaussian_latent(strided, torch.zeros_like(wide), generator=generator(seed, "cpu")).z
+    assert torch.equal(z1, z2)
+    z16 = fe.gaussian_latent(torch.zeros(6, 4, 11, dtype=torch.float16), torch.zeros(6, 4, 11, dtype=torch.float16),
+                             n_samples=3, generator=generator(seed, "cpu")).z
+    assert torch.equal(z16, full.to(torch.float16))
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_backward_sees_the_forward_eps(param, seed):
+    """grad of sum(z) w.r.t. sigma is sum_k eps: the noise of the forward pass."""
+    g = generator(seed, "cpu")
+    mu = randn(g, 3, 5).requires_grad_(True)
+    sigma = torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.5
+    s = {"logvar": 2 * sigma.log(), "log_std": sigma.log(), "softplus": torch.log(torch.expm1(sigma))}[param]
+    s = s.requires_grad_(True)
+    lat = fe.gaussian_latent(mu, s, param=param, n_samples=4, generator=generator(seed + 1, "cpu"))
+    eps = (lat.z - mu) / sigma
+    (grad_s,) = torch.autograd.grad(lat.z.sum(), [s])
+    dsigma_ds = {"logvar": sigma / 2, "log_std": sigma, "softplus": torch.sigmoid(s.detach())}[param]
+    torch.testing.assert_close(grad_s, eps.detach().sum(0) * dsigma_ds)
