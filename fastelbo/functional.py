@@ -98,25 +98,26 @@ def _check_data(name, x, params_name, params, dtypes=V.DATA_DTYPES):
     V.same_device(name, x, params_name, params)
 
 
-def bernoulli_log_prob(logits, x, *, event_dims=1, backend=None) -> torch.Tensor:
-    """sum over event dims of x l - softplus(l); x in [0, 1] (float, bool or uint8)."""
+def _check_logits_and_unit_data(logits, x, event_dims) -> int:
+    """Checks of the Bernoulli-type likelihoods: float logits, x in [0, 1] broadcasting to them."""
     V.tensor("logits", logits)
     _check_data("x", x, "logits", logits)
     V.broadcasts_to("x", x, logits.shape, "logits")
     event_dims = V.event_dims(event_dims, logits.dim(), "logits")
     V.finite("logits", logits)
     V.unit_interval("x", x)
+    return event_dims
+
+
+def bernoulli_log_prob(logits, x, *, event_dims=1, backend=None) -> torch.Tensor:
+    """sum over event dims of x l - softplus(l); x in [0, 1] (float, bool or uint8)."""
+    event_dims = _check_logits_and_unit_data(logits, x, event_dims)
     return resolve(backend, logits.device).bernoulli(logits, x, event_dims)
 
 
 def continuous_bernoulli_log_prob(logits, x, *, event_dims=1, backend=None) -> torch.Tensor:
     """sum over event dims of x l - softplus(l) + log C(l); x in [0, 1]."""
-    V.tensor("logits", logits)
-    _check_data("x", x, "logits", logits)
-    V.broadcasts_to("x", x, logits.shape, "logits")
-    event_dims = V.event_dims(event_dims, logits.dim(), "logits")
-    V.finite("logits", logits)
-    V.unit_interval("x", x)
+    event_dims = _check_logits_and_unit_data(logits, x, event_dims)
     return resolve(backend, logits.device).continuous_bernoulli(logits, x, event_dims)
 
 

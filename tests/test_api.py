@@ -56,12 +56,13 @@ def test_non_contiguous_inputs_match_contiguous(seed):
     assert not mu.is_contiguous() and not s.is_contiguous()
     lat = fe.gaussian_latent(mu, s, n_samples=2, generator=generator(seed, "cpu"))
     lat_c = fe.gaussian_latent(mu.contiguous(), s.contiguous(), n_samples=2, generator=generator(seed, "cpu"))
-    for a, b in zip(lat, lat_c):
-        assert torch.equal(a, b)
+    assert torch.equal(lat.z, lat_c.z)  # elementwise, and the noise ignores strides
+    for a, b in zip(lat[1:], lat_c[1:]):  # sums: the reduction order may follow the layout
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
     logits = randn(g, 5, 8).t()
     xx = rand(g, 8, 5)
     for fn in (fe.bernoulli_log_prob, fe.continuous_bernoulli_log_prob, fe.gaussian_log_prob):
-        assert torch.equal(fn(logits, xx), fn(logits.contiguous(), xx))
+        torch.testing.assert_close(fn(logits, xx), fn(logits.contiguous(), xx), rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -155,7 +155,8 @@ def test_free_bits_by_hand(reduction, seed):
     g = generator(seed, "cpu")
     batch, d, dx = 5, 4, 6
     # Dims 0-1 sit far below lambda (clamped, no gradient), dims 2-3 far above it.
-    mu = (randn(g, batch, d) * torch.tensor([0.02, 0.02, 1.5, 1.5], dtype=torch.float64)).requires_grad_(True)
+    mu = randn(g, batch, d, scale=0.02) + torch.tensor([0.0, 0.0, 1.5, -1.5], dtype=torch.float64)
+    mu = mu.requires_grad_(True)
     lv = rand(g, batch, d, low=-0.1, high=0.1).requires_grad_(True)
     x = (rand(g, batch, dx) < 0.5).double()
     dec = randn(g, d, dx)

@@ -184,3 +184,14 @@ def test_inputs_are_never_modified(seed):
     fe.vae_loss(t["mu"][0] @ t["w"], t["x"], t["mu"][0], t["s"][0]).backward()
     for k, v in tensors.items():
         assert torch.equal(v.detach(), before[k]), k
+
+
+def test_validation_env_variable():
+    import subprocess
+    import sys
+
+    code = "import fastelbo; print(fastelbo.validation_enabled())"
+    for value, want in (("1", "True"), ("0", "False")):
+        env = {**__import__("os").environ, "FASTELBO_VALIDATE": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want
