@@ -13,8 +13,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["fastelbo", "fastelbo.reference"],
+    packages=["fastelbo", "fastelbo.reference", "fastelbo.triton_backend", "fastelbo.triton_kernels"],
+    package_dir={"fastelbo.triton_kernels": "triton_kernels"},
     install_requires=["torch>=2.4", "numpy"],
-    extras_require={"test": ["pytest>=7", "mpmath"]},
+    extras_require={"test": ["pytest>=7", "mpmath", "triton"]},
     entry_points={"console_scripts": ["fastelbo=fastelbo.cli:main"]},
 )

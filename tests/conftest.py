@@ -1,3 +1,12 @@
+import os
+
+import torch
+
+# Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter. It reads this variable
+# when a kernel module is imported, so it is set here, before any test module imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 
 from helpers import fresh_seed

@@ -20,6 +20,13 @@ FUSED_BACKENDS = [name for name in BACKENDS if name != "reference"]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 PARAMS = ["logvar", "log_std", "softplus"]
 
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -1,0 +1,1 @@
+"""Launchers of the Triton kernels (shapes, dtypes, grids). Importing this needs triton."""
