@@ -21,9 +21,10 @@ from typing import Callable
 import torch
 
 from ._backend import use_backend
+from ._validate import FLOAT_DTYPES
 
 __all__ = ["Tolerance", "TOLERANCES", "HALF_FACTOR", "HALF_FLOOR", "DTYPES", "OpCase", "CASES",
-           "CaseResult", "compare", "assert_close"]
+           "CaseResult", "compare"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Tolerance:
     rtol: float
 
 
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+DTYPES = FLOAT_DTYPES
 
 # TOLERANCES[dtype][phase], phase "fwd" (values) or "bwd" (gradients).
 TOLERANCES = {
@@ -62,16 +63,6 @@ def _violation(actual: torch.Tensor, truth: torch.Tensor, allowed) -> tuple[floa
     err = torch.where(same_inf, 0.0, err)
     allowed = allowed[ok] if isinstance(allowed, torch.Tensor) else allowed
     return float(err.max()), float((err / allowed).max()) if err.numel() else 0.0
-
-
-def assert_close(actual, truth, dtype: torch.dtype, phase: str, what: str = "value") -> None:
-    """Assert the table bound for `dtype` and `phase` holds elementwise."""
-    tol = TOLERANCES[dtype][phase]
-    truth64 = truth.detach().to(torch.float64)
-    err, ratio = _violation(actual, truth64, tol.atol + tol.rtol * truth64.abs())
-    if not ratio <= 1.0:
-        raise AssertionError(f"{what} ({dtype}, {phase}): max error {err:.3g} exceeds the table "
-                             f"bound atol={tol.atol:g} rtol={tol.rtol:g} ({ratio:.3g}x)")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Test helpers in one place: the backend list, dtypes, the tolerance table, fresh seeds.
+"""Test helpers in one place: the backend list, dtypes, fresh seeds (the tolerance table is
+fastelbo.testing's, shared with `fastelbo check`).
 
 A new backend joins the whole suite by becoming available in fastelbo.backends() for the device:
 BACKENDS is built from it.
@@ -12,12 +13,11 @@ import pytest
 import torch
 
 import fastelbo as fe
-from fastelbo.testing import DTYPES, TOLERANCES, assert_close  # noqa: F401  (re-exported)
+from fastelbo.testing import DTYPES
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [name for name, status in fe.backends().items() if status == "available"]
-FUSED_BACKENDS = [name for name in BACKENDS if name != "reference"]
-FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+FLOAT_DTYPES = list(DTYPES)
 PARAMS = ["logvar", "log_std", "softplus"]
 
 try:
@@ -27,7 +27,6 @@ try:
 except ImportError:
     HAS_TRITON = False
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def fresh_seed() -> int:
