@@ -10,7 +10,10 @@ Each backend is a module exposing the same implementation functions (see
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import importlib.util
+import os
 import threading
 from types import ModuleType
 
@@ -22,14 +25,31 @@ CHOICES = ("auto",) + NAMES
 # Tried in this order by "auto" for each device type; "reference" closes every list.
 _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 
-_MODULES = {"reference": "fastelbo.reference.ops"}
+_MODULES = {"reference": "fastelbo.reference.ops", "triton": "fastelbo.triton_backend.ops"}
 
 # Backends of the design that this version does not ship, with the reason backends() reports.
 _NOT_SHIPPED = {
     "cpu": "not built: this version of fastelbo has no fused C++ CPU kernels yet",
-    "triton": "not built: this version of fastelbo has no fused Triton kernels yet",
     "cuda": "not built: this version of fastelbo has no fused CUDA kernels yet",
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _import_error(name: str) -> str | None:
+    """Why the backend module cannot be imported (e.g. triton missing), or None."""
+    try:
+        importlib.import_module(_MODULES[name])
+    except ImportError as error:
+        return f"cannot import it: {error}"
+    return None
+
+
+def _triton_reason() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return "needs a CUDA GPU (or TRITON_INTERPRET=1 to run its kernels on CPU tensors in Triton's interpreter)"
+    return _import_error("triton")
 
 _state = threading.local()
 _global_choice = "auto"
@@ -44,6 +64,8 @@ def _check_name(name, argument: str) -> str:
 def _unavailable_reason(name: str) -> str | None:
     if name in _NOT_SHIPPED:
         return _NOT_SHIPPED[name]
+    if name == "triton":
+        return _triton_reason()
     return None
 
 

@@ -8,7 +8,7 @@ function of (seed, k, r, d):
     key     = (seed mod 2^32, seed div 2^32)
     counter = (d div 4, r mod 2^32, r div 2^32, k)
     words   = Philox4x32-10(counter, key)            -> (w0, w1, w2, w3)
-    eps     = lane (d mod 4) of box_muller(w0, w1, w2, w3)
+    eps     = lane (d mod 4) of box_muller(w0, w1, w2, w3), in the compute dtype
 
 so it never depends on block sizes, tiling, strides or the backend. Backward passes regenerate eps
 from the saved seed instead of storing it.
@@ -69,22 +69,25 @@ def philox4x32_10(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, to
     return c0, c1, c2, c3
 
 
-def box_muller(w0: torch.Tensor, w1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two standard normals (float32) from two 32-bit words, the same way on every backend:
+def box_muller(w0: torch.Tensor, w1: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """Two standard normals from two 32-bit words, the same way on every backend, computed in
+    `dtype` (float32, or float64 for float64 computations):
 
-        u     = ((w0 >> 8) + 1) * 2^-24            in (0, 1], exact in float32
+        u     = ((w0 >> 8) + 1) * 2^-24            in (0, 1], exact
         theta = float32(2 pi) * ((w1 >> 8) * 2^-24)  in [0, 2 pi)
         r     = sqrt(-2 log u)
         (n0, n1) = (r cos theta, r sin theta)
     """
-    u = ((w0 >> 8) + 1).to(torch.float32) * TWO_POW_M24
-    theta = ((w1 >> 8).to(torch.float32) * TWO_POW_M24) * TWO_PI_F32
+    u = ((w0 >> 8) + 1).to(dtype) * TWO_POW_M24
+    theta = ((w1 >> 8).to(dtype) * TWO_POW_M24) * TWO_PI_F32
     radius = torch.sqrt(-2.0 * torch.log(u))
     return radius * torch.cos(theta), radius * torch.sin(theta)
 
 
-def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int) -> torch.Tensor:
-    """eps of shape (n_samples, n_rows, dim), float32, on seed's device, by the scheme above."""
+def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """eps of shape (n_samples, n_rows, dim) in `dtype` (float32 or float64), on seed's device,
+    by the scheme above."""
     device = seed.device
     groups = math.ceil(dim / 4)
     k = torch.arange(n_samples, dtype=torch.int64, device=device).view(-1, 1, 1)
@@ -94,7 +97,7 @@ def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int) -> t
     counter = tuple(c.expand(shape) for c in (g, r & MASK32, r >> 32, k))
     key = (seed & MASK32, (seed >> 32) & MASK32)
     w0, w1, w2, w3 = philox4x32_10(counter, key)
-    n0, n1 = box_muller(w0, w1)
-    n2, n3 = box_muller(w2, w3)
+    n0, n1 = box_muller(w0, w1, dtype)
+    n2, n3 = box_muller(w2, w3, dtype)
     lanes = torch.stack((n0, n1, n2, n3), dim=-1)  # element 4g + j is lane j of group g
     return lanes.reshape(n_samples, n_rows, 4 * groups)[..., :dim]

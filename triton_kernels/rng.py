@@ -13,7 +13,7 @@ PHILOX_M1: tl.constexpr = 0xCD9E8D57
 PHILOX_W0: tl.constexpr = 0x9E3779B9
 PHILOX_W1: tl.constexpr = 0xBB67AE85
 TWO_POW_M24: tl.constexpr = 5.9604644775390625e-08
-TWO_PI_F32: tl.constexpr = 6.2831854820251465
+TWO_PI_F32: tl.constexpr = 6.2831854820251465  # float32(2 pi), exact in float64 too
 
 
 @triton.jit
@@ -33,10 +33,10 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def box_muller(wa, wb):
-    """Two float32 normals from two uint32 words (radius from wa, angle from wb)."""
-    u = ((wa >> 8) + 1).to(tl.float32) * TWO_POW_M24
-    theta = ((wb >> 8).to(tl.float32) * TWO_POW_M24) * TWO_PI_F32
+def box_muller(wa, wb, DTYPE: tl.constexpr):
+    """Two normals in DTYPE (float32 or float64) from two uint32 words (radius from wa, angle from wb)."""
+    u = ((wa >> 8) + 1).to(DTYPE) * TWO_POW_M24
+    theta = ((wb >> 8).to(DTYPE) * TWO_POW_M24) * TWO_PI_F32
     radius = tl.sqrt(-2.0 * tl.log(u))
     return radius * tl.cos(theta), radius * tl.sin(theta)
 
@@ -49,16 +49,16 @@ def seed_key(seed_ptr):
 
 
 @triton.jit
-def normal_lanes(k0, k1, group, row, sample):
-    """The four normals of Philox call (group, row, sample): lanes 0..3 of columns 4 group + j.
-    group: int32/int64 tensor, row: int64 tensor, sample: scalar; shapes broadcast."""
+def normal_lanes(k0, k1, group, row, sample, DTYPE: tl.constexpr):
+    """The four normals (in DTYPE) of Philox call (group, row, sample): lanes 0..3 of columns
+    4 group + j. group: int32/int64 tensor, row: int64 tensor, sample: scalar; shapes broadcast."""
     c0 = group.to(tl.uint32)
     c1 = (row & 0xFFFFFFFF).to(tl.uint32)
     c2 = ((row >> 32) & 0xFFFFFFFF).to(tl.uint32)
     c3 = (group * 0 + sample).to(tl.uint32)
     w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
-    n0, n1 = box_muller(w0, w1)
-    n2, n3 = box_muller(w2, w3)
+    n0, n1 = box_muller(w0, w1, DTYPE)
+    n2, n3 = box_muller(w2, w3, DTYPE)
     return n0, n1, n2, n3
 
 
@@ -81,8 +81,9 @@ def philox_words_kernel(counter_ptr, key_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def normal_noise_kernel(seed_ptr, out_ptr, n_rows, dim, BLOCK_ROWS: tl.constexpr, BLOCK_GROUPS: tl.constexpr):
-    """out[k, r, d] = eps of element (k, r, d), out contiguous (K, n_rows, dim), float32.
+def normal_noise_kernel(seed_ptr, out_ptr, n_rows, dim, DTYPE: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+                        BLOCK_GROUPS: tl.constexpr):
+    """out[k, r, d] = eps of element (k, r, d), out contiguous (K, n_rows, dim), in DTYPE.
     Grid: (cdiv(n_rows, BLOCK_ROWS), K)."""
     k0, k1 = seed_key(seed_ptr)
     sample = tl.program_id(1)
@@ -91,7 +92,7 @@ def normal_noise_kernel(seed_ptr, out_ptr, n_rows, dim, BLOCK_ROWS: tl.constexpr
     base = out_ptr + (sample.to(tl.int64) * n_rows + rows[:, None]) * dim
     for g0 in range(0, tl.cdiv(dim, 4), BLOCK_GROUPS):
         groups = g0 + tl.arange(0, BLOCK_GROUPS)
-        n0, n1, n2, n3 = normal_lanes(k0, k1, groups[None, :], rows[:, None], sample)
+        n0, n1, n2, n3 = normal_lanes(k0, k1, groups[None, :], rows[:, None], sample, DTYPE)
         col = 4 * groups[None, :]
         tl.store(base + col, n0, mask=row_mask[:, None] & (col < dim))
         tl.store(base + col + 1, n1, mask=row_mask[:, None] & (col + 1 < dim))

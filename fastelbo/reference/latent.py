@@ -39,7 +39,7 @@ def latent(mu, scale, param, n_samples, prior, stl, eps, seed):
     sigma, log_sigma = sigma_and_log_sigma(scale.to(dtype), param)
     if eps is None:
         rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
-        eps = normal_noise(seed, k, rows, mu.shape[-1]).reshape(k, *mu.shape)
+        eps = normal_noise(seed, k, rows, mu.shape[-1], dtype).reshape(k, *mu.shape)
     elif n_samples is None:
         eps = eps.unsqueeze(0)
     eps = eps.to(dtype)

@@ -5,6 +5,7 @@ import torch
 import triton
 
 from ..triton_kernels.rng import normal_noise_kernel, philox_words_kernel
+from ._common import TL_DTYPES
 
 
 def philox_words(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -16,12 +17,15 @@ def philox_words(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int) -> torch.Tensor:
-    """eps (n_samples, n_rows, dim) float32 by the scheme of docs/RNG.md, computed in Triton."""
-    out = torch.empty(n_samples, n_rows, dim, dtype=torch.float32, device=seed.device)
+def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """eps (n_samples, n_rows, dim) in dtype (float32 or float64) by the scheme of docs/RNG.md,
+    computed in Triton."""
+    out = torch.empty(n_samples, n_rows, dim, dtype=dtype, device=seed.device)
     if out.numel() == 0:
         return out
     block_rows, block_groups = 16, min(64, triton.next_power_of_2(triton.cdiv(dim, 4)))
     grid = (triton.cdiv(n_rows, block_rows), n_samples)
-    normal_noise_kernel[grid](seed.reshape(1), out, n_rows, dim, BLOCK_ROWS=block_rows, BLOCK_GROUPS=block_groups)
+    normal_noise_kernel[grid](seed.reshape(1), out, n_rows, dim, DTYPE=TL_DTYPES[dtype], BLOCK_ROWS=block_rows,
+                              BLOCK_GROUPS=block_groups)
     return out

@@ -1,0 +1,47 @@
+"""What every Triton launcher shares: the compute dtype, run-time float scalars, block sizes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from .._validate import compute_dtype
+
+TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+# Elements one program keeps in registers per tile; small grids under the interpreter.
+TILE_ELEMENTS = 4096
+
+
+def compute(*tensors: torch.Tensor | None) -> tuple[torch.dtype, tl.dtype]:
+    """(torch, triton) compute dtype: float64 for float64 inputs, float32 otherwise."""
+    dtype = compute_dtype(*tensors)
+    return dtype, TL_DTYPES[dtype]
+
+
+def split_scalar(value: float) -> tuple[float, float]:
+    """A float as two float32 run-time arguments hi + lo (the kernels' `scalar` helper adds them
+    back): float scalars are never compile-time constants, and float64 kernels keep ~48 bits."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))
+
+
+def block_rows(cols_per_row: int, rows: int) -> int:
+    """Rows per program so that a tile holds about TILE_ELEMENTS elements."""
+    return max(1, min(triton.next_power_of_2(max(rows, 1)), TILE_ELEMENTS // cols_per_row))
+
+
+def check_device(*tensors: torch.Tensor) -> None:
+    """Triton kernels need CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+    import os
+
+    for t in tensors:
+        if t.device.type == "cuda":
+            continue
+        if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+            continue
+        raise ValueError(
+            f"backend 'triton' runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1); "
+            f"got a tensor on {t.device}"
+        )

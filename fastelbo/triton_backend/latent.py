@@ -1,0 +1,274 @@
+"""The Gaussian latent and the analytic KL as torch.library custom ops on the Triton kernels.
+
+fastelbo::triton_latent(mu, scale, prior_mu?, prior_scale?, eps?, seed?, param, n_samples, stl)
+    -> (z (K, *mu.shape), log_q (K, *batch), log_p (K, *batch), kl (*batch))
+fastelbo::triton_latent_backward(...) -> (grad_mu, grad_scale, grad_prior_mu, grad_prior_scale)
+fastelbo::triton_kl(mu, scale, prior_mu?, prior_scale?, param, per_dim) -> kl
+fastelbo::triton_kl_backward(...) -> (grad_mu, grad_scale, grad_prior_mu, grad_prior_scale)
+
+param is 0 (logvar), 1 (log_std) or 2 (softplus). The seed is the int64 device tensor of
+fastelbo.rng.draw_seed; backward regenerates eps from it. Absent prior gradients are empty tensors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+from torch import Tensor
+
+from ..triton_kernels.latent import kl_bwd_kernel, kl_fwd_kernel, latent_bwd_kernel, latent_fwd_kernel
+from ._common import block_rows, compute, split_scalar
+from ._layout import plan
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class _Rows:
+    """mu, scale (and the prior, broadcast to mu) as R rows of D, with block sizes and grid."""
+
+    def __init__(self, mu, scale, prior_mu, prior_scale):
+        self.dim = mu.shape[-1]
+        self.has_prior = prior_mu is not None
+        tensors = [mu, scale]
+        if self.has_prior:
+            tensors += [prior_mu.expand(mu.shape), prior_scale.expand(mu.shape)]
+        tensors, self.layout = plan(tensors, 1)
+        self.tensors = tensors if self.has_prior else tensors + [tensors[0], tensors[0]]
+        strides = list(self.layout.strides)
+        if not self.has_prior:
+            strides += [(0, 0, 0, 0)] * 2
+        self.strides = strides
+        self.rows = self.layout.rows
+        self.block_d = max(4, triton.next_power_of_2(self.dim))
+        self.block_r = block_rows(self.block_d, self.rows)
+        self.grid = (triton.cdiv(self.rows, self.block_r),)
+        self.num_warps = 4 if self.block_r * self.block_d <= 2048 else 8
+
+    def shared(self, i: int) -> bool:
+        """True when tensor i is the same for every row (its row strides are all 0)."""
+        return self.strides[i][:3] == (0, 0, 0)
+
+    def stride_args(self) -> list[int]:
+        return [s for st in self.strides for s in st]
+
+    def contiguous_row_strides(self) -> tuple[int, int, int, int]:
+        """The (s0, s1, s2, sd) of a contiguous (R, D) tensor in this row decomposition."""
+        n1, n2, d = self.layout.n1, self.layout.n2, self.dim
+        return (n1 * n2 * d, n2 * d, d, 1)
+
+    def prior_grad_buffer(self, i: int, dtype) -> Tensor:
+        rows = self.grid[0] if self.shared(i) else self.rows
+        return torch.empty(rows, self.dim, dtype=dtype, device=self.tensors[0].device)
+
+    def reduce_prior_grad(self, i: int, buffer: Tensor, prior: Tensor, batch_shape) -> Tensor:
+        """Sum the kernel's prior-gradient rows down to the prior's own shape."""
+        if self.shared(i):
+            full = buffer.sum(0).view((1,) * len(batch_shape) + (self.dim,))
+        else:
+            full = buffer.view(*batch_shape, self.dim)
+        return full.sum_to_size(prior.shape).to(prior.dtype)
+
+
+# ---- forward ----
+
+@torch.library.custom_op("fastelbo::triton_latent", mutates_args=())
+def latent_op(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
+              eps: Optional[Tensor], seed: Optional[Tensor], param: int, n_samples: int,
+              stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
+    batch = mu.shape[:-1]
+    k = n_samples
+    z = torch.empty((k, *mu.shape), dtype=mu.dtype, device=mu.device)
+    log_q = torch.empty((k, *batch), dtype=dtype, device=mu.device)
+    log_p = torch.empty_like(log_q)
+    kl = torch.empty(batch, dtype=dtype, device=mu.device)
+    if log_q.numel() == 0:
+        return z, log_q, log_p, kl
+    rows = _Rows(mu, scale, prior_mu, prior_scale)
+    eps_args = _eps_args(eps, rows, mu)
+    const_hi, const_lo = split_scalar(rows.dim * HALF_LOG_2PI)
+    latent_fwd_kernel[rows.grid](
+        *rows.tensors, eps_args[0], seed if seed is not None else mu,
+        z, log_q, log_p, kl,
+        rows.rows, rows.dim, k, rows.layout.n1, rows.layout.n2,
+        *rows.stride_args(), *eps_args[1:],
+        const_hi, const_lo,
+        PARAM=param, HAS_PRIOR=rows.has_prior, HAS_EPS=eps is not None, DTYPE=tl_dtype,
+        BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,
+    )
+    return z, log_q, log_p, kl
+
+
+def _eps_args(eps, rows: _Rows, mu) -> tuple:
+    """(eps tensor, sample stride, s0, s1, s2, sd): explicit noise made contiguous (K, R, D)."""
+    if eps is None:
+        return (mu, 0, 0, 0, 0, 0)
+    eps = eps.contiguous()
+    return (eps, rows.rows * rows.dim, *rows.contiguous_row_strides())
+
+
+@latent_op.register_fake
+def _(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
+    dtype, _ = compute(mu, scale, prior_mu, prior_scale)
+    batch = mu.shape[:-1]
+    z = mu.new_empty((n_samples, *mu.shape))
+    log_q = mu.new_empty((n_samples, *batch), dtype=dtype)
+    return z, log_q, torch.empty_like(log_q), mu.new_empty(batch, dtype=dtype)
+
+
+# ---- backward ----
+
+def _view(t: Optional[Tensor], *shape) -> Optional[Tensor]:
+    if t is None:
+        return None
+    try:
+        return t.view(*shape)
+    except RuntimeError:
+        return t.contiguous().view(*shape)
+
+
+@torch.library.custom_op("fastelbo::triton_latent_backward", mutates_args=())
+def latent_backward_op(grad_z: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
+                       grad_kl: Optional[Tensor], mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
+                       prior_scale: Optional[Tensor], eps: Optional[Tensor], seed: Optional[Tensor],
+                       param: int, n_samples: int, stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
+    grad_mu = mu.new_empty(mu.shape)
+    grad_scale = scale.new_empty(scale.shape)
+    grad_pmu = torch.zeros_like(prior_mu) if prior_mu is not None else mu.new_empty(0)
+    grad_pscale = torch.zeros_like(prior_scale) if prior_scale is not None else mu.new_empty(0)
+    if mu.numel() == 0:
+        return grad_mu.zero_(), grad_scale.zero_(), grad_pmu, grad_pscale
+    rows = _Rows(mu, scale, prior_mu, prior_scale)
+    k, r, d = n_samples, rows.rows, rows.dim
+    gz, gq, gp, gk = _view(grad_z, k, r, d), _view(grad_log_q, k, r), _view(grad_log_p, k, r), _view(grad_kl, r)
+    pmu_buffer = rows.prior_grad_buffer(2, dtype) if rows.has_prior else mu
+    pscale_buffer = rows.prior_grad_buffer(3, dtype) if rows.has_prior else mu
+    eps_args = _eps_args(eps, rows, mu)
+    latent_bwd_kernel[rows.grid](
+        *rows.tensors, eps_args[0], seed if seed is not None else mu,
+        _or(gz, mu), _or(gq, mu), _or(gp, mu), _or(gk, mu),
+        grad_mu, grad_scale, pmu_buffer, pscale_buffer,
+        r, d, k, rows.layout.n1, rows.layout.n2,
+        *rows.stride_args(), *eps_args[1:],
+        *_strides(gz, 3), *_strides(gq, 2), *_strides(gp, 2), *_strides(gk, 1),
+        PARAM=param, HAS_PRIOR=rows.has_prior, HAS_EPS=eps is not None, STL=stl,
+        HAS_GZ=gz is not None, HAS_GQ=gq is not None, HAS_GP=gp is not None, HAS_GK=gk is not None,
+        PM_SHARED=rows.shared(2), PS_SHARED=rows.shared(3), DTYPE=tl_dtype,
+        BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,
+    )
+    if rows.has_prior:
+        grad_pmu = rows.reduce_prior_grad(2, pmu_buffer, prior_mu, mu.shape[:-1])
+        grad_pscale = rows.reduce_prior_grad(3, pscale_buffer, prior_scale, mu.shape[:-1])
+    return grad_mu, grad_scale, grad_pmu, grad_pscale
+
+
+def _or(t: Optional[Tensor], fallback: Tensor) -> Tensor:
+    return fallback if t is None else t
+
+
+def _strides(t: Optional[Tensor], n: int) -> tuple[int, ...]:
+    return (0,) * n if t is None else tuple(t.stride())
+
+
+@latent_backward_op.register_fake
+def _(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
+    return (mu.new_empty(mu.shape), scale.new_empty(scale.shape),
+            prior_mu.new_empty(prior_mu.shape) if prior_mu is not None else mu.new_empty(0),
+            prior_scale.new_empty(prior_scale.shape) if prior_scale is not None else mu.new_empty(0))
+
+
+def _latent_setup_context(ctx, inputs, output):
+    mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl = inputs
+    ctx.save_for_backward(mu, scale, prior_mu, prior_scale, eps, seed)
+    ctx.options = (param, n_samples, stl)
+    ctx.set_materialize_grads(False)
+
+
+def _latent_backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl):
+    mu, scale, prior_mu, prior_scale, eps, seed = ctx.saved_tensors
+    grads = latent_backward_op(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale,
+                               eps, seed, *ctx.options)
+    has_prior = prior_mu is not None
+    return (grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None,
+            None, None, None, None, None)
+
+
+latent_op.register_autograd(_latent_backward, setup_context=_latent_setup_context)
+
+
+# ---- analytic KL alone ----
+
+@torch.library.custom_op("fastelbo::triton_kl", mutates_args=())
+def kl_op(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
+          param: int, per_dim: bool) -> Tensor:
+    dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
+    out = torch.empty(mu.shape if per_dim else mu.shape[:-1], dtype=dtype, device=mu.device)
+    if mu.numel() == 0:
+        return out.zero_()
+    rows = _Rows(mu, scale, prior_mu, prior_scale)
+    kl_fwd_kernel[rows.grid](
+        *rows.tensors, out, rows.rows, rows.dim, rows.layout.n1, rows.layout.n2, *rows.stride_args(),
+        PARAM=param, HAS_PRIOR=rows.has_prior, PER_DIM=per_dim, DTYPE=tl_dtype,
+        BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,
+    )
+    return out
+
+
+@kl_op.register_fake
+def _(mu, scale, prior_mu, prior_scale, param, per_dim):
+    dtype, _ = compute(mu, scale, prior_mu, prior_scale)
+    return mu.new_empty(mu.shape if per_dim else mu.shape[:-1], dtype=dtype)
+
+
+@torch.library.custom_op("fastelbo::triton_kl_backward", mutates_args=())
+def kl_backward_op(grad: Tensor, mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
+                   prior_scale: Optional[Tensor], param: int, per_dim: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
+    grad_mu = mu.new_empty(mu.shape)
+    grad_scale = scale.new_empty(scale.shape)
+    grad_pmu = torch.zeros_like(prior_mu) if prior_mu is not None else mu.new_empty(0)
+    grad_pscale = torch.zeros_like(prior_scale) if prior_scale is not None else mu.new_empty(0)
+    if mu.numel() == 0:
+        return grad_mu.zero_(), grad_scale.zero_(), grad_pmu, grad_pscale
+    rows = _Rows(mu, scale, prior_mu, prior_scale)
+    g = _view(grad, rows.rows, rows.dim) if per_dim else _view(grad, rows.rows)
+    g_strides = tuple(g.stride()) if per_dim else (g.stride(0), 0)
+    pmu_buffer = rows.prior_grad_buffer(2, dtype) if rows.has_prior else mu
+    pscale_buffer = rows.prior_grad_buffer(3, dtype) if rows.has_prior else mu
+    kl_bwd_kernel[rows.grid](
+        *rows.tensors, g, grad_mu, grad_scale, pmu_buffer, pscale_buffer,
+        rows.rows, rows.dim, rows.layout.n1, rows.layout.n2, *rows.stride_args(), *g_strides,
+        PARAM=param, HAS_PRIOR=rows.has_prior, PER_DIM=per_dim,
+        PM_SHARED=rows.shared(2), PS_SHARED=rows.shared(3), DTYPE=tl_dtype,
+        BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,
+    )
+    if rows.has_prior:
+        grad_pmu = rows.reduce_prior_grad(2, pmu_buffer, prior_mu, mu.shape[:-1])
+        grad_pscale = rows.reduce_prior_grad(3, pscale_buffer, prior_scale, mu.shape[:-1])
+    return grad_mu, grad_scale, grad_pmu, grad_pscale
+
+
+@kl_backward_op.register_fake
+def _(grad, mu, scale, prior_mu, prior_scale, param, per_dim):
+    return (mu.new_empty(mu.shape), scale.new_empty(scale.shape),
+            prior_mu.new_empty(prior_mu.shape) if prior_mu is not None else mu.new_empty(0),
+            prior_scale.new_empty(prior_scale.shape) if prior_scale is not None else mu.new_empty(0))
+
+
+def _kl_setup_context(ctx, inputs, output):
+    mu, scale, prior_mu, prior_scale, param, per_dim = inputs
+    ctx.save_for_backward(mu, scale, prior_mu, prior_scale)
+    ctx.options = (param, per_dim)
+
+
+def _kl_backward(ctx, grad):
+    mu, scale, prior_mu, prior_scale = ctx.saved_tensors
+    grads = kl_backward_op(grad, mu, scale, prior_mu, prior_scale, *ctx.options)
+    has_prior = prior_mu is not None
+    return grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None, None, None
+
+
+kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)

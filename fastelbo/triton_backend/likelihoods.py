@@ -1,0 +1,209 @@
+"""The likelihoods as torch.library custom ops on the Triton kernels.
+
+Each forward op returns the per-row log-prob and, when asked (need_grad), the elementwise
+gradient in a buffer it owns, in the compute dtype (float32, float64 for float64 inputs): the
+backward pass only scales that buffer by the incoming per-row gradient (one elementwise multiply)
+and rounds once to the parameters' dtype, as the reference does. Absent buffers are empty tensors.
+
+fastelbo::triton_binary_log_prob(logits, x, event_dims, continuous, need_grad) -> (out, grad_logits)
+fastelbo::triton_gaussian_log_prob(mean, x, logvar?, logvar_value, event_dims, need_grad)
+    -> (out, grad_mean, grad_logvar)      grad_logvar per element, float32/64, only for a logvar tensor
+fastelbo::triton_categorical_log_prob(logits, target, event_dims, need_grad) -> (out, grad_logits)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+from torch import Tensor
+
+from ..triton_kernels.likelihoods import (
+    binary_log_prob_kernel,
+    categorical_log_prob_kernel,
+    gaussian_log_prob_kernel,
+)
+from ._common import block_rows, compute, split_scalar
+from ._layout import plan
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+MAX_BLOCK_N = 2048
+
+
+def _row_grid(layout):
+    block_n = min(MAX_BLOCK_N, max(16, triton.next_power_of_2(max(layout.cols, 1))))
+    block_r = block_rows(block_n, layout.rows)
+    return (triton.cdiv(layout.rows, block_r),), block_r, block_n
+
+
+def _batch_shape(params: Tensor, event_dims: int):
+    return params.shape[: params.dim() - event_dims]
+
+
+def _grad_buffer(need: bool, like: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty(like.shape if need else (0,), dtype=dtype, device=like.device)
+
+
+def _scale_buffer(buffer: Tensor, grad_out: Tensor, event_dims: int) -> Tensor:
+    """buffer * grad_out broadcast over the event dims (the whole backward of a likelihood)."""
+    return buffer * grad_out.reshape(grad_out.shape + (1,) * event_dims)
+
+
+# ---- Bernoulli and continuous Bernoulli ----
+
+@torch.library.custom_op("fastelbo::triton_binary_log_prob", mutates_args=())
+def binary_op(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_grad: bool) -> tuple[Tensor, Tensor]:
+    dtype, tl_dtype = compute(logits)
+    out = torch.empty(_batch_shape(logits, event_dims), dtype=dtype, device=logits.device)
+    grad = _grad_buffer(need_grad, logits, dtype)
+    if out.numel() == 0:
+        return out, grad
+    (logits_, x_), layout = plan([logits, x.expand(logits.shape)], event_dims)
+    grid, block_r, block_n = _row_grid(layout)
+    binary_log_prob_kernel[grid](
+        logits_, x_, out, grad if need_grad else out,
+        layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0), *layout.args(1),
+        CONTINUOUS=continuous, NEED_GRAD=need_grad, DTYPE=tl_dtype, BLOCK_R=block_r, BLOCK_N=block_n,
+    )
+    return out, grad
+
+
+@binary_op.register_fake
+def _(logits, x, event_dims, continuous, need_grad):
+    dtype, _ = compute(logits)
+    return (logits.new_empty(_batch_shape(logits, event_dims), dtype=dtype),
+            logits.new_empty(logits.shape if need_grad else (0,), dtype=dtype))
+
+
+def _binary_setup_context(ctx, inputs, output):
+    logits, x, event_dims, continuous, need_grad = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.event_dims = event_dims
+    ctx.logits_dtype = logits.dtype
+    ctx.x_shape_dtype = (x.shape, x.dtype)
+    # d/dx of x l is l: keep the logits only when a float x asks for its gradient.
+    ctx.save_for_backward(output[1], logits if x.requires_grad else None)
+
+
+def _binary_backward(ctx, grad_out, _):
+    buffer, logits = ctx.saved_tensors
+    grad_logits = grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = _scale_buffer(buffer, grad_out, ctx.event_dims).to(ctx.logits_dtype)
+    if ctx.needs_input_grad[1] and logits is not None:
+        x_shape, x_dtype = ctx.x_shape_dtype
+        grad_x = _scale_buffer(logits, grad_out, ctx.event_dims).sum_to_size(x_shape).to(x_dtype)
+    return grad_logits, grad_x, None, None, None
+
+
+binary_op.register_autograd(_binary_backward, setup_context=_binary_setup_context)
+
+
+# ---- Gaussian ----
+
+@torch.library.custom_op("fastelbo::triton_gaussian_log_prob", mutates_args=())
+def gaussian_op(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value: float, event_dims: int,
+                need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    dtype, tl_dtype = compute(mean, logvar)
+    out = torch.empty(_batch_shape(mean, event_dims), dtype=dtype, device=mean.device)
+    grad_mean = _grad_buffer(need_grad, mean, dtype)
+    need_grad_v = need_grad and logvar is not None
+    grad_logvar = _grad_buffer(need_grad_v, mean, dtype)
+    if out.numel() == 0:
+        return out, grad_mean, grad_logvar
+    tensors = [mean, x.expand(mean.shape)] + ([logvar.expand(mean.shape)] if logvar is not None else [])
+    tensors, layout = plan(tensors, event_dims)
+    v_tensor = tensors[2] if logvar is not None else mean
+    v_strides = layout.args(2) if logvar is not None else (0, 0, 0, 0)
+    grid, block_r, block_n = _row_grid(layout)
+    const_hi, const_lo = split_scalar(layout.cols * HALF_LOG_2PI)
+    v_hi, v_lo = split_scalar(logvar_value)
+    gaussian_log_prob_kernel[grid](
+        tensors[0], tensors[1], v_tensor, out, grad_mean if need_grad else out, grad_logvar if need_grad_v else out,
+        layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0), *layout.args(1), *v_strides,
+        v_hi, v_lo, const_hi, const_lo,
+        V_TENSOR=logvar is not None, NEED_GRAD=need_grad, NEED_GRAD_V=need_grad_v, DTYPE=tl_dtype,
+        BLOCK_R=block_r, BLOCK_N=block_n,
+    )
+    return out, grad_mean, grad_logvar
+
+
+@gaussian_op.register_fake
+def _(mean, x, logvar, logvar_value, event_dims, need_grad):
+    dtype, _ = compute(mean, logvar)
+    need_grad_v = need_grad and logvar is not None
+    return (mean.new_empty(_batch_shape(mean, event_dims), dtype=dtype),
+            mean.new_empty(mean.shape if need_grad else (0,), dtype=dtype),
+            mean.new_empty(mean.shape if need_grad_v else (0,), dtype=dtype))
+
+
+def _gaussian_setup_context(ctx, inputs, output):
+    mean, x, logvar, logvar_value, event_dims, need_grad = inputs
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.event_dims = event_dims
+    ctx.meta = (mean.dtype, x.shape, x.dtype, None if logvar is None else (logvar.shape, logvar.dtype))
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _gaussian_backward(ctx, grad_out, _, __):
+    grad_mean_buffer, grad_logvar_buffer = ctx.saved_tensors
+    mean_dtype, x_shape, x_dtype, logvar_meta = ctx.meta
+    grad_mean = grad_x = grad_logvar = None
+    scaled = _scale_buffer(grad_mean_buffer, grad_out, ctx.event_dims)
+    if ctx.needs_input_grad[0]:
+        grad_mean = scaled.to(mean_dtype)
+    if ctx.needs_input_grad[1]:  # d/dx = -d/dm
+        grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype)
+    if ctx.needs_input_grad[2] and logvar_meta is not None:
+        shape, dtype = logvar_meta
+        grad_logvar = _scale_buffer(grad_logvar_buffer, grad_out, ctx.event_dims).sum_to_size(shape).to(dtype)
+    return grad_mean, grad_x, grad_logvar, None, None, None
+
+
+gaussian_op.register_autograd(_gaussian_backward, setup_context=_gaussian_setup_context)
+
+
+# ---- categorical ----
+
+@torch.library.custom_op("fastelbo::triton_categorical_log_prob", mutates_args=())
+def categorical_op(logits: Tensor, target: Tensor, event_dims: int, need_grad: bool) -> tuple[Tensor, Tensor]:
+    dtype, tl_dtype = compute(logits)
+    elem_shape = logits.shape[:-1]
+    grad = _grad_buffer(need_grad, logits, dtype)
+    per_element = torch.empty(elem_shape, dtype=dtype, device=logits.device)
+    if per_element.numel() > 0:
+        target_full = target.expand(elem_shape).unsqueeze(-1).expand(logits.shape)
+        (logits_, target_), layout = plan([logits, target_full], 1)
+        n_classes = logits.shape[-1]
+        block_c = min(MAX_BLOCK_N, max(16, triton.next_power_of_2(n_classes)))
+        block_e = block_rows(block_c, layout.rows)
+        categorical_log_prob_kernel[(triton.cdiv(layout.rows, block_e),)](
+            logits_, target_, per_element, grad if need_grad else per_element,
+            layout.rows, n_classes, layout.n1, layout.n2, *layout.args(0), *layout.args(1)[:3],
+            NEED_GRAD=need_grad, DTYPE=tl_dtype, BLOCK_E=block_e, BLOCK_C=block_c,
+        )
+    out = per_element.sum(dim=tuple(range(-event_dims, 0))) if event_dims else per_element
+    return out, grad
+
+
+@categorical_op.register_fake
+def _(logits, target, event_dims, need_grad):
+    dtype, _ = compute(logits)
+    out_shape = logits.shape[: logits.dim() - 1 - event_dims]
+    return logits.new_empty(out_shape, dtype=dtype), logits.new_empty(logits.shape if need_grad else (0,), dtype=dtype)
+
+
+def _categorical_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.event_dims = inputs[2] + 1  # the class dim too
+    ctx.logits_dtype = inputs[0].dtype
+    ctx.save_for_backward(output[1])
+
+
+def _categorical_backward(ctx, grad_out, _):
+    (buffer,) = ctx.saved_tensors
+    return _scale_buffer(buffer, grad_out, ctx.event_dims).to(ctx.logits_dtype), None, None, None
+
+
+categorical_op.register_autograd(_categorical_backward, setup_context=_categorical_setup_context)

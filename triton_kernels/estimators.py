@@ -1,0 +1,59 @@
+"""The estimator combine: K per-sample terms (K, R) -> one value per data point (R,), one pass.
+
+log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), beta = beta_hi + beta_lo, log K = logk_hi + logk_lo:
+    MODE 0, elbo with MC KL:       mean_k [log p(x|z_k) + beta (log p(z_k) - log q(z_k|x))]
+    MODE 1, elbo with analytic KL: mean_k log p(x|z_k) - beta kl
+    MODE 2, iwae:                  logsumexp_k log w_k - log K, by an online max-shifted sum, and
+                                   the normalized weights w~_k = exp(log w_k - logsumexp) that
+                                   the backward pass multiplies the incoming gradient by.
+"""
+import triton
+import triton.language as tl
+
+from .math import scalar
+
+
+@triton.jit
+def estimate_kernel(
+    ll_ptr, lq_ptr, lp_ptr, kl_ptr, out_ptr, w_ptr,
+    R, K, beta_hi, beta_lo, logk_hi, logk_lo,
+    MODE: tl.constexpr, DTYPE: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """Inputs contiguous (K, R) (kl: (R,)); out (R,), w (K, R) in MODE 2."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask = rows < R
+    beta = scalar(beta_hi, beta_lo, DTYPE)
+    if MODE == 2:
+        run_max = tl.full((BLOCK_R,), float("-inf"), dtype=DTYPE)
+        run_sum = tl.zeros((BLOCK_R,), dtype=DTYPE)
+        for k in range(K):
+            offs = tl.cast(k, tl.int64) * R + rows
+            log_w = (tl.load(ll_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+                     + tl.load(lp_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+                     - tl.load(lq_ptr + offs, mask=mask, other=0.0).to(DTYPE))
+            new_max = tl.maximum(run_max, log_w)
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # all -inf so far: keep 0
+            run_sum = run_sum * tl.exp(run_max - shift) + tl.exp(log_w - shift)
+            run_max = new_max
+        lse = tl.where(run_max == float("-inf"), run_max, run_max + tl.log(run_sum))
+        tl.store(out_ptr + rows, lse - scalar(logk_hi, logk_lo, DTYPE), mask=mask)
+        for k in range(K):
+            offs = tl.cast(k, tl.int64) * R + rows
+            log_w = (tl.load(ll_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+                     + tl.load(lp_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+                     - tl.load(lq_ptr + offs, mask=mask, other=0.0).to(DTYPE))
+            tl.store(w_ptr + offs, tl.exp(log_w - lse), mask=mask)
+    else:
+        acc = tl.zeros((BLOCK_R,), dtype=DTYPE)
+        for k in range(K):
+            offs = tl.cast(k, tl.int64) * R + rows
+            term = tl.load(ll_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+            if MODE == 0:
+                lp = tl.load(lp_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+                lq = tl.load(lq_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+                term += beta * (lp - lq)
+            acc += term
+        value = acc / K
+        if MODE == 1:
+            value -= beta * tl.load(kl_ptr + rows, mask=mask, other=0.0).to(DTYPE)
+        tl.store(out_ptr + rows, value, mask=mask)
