@@ -109,6 +109,10 @@ def current_backend() -> str:
     return stack[-1] if stack else _global_choice
 
 
+# Imported implementation modules, filled by _resolve_and_load (outside any torch.compile trace).
+_LOADED: dict[str, ModuleType] = {}
+
+
 def resolve_name(backend: str | None, device: torch.device) -> str:
     """The concrete backend for a call on tensors of ``device``."""
     name = current_backend() if backend is None else _check_name(backend, "backend")
@@ -121,6 +125,17 @@ def resolve_name(backend: str | None, device: torch.device) -> str:
     return name
 
 
+@torch.compiler.assume_constant_result
+def _resolve_and_load(backend: str | None, device_type: str) -> str:
+    """resolve_name, with the chosen module imported into _LOADED. Under torch.compile this runs
+    once, eagerly, at trace time and its result is a constant of the graph: the backend of a
+    compiled region is fixed when it is compiled (imports cannot be traced)."""
+    name = resolve_name(backend, torch.device(device_type))
+    if name not in _LOADED:
+        _LOADED[name] = importlib.import_module(_MODULES[name])
+    return name
+
+
 def resolve(backend: str | None, device: torch.device) -> ModuleType:
     """The implementation module for a call on tensors of ``device``."""
-    return importlib.import_module(_MODULES[resolve_name(backend, device)])
+    return _LOADED[_resolve_and_load(backend, device.type)]
