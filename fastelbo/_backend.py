@@ -125,7 +125,6 @@ def resolve_name(backend: str | None, device: torch.device) -> str:
     return name
 
 
-@torch.compiler.assume_constant_result
 def _resolve_and_load(backend: str | None, device_type: str) -> str:
     """resolve_name, with the chosen module imported into _LOADED. Under torch.compile this runs
     once, eagerly, at trace time and its result is a constant of the graph: the backend of a
@@ -134,6 +133,11 @@ def _resolve_and_load(backend: str | None, device_type: str) -> str:
     if name not in _LOADED:
         _LOADED[name] = importlib.import_module(_MODULES[name])
     return name
+
+
+# What torch.compiler.assume_constant_result(_resolve_and_load) does, without importing
+# torch._dynamo (and with it triton) whenever fastelbo is imported.
+_resolve_and_load._dynamo_marked_constant = True
 
 
 def resolve(backend: str | None, device: torch.device) -> ModuleType:

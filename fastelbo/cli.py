@@ -13,14 +13,29 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _interpret_triton_on_cpu(device: str) -> bool:
+    """On CPU tensors, check the Triton kernels in Triton's interpreter: set TRITON_INTERPRET=1
+    before anything imports them (unless the user chose a value)."""
+    import importlib.util
+    import os
+
+    if device != "cpu" or "TRITON_INTERPRET" in os.environ or importlib.util.find_spec("triton") is None:
+        return False
+    os.environ["TRITON_INTERPRET"] = "1"
+    return True
+
+
 def cmd_check(args) -> int:
     """Every public op on every available backend against the float64 reference; exit 1 on a failure."""
+    interpreted = _interpret_triton_on_cpu(args.device)
     from . import backends
     from .testing import CASES, compare
 
     status = backends()
     names = args.backend or list(status)
     print(f"fastelbo check on {args.device}, torch {torch.__version__}")
+    if interpreted:
+        print("  triton     runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1): slow, but the same kernels")
     for name in names:
         if status.get(name) != "available":
             print(f"  {name:<10} unavailable: {status.get(name, 'unknown backend')}")

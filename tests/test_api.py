@@ -67,7 +67,7 @@ def test_non_contiguous_inputs_match_contiguous(seed):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bitwise_reproducible(backend, seed):
-    g = generator(seed, "cpu")
+    g = generator(seed)
     mu, s = randn(g, 4, 3).float().requires_grad_(True), randn(g, 4, 3).float().requires_grad_(True)
     w, x = randn(g, 3, 6).float(), (rand(g, 4, 6) < 0.5).float()
 

@@ -1,4 +1,5 @@
-"""float64 gradcheck (and gradgradcheck where cheap) of every op on the reference path.
+"""float64 gradcheck of every op, on every available backend (each module-level test runs once per
+backend, inside use_backend).
 
 STL and DReG are left out on purpose: their gradients are not the derivatives of their values
 (tests/test_estimators.py checks them against two-pass surrogates instead).
@@ -8,7 +9,13 @@ import torch
 from torch.autograd import gradcheck
 
 import fastelbo as fe
-from helpers import PARAMS, generator, rand, randn
+from helpers import BACKENDS, PARAMS, generator, rand, randn
+
+
+@pytest.fixture(params=BACKENDS, autouse=True)
+def backend(request):
+    with fe.use_backend(request.param):
+        yield request.param
 
 
 def _leaf(t):
@@ -19,7 +26,7 @@ def _leaf(t):
 @pytest.mark.parametrize("with_prior", [False, True])
 @pytest.mark.parametrize("n_samples", [None, 3])
 def test_latent(param, with_prior, n_samples, seed):
-    g = generator(seed, "cpu")
+    g = generator(seed)
     mu, s = _leaf(randn(g, 2, 4)), _leaf(rand(g, 2, 4, low=-1, high=1))
     eps = randn(g, *((n_samples,) if n_samples else ()), 2, 4)
     inputs = [mu, s]
@@ -35,7 +42,7 @@ def test_latent(param, with_prior, n_samples, seed):
 
 @pytest.mark.parametrize("param", PARAMS)
 def test_kl(param, seed):
-    g = generator(seed, "cpu")
+    g = generator(seed)
     mu, s = _leaf(randn(g, 3, 4)), _leaf(rand(g, 3, 4, low=-1, high=1))
     pm, ps = _leaf(randn(g, 4)), _leaf(rand(g, 4, low=-1, high=1))
     assert gradcheck(lambda *a: fe.gaussian_kl(a[0], a[1], param=param, prior=(a[2], a[3]), per_dim=True), [mu, s, pm, ps])
@@ -43,7 +50,7 @@ def test_kl(param, seed):
 
 
 def test_likelihoods(seed):
-    g = generator(seed, "cpu")
+    g = generator(seed)
     logits = _leaf(randn(g, 2, 3, 5, scale=2.0))
     x = rand(g, 3, 5)
     assert gradcheck(lambda l: fe.bernoulli_log_prob(l, x), [logits])
@@ -61,7 +68,7 @@ def test_likelihoods(seed):
 
 @pytest.mark.parametrize("kl,estimator,beta", [("mc", "elbo", 0.5), ("analytic", "elbo", 2.0), ("mc", "iwae", 1.0)])
 def test_elbo(kl, estimator, beta, seed):
-    g = generator(seed, "cpu")
+    g = generator(seed)
     mu, s = _leaf(randn(g, 3, 2)), _leaf(rand(g, 3, 2, low=-1, high=1))
     w = _leaf(randn(g, 2, 5))
     x = (rand(g, 3, 5) < 0.5).double()
@@ -75,7 +82,7 @@ def test_elbo(kl, estimator, beta, seed):
 
 
 def test_elbo_module_and_classic(seed):
-    g = generator(seed, "cpu")
+    g = generator(seed)
     mu, s = _leaf(randn(g, 3, 2)), _leaf(rand(g, 3, 2, low=-1, high=1))
     w = _leaf(randn(g, 2, 5))
     x = (rand(g, 3, 5) < 0.5).double()

@@ -33,3 +33,14 @@ def test_noise_matches_the_reference_scheme(n_samples, n_rows, dim, seed):
     got = normal_noise(s, n_samples, n_rows, dim)
     torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-6)
 
+
+
+def test_float64_noise_matches_the_reference_scheme(seed):
+    """float64 noise comes from the same words, with Box-Muller in float64: equal to rounding."""
+    from fastelbo.triton_backend.rng import normal_noise
+
+    s = rng.draw_seed(torch.device(DEVICE), generator(seed, DEVICE))
+    want = rng.normal_noise(s, 2, 9, 7, torch.float64)
+    got = normal_noise(s, 2, 9, 7, torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(want.float(), rng.normal_noise(s, 2, 9, 7), rtol=2e-6, atol=2e-6)
