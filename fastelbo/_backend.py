@@ -109,15 +109,19 @@ def current_backend() -> str:
     return stack[-1] if stack else _global_choice
 
 
-# Imported implementation modules, filled by _resolve_and_load (outside any torch.compile trace).
+# Imported implementation modules, filled by _load (outside any torch.compile trace).
 _LOADED: dict[str, ModuleType] = {}
 
 
 def resolve_name(backend: str | None, device: torch.device) -> str:
     """The concrete backend for a call on tensors of ``device``."""
-    name = current_backend() if backend is None else _check_name(backend, "backend")
+    return _resolve_choice(current_backend() if backend is None else backend, device.type)
+
+
+def _resolve_choice(name: str, device_type: str) -> str:
+    name = _check_name(name, "backend")
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(device.type, ()):
+        for candidate in _AUTO_ORDER.get(device_type, ()):
             if _unavailable_reason(candidate) is None:
                 return candidate
         return "reference"
@@ -125,21 +129,27 @@ def resolve_name(backend: str | None, device: torch.device) -> str:
     return name
 
 
-def _resolve_and_load(backend: str | None, device_type: str) -> str:
-    """resolve_name, with the chosen module imported into _LOADED. Under torch.compile this runs
-    once, eagerly, at trace time and its result is a constant of the graph: the backend of a
-    compiled region is fixed when it is compiled (imports cannot be traced)."""
-    name = resolve_name(backend, torch.device(device_type))
-    if name not in _LOADED:
-        _LOADED[name] = importlib.import_module(_MODULES[name])
-    return name
-
-
-# What torch.compiler.assume_constant_result(_resolve_and_load) does, without importing
-# torch._dynamo (and with it triton) whenever fastelbo is imported.
-_resolve_and_load._dynamo_marked_constant = True
+def _load(name: str, device_type: str) -> str:
+    """The concrete backend of choice `name` ("auto" or a backend) for `device_type`, with every
+    available backend's module imported into _LOADED on first use (all at once, so that a
+    torch.compile trace, which snapshots _LOADED when it first reads it, sees every module)."""
+    concrete = _resolve_choice(name, device_type)
+    if concrete not in _LOADED:
+        for other in NAMES:
+            if other == concrete or (other not in _LOADED and _unavailable_reason(other) is None):
+                _LOADED[other] = importlib.import_module(_MODULES[other])
+    return concrete
 
 
 def resolve(backend: str | None, device: torch.device) -> ModuleType:
-    """The implementation module for a call on tensors of ``device``."""
-    return _LOADED[_resolve_and_load(backend, device.type)]
+    """The implementation module for a call on tensors of ``device``. The choice (the thread's
+    use_backend stack included) is read here, so that torch.compile traces it; _load runs once
+    at trace time and its result is a constant of the graph."""
+    return _LOADED[_load(current_backend() if backend is None else backend, device.type)]
+
+
+# What torch.compiler.assume_constant_result does, without importing torch._dynamo (and with it
+# triton) whenever fastelbo is imported: inside a compiled region, backend resolution and
+# availability checks (imports, environment) run once at trace time and become constants.
+_load._dynamo_marked_constant = True
+_unavailable_reason._dynamo_marked_constant = True

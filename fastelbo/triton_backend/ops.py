@@ -17,7 +17,7 @@ from ._common import check_device, compute
 from .estimators import MODES, estimate_op
 from .latent import kl_op, latent_op
 from .likelihoods import binary_op, categorical_op, gaussian_op
-from .rng import normal_noise
+from .rng import normal_noise_op
 
 __all__ = ["latent", "kl", "bernoulli", "gaussian", "continuous_bernoulli", "categorical", "elbo"]
 
@@ -51,7 +51,7 @@ def _log_q_grad_z(mu, scale, param, n_samples, eps, seed):
     with torch.no_grad():
         if eps is None:
             rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
-            eps = normal_noise(seed, 1 if n_samples is None else n_samples, rows, mu.shape[-1], dtype)
+            eps = normal_noise_op(seed, 1 if n_samples is None else n_samples, rows, mu.shape[-1], dtype == torch.float64)
             eps = eps.view(-1, *mu.shape)
         sigma, _ = sigma_and_log_sigma(scale.to(dtype), param)
         grad = -eps.to(dtype) / sigma

@@ -29,3 +29,14 @@ def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int,
     normal_noise_kernel[grid](seed.reshape(1), out, n_rows, dim, DTYPE=TL_DTYPES[dtype], BLOCK_ROWS=block_rows,
                               BLOCK_GROUPS=block_groups)
     return out
+
+
+@torch.library.custom_op("fastelbo::triton_normal_noise", mutates_args=())
+def normal_noise_op(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int, float64: bool) -> torch.Tensor:
+    """normal_noise as a custom op (DReG regenerates eps with it inside compiled regions)."""
+    return normal_noise(seed, n_samples, n_rows, dim, torch.float64 if float64 else torch.float32)
+
+
+@normal_noise_op.register_fake
+def _(seed, n_samples, n_rows, dim, float64):
+    return seed.new_empty((n_samples, n_rows, dim), dtype=torch.float64 if float64 else torch.float32)
