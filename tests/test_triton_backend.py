@@ -198,6 +198,7 @@ def _offsets_by_formula(layout, i):
     (lambda: torch.zeros(3, 1, 5).expand(3, 4, 5), 2),
     (lambda: torch.zeros(2, 3, 4, 5, 6)[:, :, ::2, :, ::3], 1),
     (lambda: torch.zeros(4, 5, 6).permute(2, 0, 1), 2),
+    (lambda: torch.zeros(2, 3, 4, 5, 6).permute(3, 1, 0, 2, 4), 1),  # four row strides: copied
 ])
 def test_layout_offsets_address_every_element(make, event_dims):
     """The offsets the kernels compute (row_offset + col * stride) are the tensor's own offsets."""
