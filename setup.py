@@ -2,7 +2,8 @@
 
 torch is not pinned here, so an existing CUDA build of torch is kept; on a CPU-only machine
 install it first with `pip install torch==2.13.0` (the README's commands do) so pip does not
-fetch CUDA wheels.
+fetch CUDA wheels. Nothing is compiled at install time: the C++ backends (csrc/) are built just in
+time on first use, with ninja, for the machine they run on (fastelbo/cpp_backend/_build.py).
 """
 from setuptools import setup
 
@@ -13,9 +14,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["fastelbo", "fastelbo.reference", "fastelbo.triton_backend", "fastelbo.triton_kernels"],
-    package_dir={"fastelbo.triton_kernels": "triton_kernels"},
-    install_requires=["torch>=2.4", "numpy"],
+    packages=["fastelbo", "fastelbo.reference", "fastelbo.triton_backend", "fastelbo.triton_kernels",
+              "fastelbo.cpp_backend", "fastelbo.csrc"],
+    package_dir={"fastelbo.triton_kernels": "triton_kernels", "fastelbo.csrc": "csrc"},
+    # The C++ sources travel with the package: fastelbo builds them just in time, with ninja.
+    package_data={"fastelbo.csrc": ["*.md", "core/*.h", "binding/*.h", "binding/*.cpp", "cpu/*.h", "cpu/*.cpp",
+                                    "cuda/*.cu", "cuda/*.md", "cuda/kernels/*.cuh"]},
+    install_requires=["torch>=2.4", "numpy", "ninja"],
     extras_require={"test": ["pytest>=7", "mpmath", "triton"]},
     entry_points={"console_scripts": ["fastelbo=fastelbo.cli:main"]},
 )

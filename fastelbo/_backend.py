@@ -25,12 +25,11 @@ CHOICES = ("auto",) + NAMES
 # Tried in this order by "auto" for each device type; "reference" closes every list.
 _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 
-_MODULES = {"reference": "fastelbo.reference.ops", "triton": "fastelbo.triton_backend.ops"}
-
-# Backends of the design that this version does not ship, with the reason backends() reports.
-_NOT_SHIPPED = {
-    "cpu": "not built: this version of fastelbo has no fused C++ CPU kernels yet",
-    "cuda": "not built: this version of fastelbo has no fused CUDA kernels yet",
+_MODULES = {
+    "reference": "fastelbo.reference.ops",
+    "cpu": "fastelbo.cpp_backend.cpu",
+    "triton": "fastelbo.triton_backend.ops",
+    "cuda": "fastelbo.cpp_backend.cuda",
 }
 
 
@@ -61,11 +60,19 @@ def _check_name(name, argument: str) -> str:
     return name
 
 
+def _cpp_reason(name: str) -> str | None:
+    """Builds the C++ library on first use (ninja, about a minute); why it is unavailable, or None."""
+    from .cpp_backend import _build
+
+    reason = _build.cpu_library() if name == "cpu" else _build.cuda_library()
+    return reason if reason is not None else _import_error(name)
+
+
 def _unavailable_reason(name: str) -> str | None:
-    if name in _NOT_SHIPPED:
-        return _NOT_SHIPPED[name]
     if name == "triton":
         return _triton_reason()
+    if name in ("cpu", "cuda"):
+        return _cpp_reason(name)
     return None
 
 

@@ -17,6 +17,7 @@ from fastelbo.testing import DTYPES
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [name for name, status in fe.backends().items() if status == "available"]
+FUSED_BACKENDS = [name for name in BACKENDS if name != "reference"]
 FLOAT_DTYPES = list(DTYPES)
 PARAMS = ["logvar", "log_std", "softplus"]
 

@@ -81,15 +81,17 @@ def test_bitwise_reproducible(backend, seed):
         assert torch.equal(a, b)
 
 
-def test_concurrent_threads_give_the_single_thread_results(seed):
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("reference", "cpu")])  # those of CPU tensors
+def test_concurrent_threads_give_the_single_thread_results(backend, seed):
     g = generator(seed, "cpu")
     inputs = [(randn(g, 8, 5), randn(g, 8, 5)) for _ in range(4)]
-    want = [fe.gaussian_latent(m, v, n_samples=2, generator=generator(seed + i, "cpu")).z for i, (m, v) in enumerate(inputs)]
+    with fe.use_backend(backend):
+        want = [fe.gaussian_latent(m, v, n_samples=2, generator=generator(seed + i, "cpu")).z for i, (m, v) in enumerate(inputs)]
     got = [None] * 4
 
     def work(i):
         m, v = inputs[i]
-        with fe.use_backend("reference"):
+        with fe.use_backend(backend):
             got[i] = fe.gaussian_latent(m, v, n_samples=2, generator=generator(seed + i, "cpu")).z
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]

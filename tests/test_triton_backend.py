@@ -1,9 +1,8 @@
-"""What the "triton" backend promises beyond matching the reference (tests/test_backends_vs_reference.py):
-its torch.library registration (opcheck, torch.compile fullgraph), its noise (forward eps ==
-backward eps, independent of block size, reproducible), broadcast x without copies, strided and
-batched layouts, 64-bit offsets, and clear errors. On CPU these run in Triton's interpreter."""
-import math
-
+"""What the "triton" backend promises beyond matching the reference (tests/test_backends_vs_reference.py)
+and the promises of every fused backend (tests/test_fused_backends.py): opcheck of its custom ops,
+z independent of the block size, its row plan (broadcast x without copies, every offset of strided
+layouts), 64-bit row offsets, and a clear error on CPU tensors without the interpreter. On CPU
+these run in Triton's interpreter."""
 import pytest
 import torch
 
@@ -18,26 +17,6 @@ pytestmark = [
 
 def _leaf(t):
     return t.detach().requires_grad_(True)
-
-
-def _ref_and_triton(fn, *inputs):
-    """fn(backend, *leaves) -> tensor; the values and gradients on both backends (float64)."""
-    results = []
-    for backend in ("reference", "triton"):
-        leaves = [_leaf(t) if t.is_floating_point() else t for t in inputs]
-        out = fn(backend, *leaves)
-        cot = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype, device=out.device).view(out.shape)
-        wrt = [t for t in leaves if t.requires_grad]
-        grads = torch.autograd.grad(out, wrt, cot, allow_unused=True)
-        results.append((out.detach(), [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]))
-    return results
-
-
-def _assert_same(results, atol=1e-11):
-    (ref_out, ref_grads), (out, grads) = results
-    torch.testing.assert_close(out, ref_out, atol=atol, rtol=atol, equal_nan=True)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, atol=atol, rtol=atol)
 
 
 # ---- torch.library registration ----
@@ -76,66 +55,7 @@ def test_opcheck(index, seed):
     torch.library.opcheck(op, args)
 
 
-def _vae_step(x, mu, scale, weight, prior_mu, backend, estimator):
-    lat = fe.gaussian_latent(mu, scale, n_samples=3, prior=(prior_mu, torch.zeros_like(prior_mu)), backend=backend)
-    log_lik = fe.bernoulli_log_prob(lat.z @ weight, x, backend=backend)
-    with fe.use_backend(backend):
-        return fe.elbo(log_lik, lat, kl="mc", estimator=estimator).mean()
-
-
-@pytest.mark.parametrize("estimator", ["elbo", "iwae", "dreg"])
-def test_compile_fullgraph_forward_and_backward(estimator, seed):
-    """The whole ELBO step compiles without a graph break; values and gradients match eager."""
-    g = generator(seed)
-    x = (rand(g, 4, 6, dtype=torch.float32) < 0.5).float()
-    leaves = [randn(g, 4, 3, dtype=torch.float32), rand(g, 4, 3, dtype=torch.float32, low=-1, high=1),
-              randn(g, 3, 6, dtype=torch.float32), randn(g, 3, dtype=torch.float32)]
-    compiled = torch.compile(_vae_step, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
-    results = []
-    for fn in (_vae_step, compiled):
-        params = [_leaf(t) for t in leaves]
-        torch.manual_seed(seed)
-        if DEVICE == "cuda":
-            torch.cuda.manual_seed(seed)
-        value = fn(x, *params, "triton", estimator)
-        results.append((value.detach(), torch.autograd.grad(value, params)))
-    (v_eager, g_eager), (v_comp, g_comp) = results
-    torch.testing.assert_close(v_comp, v_eager)
-    for a, b in zip(g_comp, g_eager):
-        torch.testing.assert_close(a, b)
-
-
 # ---- noise ----
-
-def test_forward_eps_equals_backward_eps(seed):
-    """z = mu + sigma eps forward; d(c . z)/d logvar = c eps sigma / 2 backward, with eps regenerated."""
-    g = generator(seed)
-    mu, s = _leaf(randn(g, 6, 11)), _leaf(rand(g, 6, 11, low=-1, high=1))
-    lat = fe.gaussian_latent(mu, s, n_samples=3, generator=g, backend="triton")
-    sigma = torch.exp(s.detach() / 2)
-    eps_forward = (lat.z.detach() - mu.detach()) / sigma
-    c = randn(g, 3, 6, 11)
-    (grad_s,) = torch.autograd.grad((lat.z * c).sum(), s)
-    eps_backward = grad_s / (sigma / 2)
-    torch.testing.assert_close(eps_backward, (c * eps_forward).sum(0), atol=1e-12, rtol=1e-12)
-    (grad_s_one,) = torch.autograd.grad(fe.gaussian_latent(mu, s, generator=generator(seed + 1), backend="triton").z.sum(), s)
-    z_one = fe.gaussian_latent(mu, s, generator=generator(seed + 1), backend="triton").z.detach()
-    torch.testing.assert_close(grad_s_one / (sigma / 2), (z_one - mu.detach()) / sigma, atol=1e-12, rtol=1e-12)
-
-
-def test_same_seed_same_z_and_the_reference_eps(seed):
-    mu, s = torch.zeros(5, 9, dtype=torch.float64, device=DEVICE), torch.zeros(5, 9, dtype=torch.float64, device=DEVICE)
-    a = fe.gaussian_latent(mu, s, n_samples=2, generator=generator(seed), backend="triton").z
-    b = fe.gaussian_latent(mu, s, n_samples=2, generator=generator(seed), backend="triton").z
-    ref = fe.gaussian_latent(mu, s, n_samples=2, generator=generator(seed), backend="reference").z
-    assert torch.equal(a, b)
-    torch.testing.assert_close(a, ref, atol=1e-13, rtol=1e-13)  # float64 noise: same to rounding
-    torch.manual_seed(seed)
-    c = fe.gaussian_latent(mu.float(), s.float(), backend="triton").z
-    torch.manual_seed(seed)
-    d = fe.gaussian_latent(mu.float(), s.float(), backend="triton").z
-    assert torch.equal(c, d)
-
 
 def test_z_independent_of_block_size(seed, monkeypatch):
     from fastelbo.triton_backend import _common
@@ -152,20 +72,6 @@ def test_z_independent_of_block_size(seed, monkeypatch):
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0])
         torch.testing.assert_close(other[1], results[0][1], atol=1e-5, rtol=0)
-
-
-def test_noise_moments_and_ks_from_the_latent_kernel():
-    """eps = z for mu = 0, sigma = 1: the kernel's noise is standard normal (p = 1e-4 thresholds)."""
-    zeros = torch.zeros(512, 16, device=DEVICE)
-    eps = fe.gaussian_latent(zeros, zeros, n_samples=2, generator=generator(20261123), backend="triton").z
-    eps = eps.double().flatten()
-    n = eps.numel()
-    assert abs(eps.mean()) < 3.9 / math.sqrt(n)
-    assert abs(eps.var() - 1) < 3.9 * math.sqrt(2 / n)
-    sorted_eps, _ = torch.sort(eps.cpu())
-    cdf = 0.5 * (1 + torch.erf(sorted_eps / math.sqrt(2)))
-    i = torch.arange(1, n + 1, dtype=torch.float64)
-    assert torch.maximum(i / n - cdf, cdf - (i - 1) / n).max() < 2.23 / math.sqrt(n)
 
 
 # ---- layouts ----
@@ -237,72 +143,6 @@ def test_row_offset_is_64_bit():
         i2, rest = r % n2, r // n2
         want.append((rest // n1) * s0 + (rest % n1) * s1 + i2 * s2)
     assert out.tolist() == want
-
-
-@pytest.mark.parametrize("param", ["logvar", "softplus"])
-def test_latent_on_strided_batched_inputs(param, seed):
-    g = generator(seed)
-    mu = randn(g, 5, 2, 3, 6).transpose(0, 2)  # (3, 2, 5, 6), non-contiguous
-    s = rand(g, 3, 2, 5, 12, low=-1, high=1)[..., ::2]  # strided last dim
-    pm, ps = randn(g, 2, 1, 6), rand(g, 6, low=-0.5, high=0.5)
-    eps = randn(g, 2, 3, 2, 5, 6)
-
-    def fn(backend, mu, s, pm, ps):
-        lat = fe.gaussian_latent(mu, s, param=param, n_samples=2, prior=(pm, ps), eps=eps, backend=backend)
-        return torch.cat([lat.z.flatten(), lat.log_q.flatten(), lat.log_p.flatten(), lat.kl.flatten()])
-
-    _assert_same(_ref_and_triton(fn, mu, s, pm, ps))
-
-
-def test_kl_on_strided_inputs_with_broadcast_prior(seed):
-    g = generator(seed)
-    mu, s = randn(g, 4, 3, 9)[:, 1], rand(g, 9, 4, low=-1, high=1).T
-    pm, ps = randn(g, 1), rand(g, 4, 1, low=-1, high=1)
-
-    def fn(backend, mu, s, pm, ps):
-        return fe.gaussian_kl(mu, s, param="log_std", prior=(pm, ps), per_dim=True, backend=backend)
-
-    _assert_same(_ref_and_triton(fn, mu, s, pm, ps))
-
-
-@pytest.mark.parametrize("x_dtype", [torch.bool, torch.uint8, torch.float64])
-@pytest.mark.parametrize("continuous", [False, True])
-def test_binary_likelihoods_broadcast_x_of_every_dtype(x_dtype, continuous, seed):
-    g = generator(seed)
-    logits = randn(g, 7, 3, 2, 4, scale=4.0).transpose(1, 2)  # (7, 2, 3, 4), strided
-    x = (rand(g, 3, 4) < 0.5).to(x_dtype)
-    op = fe.continuous_bernoulli_log_prob if continuous else fe.bernoulli_log_prob
-
-    def fn(backend, logits, x):
-        return op(logits, x, event_dims=2, backend=backend)
-
-    _assert_same(_ref_and_triton(fn, logits, x))
-
-
-def test_gradients_reach_a_float_x_and_a_broadcast_logvar(seed):
-    g = generator(seed)
-    mean, x, logvar = randn(g, 3, 4, 5), randn(g, 4, 5), rand(g, 5, low=-1, high=1)
-    _assert_same(_ref_and_triton(lambda b, m, x, v: fe.gaussian_log_prob(m, x, logvar=v, backend=b), mean, x, logvar))
-    logits, xb = randn(g, 3, 4, 5), rand(g, 4, 5)
-    _assert_same(_ref_and_triton(lambda b, l, x: fe.bernoulli_log_prob(l, x, backend=b), logits, xb))
-
-
-def test_long_rows_and_many_classes_loop_over_blocks(seed):
-    """Rows longer than one block (likelihoods loop over N) and C > one block (online logsumexp)."""
-    g = generator(seed)
-    logits, x = randn(g, 2, 5000, scale=3.0), rand(g, 5000)
-    _assert_same(_ref_and_triton(lambda b, l, x: fe.continuous_bernoulli_log_prob(l, x, backend=b), logits, x))
-    logits_c = randn(g, 2, 3000, scale=3.0)
-    target = torch.tensor([5, 2999], device=DEVICE)
-    _assert_same(_ref_and_triton(lambda b, l, t: fe.categorical_log_prob(l, t, event_dims=0, backend=b), logits_c, target))
-
-
-def test_empty_batches(seed):
-    mu = torch.zeros(0, 4, device=DEVICE, requires_grad=True)
-    lat = fe.gaussian_latent(mu, mu, n_samples=2, backend="triton")
-    assert lat.z.shape == (2, 0, 4) and lat.kl.shape == (0,)
-    lat.log_q.sum().backward()
-    assert fe.bernoulli_log_prob(torch.zeros(0, 3, device=DEVICE), torch.zeros(3, device=DEVICE), backend="triton").shape == (0,)
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):

@@ -17,10 +17,11 @@ import torch
 import triton
 from torch import Tensor
 
+from .. import _op_rules as rules
 from ..triton_kernels.estimators import estimate_kernel
 from ._common import TL_DTYPES, split_scalar
 
-MODES = {("elbo", "mc"): 0, ("elbo", "analytic"): 1, ("iwae", "mc"): 2}
+MODES = rules.ESTIMATOR_MODES
 BLOCK_R = 128
 
 
@@ -48,33 +49,5 @@ def estimate_op(log_lik: Tensor, log_q: Tensor, log_p: Tensor, kl: Tensor, mode:
     return out, weights
 
 
-@estimate_op.register_fake
-def _(log_lik, log_q, log_p, kl, mode, beta):
-    dtype = _dtype(log_lik, log_q)
-    return log_lik.new_empty(log_lik.shape[1:], dtype=dtype), log_lik.new_empty(log_lik.shape if mode == 2 else (0,), dtype=dtype)
-
-
-def _setup_context(ctx, inputs, output):
-    log_lik, log_q, log_p, kl, mode, beta = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.options = (mode, beta, log_lik.shape[0])
-    ctx.dtypes = (log_lik.dtype, log_q.dtype, log_p.dtype, kl.dtype)
-    ctx.save_for_backward(output[1])
-
-
-def _backward(ctx, grad, _):
-    (weights,) = ctx.saved_tensors
-    mode, beta, k = ctx.options
-    ll_dtype, lq_dtype, lp_dtype, kl_dtype = ctx.dtypes
-    if mode == 2:
-        per_sample = grad.unsqueeze(0) * weights
-        return per_sample.to(ll_dtype), (-per_sample).to(lq_dtype), per_sample.to(lp_dtype), None, None, None
-    shape = (k, *grad.shape)
-    mean_grad = (grad / k).unsqueeze(0).expand(shape)
-    if mode == 1:
-        return mean_grad.to(ll_dtype), None, None, (-beta * grad).to(kl_dtype), None, None
-    return (mean_grad.to(ll_dtype), (-beta * mean_grad).to(lq_dtype), (beta * mean_grad).to(lp_dtype),
-            None, None, None)
-
-
-estimate_op.register_autograd(_backward, setup_context=_setup_context)
+estimate_op.register_fake(rules.estimate_fake)
+estimate_op.register_autograd(rules.estimate_backward, setup_context=rules.estimate_setup_context)

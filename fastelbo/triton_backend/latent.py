@@ -18,6 +18,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .. import _op_rules as rules
 from ..triton_kernels.latent import kl_bwd_kernel, kl_fwd_kernel, latent_bwd_kernel, latent_fwd_kernel
 from ._common import block_rows, compute, split_scalar
 from ._layout import plan
@@ -109,13 +110,7 @@ def _eps_args(eps, rows: _Rows, mu) -> tuple:
     return (eps, rows.rows * rows.dim, *rows.contiguous_row_strides())
 
 
-@latent_op.register_fake
-def _(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
-    dtype, _ = compute(mu, scale, prior_mu, prior_scale)
-    batch = mu.shape[:-1]
-    z = mu.new_empty((n_samples, *mu.shape))
-    log_q = mu.new_empty((n_samples, *batch), dtype=dtype)
-    return z, log_q, torch.empty_like(log_q), mu.new_empty(batch, dtype=dtype)
+latent_op.register_fake(rules.latent_fake)
 
 
 # ---- backward ----
@@ -173,30 +168,9 @@ def _strides(t: Optional[Tensor], n: int) -> tuple[int, ...]:
     return (0,) * n if t is None else tuple(t.stride())
 
 
-@latent_backward_op.register_fake
-def _(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
-    return (mu.new_empty(mu.shape), scale.new_empty(scale.shape),
-            prior_mu.new_empty(prior_mu.shape) if prior_mu is not None else mu.new_empty(0),
-            prior_scale.new_empty(prior_scale.shape) if prior_scale is not None else mu.new_empty(0))
-
-
-def _latent_setup_context(ctx, inputs, output):
-    mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl = inputs
-    ctx.save_for_backward(mu, scale, prior_mu, prior_scale, eps, seed)
-    ctx.options = (param, n_samples, stl)
-    ctx.set_materialize_grads(False)
-
-
-def _latent_backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl):
-    mu, scale, prior_mu, prior_scale, eps, seed = ctx.saved_tensors
-    grads = latent_backward_op(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale,
-                               eps, seed, *ctx.options)
-    has_prior = prior_mu is not None
-    return (grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None,
-            None, None, None, None, None)
-
-
-latent_op.register_autograd(_latent_backward, setup_context=_latent_setup_context)
+latent_backward_op.register_fake(rules.latent_backward_fake)
+_backward, _setup_context = rules.latent_autograd(latent_backward_op)
+latent_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- analytic KL alone ----
@@ -217,10 +191,7 @@ def kl_op(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Op
     return out
 
 
-@kl_op.register_fake
-def _(mu, scale, prior_mu, prior_scale, param, per_dim):
-    dtype, _ = compute(mu, scale, prior_mu, prior_scale)
-    return mu.new_empty(mu.shape if per_dim else mu.shape[:-1], dtype=dtype)
+kl_op.register_fake(rules.kl_fake)
 
 
 @torch.library.custom_op("fastelbo::triton_kl_backward", mutates_args=())
@@ -251,24 +222,6 @@ def kl_backward_op(grad: Tensor, mu: Tensor, scale: Tensor, prior_mu: Optional[T
     return grad_mu, grad_scale, grad_pmu, grad_pscale
 
 
-@kl_backward_op.register_fake
-def _(grad, mu, scale, prior_mu, prior_scale, param, per_dim):
-    return (mu.new_empty(mu.shape), scale.new_empty(scale.shape),
-            prior_mu.new_empty(prior_mu.shape) if prior_mu is not None else mu.new_empty(0),
-            prior_scale.new_empty(prior_scale.shape) if prior_scale is not None else mu.new_empty(0))
-
-
-def _kl_setup_context(ctx, inputs, output):
-    mu, scale, prior_mu, prior_scale, param, per_dim = inputs
-    ctx.save_for_backward(mu, scale, prior_mu, prior_scale)
-    ctx.options = (param, per_dim)
-
-
-def _kl_backward(ctx, grad):
-    mu, scale, prior_mu, prior_scale = ctx.saved_tensors
-    grads = kl_backward_op(grad, mu, scale, prior_mu, prior_scale, *ctx.options)
-    has_prior = prior_mu is not None
-    return grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None, None, None
-
-
-kl_op.register_autograd(_kl_backward, setup_context=_kl_setup_context)
+kl_backward_op.register_fake(rules.kl_backward_fake)
+_backward, _setup_context = rules.kl_autograd(kl_backward_op)
+kl_op.register_autograd(_backward, setup_context=_setup_context)

@@ -19,6 +19,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .. import _op_rules as rules
 from ..triton_kernels.likelihoods import (
     binary_log_prob_kernel,
     categorical_log_prob_kernel,
@@ -37,17 +38,8 @@ def _row_grid(layout):
     return (triton.cdiv(layout.rows, block_r),), block_r, block_n
 
 
-def _batch_shape(params: Tensor, event_dims: int):
-    return params.shape[: params.dim() - event_dims]
-
-
 def _grad_buffer(need: bool, like: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(like.shape if need else (0,), dtype=dtype, device=like.device)
-
-
-def _scale_buffer(buffer: Tensor, grad_out: Tensor, event_dims: int) -> Tensor:
-    """buffer * grad_out broadcast over the event dims (the whole backward of a likelihood)."""
-    return buffer * grad_out.reshape(grad_out.shape + (1,) * event_dims)
 
 
 # ---- Bernoulli and continuous Bernoulli ----
@@ -55,7 +47,7 @@ def _scale_buffer(buffer: Tensor, grad_out: Tensor, event_dims: int) -> Tensor:
 @torch.library.custom_op("fastelbo::triton_binary_log_prob", mutates_args=())
 def binary_op(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_grad: bool) -> tuple[Tensor, Tensor]:
     dtype, tl_dtype = compute(logits)
-    out = torch.empty(_batch_shape(logits, event_dims), dtype=dtype, device=logits.device)
+    out = torch.empty(rules.batch_shape(logits, event_dims), dtype=dtype, device=logits.device)
     grad = _grad_buffer(need_grad, logits, dtype)
     if out.numel() == 0:
         return out, grad
@@ -69,35 +61,8 @@ def binary_op(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need
     return out, grad
 
 
-@binary_op.register_fake
-def _(logits, x, event_dims, continuous, need_grad):
-    dtype, _ = compute(logits)
-    return (logits.new_empty(_batch_shape(logits, event_dims), dtype=dtype),
-            logits.new_empty(logits.shape if need_grad else (0,), dtype=dtype))
-
-
-def _binary_setup_context(ctx, inputs, output):
-    logits, x, event_dims, continuous, need_grad = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.event_dims = event_dims
-    ctx.logits_dtype = logits.dtype
-    ctx.x_shape_dtype = (x.shape, x.dtype)
-    # d/dx of x l is l: keep the logits only when a float x asks for its gradient.
-    ctx.save_for_backward(output[1], logits if x.requires_grad else None)
-
-
-def _binary_backward(ctx, grad_out, _):
-    buffer, logits = ctx.saved_tensors
-    grad_logits = grad_x = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = _scale_buffer(buffer, grad_out, ctx.event_dims).to(ctx.logits_dtype)
-    if ctx.needs_input_grad[1] and logits is not None:
-        x_shape, x_dtype = ctx.x_shape_dtype
-        grad_x = _scale_buffer(logits, grad_out, ctx.event_dims).sum_to_size(x_shape).to(x_dtype)
-    return grad_logits, grad_x, None, None, None
-
-
-binary_op.register_autograd(_binary_backward, setup_context=_binary_setup_context)
+binary_op.register_fake(rules.binary_fake)
+binary_op.register_autograd(rules.binary_backward, setup_context=rules.binary_setup_context)
 
 
 # ---- Gaussian ----
@@ -106,7 +71,7 @@ binary_op.register_autograd(_binary_backward, setup_context=_binary_setup_contex
 def gaussian_op(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value: float, event_dims: int,
                 need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     dtype, tl_dtype = compute(mean, logvar)
-    out = torch.empty(_batch_shape(mean, event_dims), dtype=dtype, device=mean.device)
+    out = torch.empty(rules.batch_shape(mean, event_dims), dtype=dtype, device=mean.device)
     grad_mean = _grad_buffer(need_grad, mean, dtype)
     need_grad_v = need_grad and logvar is not None
     grad_logvar = _grad_buffer(need_grad_v, mean, dtype)
@@ -133,7 +98,7 @@ def gaussian_op(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value:
 def _(mean, x, logvar, logvar_value, event_dims, need_grad):
     dtype, _ = compute(mean, logvar)
     need_grad_v = need_grad and logvar is not None
-    return (mean.new_empty(_batch_shape(mean, event_dims), dtype=dtype),
+    return (mean.new_empty(rules.batch_shape(mean, event_dims), dtype=dtype),
             mean.new_empty(mean.shape if need_grad else (0,), dtype=dtype),
             mean.new_empty(mean.shape if need_grad_v else (0,), dtype=dtype))
 
@@ -150,14 +115,14 @@ def _gaussian_backward(ctx, grad_out, _, __):
     grad_mean_buffer, grad_logvar_buffer = ctx.saved_tensors
     mean_dtype, x_shape, x_dtype, logvar_meta = ctx.meta
     grad_mean = grad_x = grad_logvar = None
-    scaled = _scale_buffer(grad_mean_buffer, grad_out, ctx.event_dims)
+    scaled = rules.scale_buffer(grad_mean_buffer, grad_out, ctx.event_dims)
     if ctx.needs_input_grad[0]:
         grad_mean = scaled.to(mean_dtype)
     if ctx.needs_input_grad[1]:  # d/dx = -d/dm
         grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype)
     if ctx.needs_input_grad[2] and logvar_meta is not None:
         shape, dtype = logvar_meta
-        grad_logvar = _scale_buffer(grad_logvar_buffer, grad_out, ctx.event_dims).sum_to_size(shape).to(dtype)
+        grad_logvar = rules.scale_buffer(grad_logvar_buffer, grad_out, ctx.event_dims).sum_to_size(shape).to(dtype)
     return grad_mean, grad_x, grad_logvar, None, None, None
 
 
@@ -187,23 +152,5 @@ def categorical_op(logits: Tensor, target: Tensor, event_dims: int, need_grad: b
     return out, grad
 
 
-@categorical_op.register_fake
-def _(logits, target, event_dims, need_grad):
-    dtype, _ = compute(logits)
-    out_shape = logits.shape[: logits.dim() - 1 - event_dims]
-    return logits.new_empty(out_shape, dtype=dtype), logits.new_empty(logits.shape if need_grad else (0,), dtype=dtype)
-
-
-def _categorical_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    ctx.event_dims = inputs[2] + 1  # the class dim too
-    ctx.logits_dtype = inputs[0].dtype
-    ctx.save_for_backward(output[1])
-
-
-def _categorical_backward(ctx, grad_out, _):
-    (buffer,) = ctx.saved_tensors
-    return _scale_buffer(buffer, grad_out, ctx.event_dims).to(ctx.logits_dtype), None, None, None
-
-
-categorical_op.register_autograd(_categorical_backward, setup_context=_categorical_setup_context)
+categorical_op.register_fake(rules.categorical_fake)
+categorical_op.register_autograd(rules.categorical_backward, setup_context=rules.categorical_setup_context)

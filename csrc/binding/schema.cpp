@@ -1,0 +1,51 @@
+// The operator schemas of the C++ backends ("cpu" and "cuda"): one definition, a CPU kernel for
+// each (csrc/cpu/register.cpp) and a CUDA kernel for each (csrc/cuda/register.cu). The Python side
+// (fastelbo/cpp_backend/ops.py) adds register_fake and register_autograd.
+//
+// Conventions (as the Triton ops, fastelbo/triton_backend/):
+//   param: 0 logvar, 1 log_std, 2 softplus.  The seed is the int64 0-dim device tensor of
+//   fastelbo.rng.draw_seed (read by the kernel, never by the host); absent optional gradients
+//   are empty tensors. Outputs that are log-densities are float32 (float64 for float64 inputs);
+//   z and gradients take their inputs' dtypes.
+//
+// latent:            (stl only matters to latent_backward; autograd reads it from here)
+//                    z (K, *mu.shape), log_q (K, *batch), log_p (K, *batch), kl (*batch)
+// latent_backward:   grad_mu, grad_scale, grad_prior_mu (prior_mu's shape), grad_prior_scale
+// kl:                (*batch) or per_dim (*mu.shape);  kl_backward: as latent_backward
+// binary_log_prob:   (out (*batch), grad_logits buffer (logits' shape, compute dtype) or empty)
+// gaussian_log_prob: (out, grad_mean buffer (mean's shape, compute dtype) or empty)
+// gaussian_log_prob_backward(grad_out, grad_mean_buffer, logvar?, ...):
+//                    (grad_mean = grad_out * buffer (compute dtype, mean's shape),
+//                     grad_logvar = sum of grad_out (buffer^2 e^v - 1)/2 in logvar's shape and dtype, or
+//                     empty without a logvar tensor or need_logvar)
+// categorical_log_prob: (out (*batch), grad_logits buffer or empty)
+// estimate:          (value (*batch), weights w~ (K, *batch) for mode 2, else empty)
+// normal_noise:      eps (K, R, D) in float32 or float64;  philox_words: (4, n) int64 words
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
+  m.def(
+      "latent(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
+      "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "latent_backward(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, Tensor mu, "
+      "Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, int param, int n_samples, "
+      "bool stl) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("kl(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, bool per_dim) -> Tensor");
+  m.def(
+      "kl_backward(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, "
+      "bool per_dim) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "binary_log_prob(Tensor logits, Tensor x, int event_dims, bool continuous, bool need_grad) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "gaussian_log_prob(Tensor mean, Tensor x, Tensor? logvar, float logvar_value, int event_dims, "
+      "bool need_grad) -> (Tensor, Tensor)");
+  m.def(
+      "gaussian_log_prob_backward(Tensor grad_out, Tensor grad_mean_buffer, Tensor? logvar, float logvar_value, "
+      "int event_dims, bool need_logvar) -> (Tensor, Tensor)");
+  m.def("categorical_log_prob(Tensor logits, Tensor target, int event_dims, bool need_grad) -> (Tensor, Tensor)");
+  m.def("estimate(Tensor log_lik, Tensor log_q, Tensor log_p, Tensor kl, int mode, float beta) -> (Tensor, Tensor)");
+  m.def("normal_noise(Tensor seed, int n_samples, int n_rows, int dim, bool float64) -> Tensor");
+  m.def("philox_words(Tensor counter, Tensor key) -> Tensor");
+}

@@ -1,0 +1,115 @@
+// What the CPU kernels share: ATen's Vectorized as a value type of the core formulas
+// (Ops<Vectorized<T>>), loads and stores of partial vectors from any dtype and stride, the compute
+// type of a storage type, and the thread split of a row loop.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <type_traits>
+
+#include "../core/math.h"
+
+namespace fastelbo {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// float64 computes in float64; float32, float16 and bfloat16 in float32.
+template <typename scalar_t>
+using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+namespace core {
+
+template <typename T>
+struct Ops<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  using Mask = V;  // all bits set where true
+  static V c(double x) { return V(static_cast<T>(x)); }
+  static V exp(V x) { return x.exp(); }
+  static V log(V x) { return x.log(); }
+  static V log1p(V x) { return x.log1p(); }
+  static V expm1(V x) { return x.expm1(); }
+  static V sqrt(V x) { return x.sqrt(); }
+  static V sin(V x) { return x.sin(); }
+  static V cos(V x) { return x.cos(); }
+  static V abs(V x) { return x.abs(); }
+  static V maximum(V a, V b) { return at::vec::maximum(a, b); }
+  static V minimum(V a, V b) { return at::vec::minimum(a, b); }
+  static Mask lt(V a, V b) { return a < b; }
+  static Mask le(V a, V b) { return a <= b; }
+  static Mask gt(V a, V b) { return a > b; }
+  static Mask ge(V a, V b) { return a >= b; }
+  static Mask eq(V a, V b) { return a == b; }
+  static Mask mask_and(Mask a, Mask b) { return a & b; }
+  static Mask mask_or(Mask a, Mask b) { return a | b; }
+  static V select(Mask m, V a, V b) { return V::blendv(b, a, m); }
+};
+
+}  // namespace core
+
+// `count` (<= Vec<T>::size()) elements base[i * stride] converted to T; lanes past count are 0.
+template <typename T, typename S>
+inline Vec<T> load(const S* base, int64_t stride, int64_t count) {
+  if constexpr (std::is_same_v<S, T>) {
+    if (stride == 1) return Vec<T>::loadu(base, count);
+  }
+  alignas(64) T buf[Vec<T>::size()] = {};
+  for (int64_t i = 0; i < count; ++i) buf[i] = static_cast<T>(base[i * stride]);
+  return Vec<T>::loadu(buf);
+}
+
+// Store the first `count` lanes of v at base[i * stride], converted (rounded to nearest even) to S.
+template <typename T, typename S>
+inline void store(S* base, int64_t stride, const Vec<T>& v, int64_t count) {
+  if constexpr (std::is_same_v<S, T>) {
+    if (stride == 1) {
+      v.store(base, count);
+      return;
+    }
+  }
+  alignas(64) T buf[Vec<T>::size()];
+  v.store(buf);
+  for (int64_t i = 0; i < count; ++i) base[i * stride] = static_cast<S>(buf[i]);
+}
+
+// v where lane < count, else 0 (for sums over a partial vector).
+template <typename T>
+inline Vec<T> first(const Vec<T>& v, int64_t count) {
+  return count == Vec<T>::size() ? v : Vec<T>::set(Vec<T>(T(0)), v, count);
+}
+
+template <typename T>
+inline T hsum(const Vec<T>& v) {
+  return at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, v);
+}
+
+// Rows per task of a parallel row loop: about `work` elements of work per task.
+inline int64_t grain_rows(int64_t elements_per_row, int64_t work = 32768) {
+  return std::max<int64_t>(1, work / std::max<int64_t>(1, elements_per_row));
+}
+
+// All float inputs of one dtype, or upcast to the compute dtype (a copy, only for mixed dtypes).
+inline at::ScalarType common_float_dtype(std::initializer_list<const at::Tensor*> tensors) {
+  at::ScalarType first_dtype = at::ScalarType::Undefined;
+  bool mixed = false, any_double = false;
+  for (const at::Tensor* t : tensors) {
+    if (t == nullptr || !t->defined()) continue;
+    if (first_dtype == at::ScalarType::Undefined) first_dtype = t->scalar_type();
+    mixed = mixed || t->scalar_type() != first_dtype;
+    any_double = any_double || t->scalar_type() == at::kDouble;
+  }
+  if (!mixed) return first_dtype;
+  return any_double ? at::kDouble : at::kFloat;
+}
+
+inline at::ScalarType compute_dtype(at::ScalarType storage) {
+  return storage == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+#define FASTELBO_DISPATCH_FLOAT(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+}  // namespace fastelbo

@@ -1,0 +1,131 @@
+// The analytic KL(N(mu, sigma^2) || prior) on the CPU, per dim or summed over D, and its backward:
+//     KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2,  r = log sigma - log sigma_p, delta = (mu - mu_p)/sigma_p
+//     dKL_d/dmu = delta/sigma_p,  dKL_d/dlog sigma = expm1(2r),
+//     dKL_d/dmu_p = -delta/sigma_p,  dKL_d/dlog sigma_p = -(expm1(2r) + delta^2)
+// (standard prior: mu_p = 0, sigma_p = 1).
+#include "latent_rows.h"
+#include "ops.h"
+
+namespace fastelbo {
+namespace {
+
+template <typename scalar_t>
+void kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_dim, Tensor& out) {
+  using T = compute_t<scalar_t>;
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const RowInputs<scalar_t> in(rows);
+  const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
+  T* out_ptr = out.data_ptr<T>();
+  at::parallel_for(0, R, grain_rows(D * 4), [&](int64_t begin, int64_t end) {
+    RowTerms<T> t(P);
+    for (int64_t r = begin; r < end; ++r) {
+      t.read(in, r, D, static_cast<int>(param), rows.has_prior);
+      V acc(T(0));
+      for (int64_t j = 0; j < D; j += W) {
+        const int64_t n = std::min<int64_t>(W, D - j);
+        const V kl = kl_terms(t, j, rows.has_prior);
+        if (per_dim) {
+          kl.store(out_ptr + r * D + j, n);
+        } else {
+          acc += first(kl, n);
+        }
+      }
+      if (!per_dim) out_ptr[r] = hsum(acc);
+    }
+  });
+}
+
+template <typename scalar_t>
+void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t param, bool per_dim, Tensor& grad_mu,
+                        Tensor& grad_scale, Tensor& gpmu_buf, Tensor& gps_buf, int64_t block) {
+  using T = compute_t<scalar_t>;
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const RowInputs<scalar_t> in(rows);
+  const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
+  const bool has_prior = rows.has_prior;
+  const bool pm_shared = has_prior && rows.prior_shared(2), ps_shared = has_prior && rows.prior_shared(3);
+  const T* g_ptr = grad.const_data_ptr<T>();
+  const int64_t g_sr = grad.stride(0), g_sd = per_dim ? grad.stride(1) : 0;
+  scalar_t* gmu_ptr = grad_mu.data_ptr<scalar_t>();
+  scalar_t* gs_ptr = grad_scale.data_ptr<scalar_t>();
+  T* gpmu = has_prior ? gpmu_buf.data_ptr<T>() : nullptr;
+  T* gps = has_prior ? gps_buf.data_ptr<T>() : nullptr;
+  const int64_t blocks = (R + block - 1) / block;
+  at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    RowTerms<T> t(P);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
+        t.read(in, r, D, static_cast<int>(param), has_prior);
+        for (int64_t j = 0; j < D; j += W) {
+          const int64_t n = std::min<int64_t>(W, D - j);
+          const V g = per_dim ? load<T>(g_ptr + r * g_sr + j * g_sd, g_sd, n) : V(g_ptr[r * g_sr]);
+          const V mu = V::loadu(t.mu.data() + j), log_sigma = V::loadu(t.log_sigma.data() + j);
+          V g_mu, em;
+          if (has_prior) {
+            const V inv_ps = V::loadu(t.inv_psigma.data() + j);
+            const V delta = (mu - V::loadu(t.pmu.data() + j)) * inv_ps;
+            em = (V(T(2)) * (log_sigma - V::loadu(t.plog_sigma.data() + j))).expm1();
+            g_mu = g * delta * inv_ps;
+            const V pm_grad = V(T(0)) - g_mu;
+            const V ps_grad = V(T(0)) - g * (em + delta * delta) * V::loadu(t.pdlog.data() + j);
+            T* pm_row = gpmu + (pm_shared ? b : r) * D + j;
+            T* ps_row = gps + (ps_shared ? b : r) * D + j;
+            (pm_shared ? V::loadu(pm_row, n) + pm_grad : pm_grad).store(pm_row, n);
+            (ps_shared ? V::loadu(ps_row, n) + ps_grad : ps_grad).store(ps_row, n);
+          } else {
+            em = (V(T(2)) * log_sigma).expm1();
+            g_mu = g * mu;
+          }
+          store<T>(gmu_ptr + r * D + j, 1, g_mu, n);
+          store<T>(gs_ptr + r * D + j, 1, g * em * V::loadu(t.dlog.data() + j), n);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+Tensor kl_cpu(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+              int64_t param, bool per_dim) {
+  LatentRows rows(mu, scale, prior_mu, prior_scale);
+  const at::ScalarType compute = compute_dtype(rows.dtype);
+  Tensor out = at::zeros(per_dim ? mu.sizes() : mu.sizes().slice(0, mu.dim() - 1), mu.options().dtype(compute));
+  if (mu.numel() > 0) {
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_kl_cpu", [&] { kl_forward_kernel<scalar_t>(rows, param, per_dim, out); });
+  }
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> kl_backward_cpu(const Tensor& grad, const Tensor& mu, const Tensor& scale,
+                                                           const OptTensor& prior_mu, const OptTensor& prior_scale,
+                                                           int64_t param, bool per_dim) {
+  LatentRows rows(mu, scale, prior_mu, prior_scale);
+  const at::ScalarType compute = compute_dtype(rows.dtype);
+  Tensor grad_mu = at::zeros(mu.sizes(), mu.options().dtype(rows.dtype));
+  Tensor grad_scale = at::zeros(scale.sizes(), mu.options().dtype(rows.dtype));
+  Tensor grad_pmu = rows.has_prior ? at::zeros_like(*prior_mu) : at::empty({0}, mu.options());
+  Tensor grad_ps = rows.has_prior ? at::zeros_like(*prior_scale) : at::empty({0}, mu.options());
+  const int64_t R = rows.rows(), D = rows.dim;
+  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+  Tensor g = per_dim ? grad.to(compute).reshape({R, D}) : grad.to(compute).reshape({R});
+  const int64_t block = grain_rows(D * 4);
+  const int64_t blocks = (R + block - 1) / block;
+  const bool pm_shared = rows.has_prior && rows.prior_shared(2), ps_shared = rows.has_prior && rows.prior_shared(3);
+  Tensor like = at::empty({0}, mu.options().dtype(compute));
+  Tensor pm_buf = rows.has_prior ? prior_grad_buffer(pm_shared, blocks, R, D, like) : like;
+  Tensor ps_buf = rows.has_prior ? prior_grad_buffer(ps_shared, blocks, R, D, like) : like;
+  FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_kl_backward_cpu", [&] {
+    kl_backward_kernel<scalar_t>(rows, g, param, per_dim, grad_mu, grad_scale, pm_buf, ps_buf, block);
+  });
+  if (rows.has_prior) {
+    auto batch = mu.sizes().slice(0, mu.dim() - 1);
+    grad_pmu = reduce_prior_grad(pm_buf, pm_shared, batch, D, *prior_mu);
+    grad_ps = reduce_prior_grad(ps_buf, ps_shared, batch, D, *prior_scale);
+  }
+  return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+}
+
+}  // namespace fastelbo

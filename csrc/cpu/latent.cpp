@@ -1,0 +1,274 @@
+// The Gaussian latent and the analytic KL on the CPU: one pass forward, one pass backward, rows
+// split across threads (at::parallel_for), each row's D columns in SIMD vectors.
+//
+// Forward, with sigma, log sigma from `scale` by param and eps from Philox (or the eps tensor):
+//     z     = mu + sigma eps
+//     log q = sum_d [-eps^2/2 - log sigma] - D log(2 pi)/2
+//     log p = sum_d [-u^2/2 - log sigma_p] - D log(2 pi)/2,   u = (z - mu_p) / sigma_p
+//     kl    = sum_d [(e^(2r) - 1 - 2r)/2 + delta^2/2],  r = log sigma - log sigma_p,
+//             delta = (mu - mu_p) / sigma_p      (standard prior: mu_p = 0, sigma_p = 1)
+// Backward, given gz = dL/dz, gq = dL/dlog q, gp = dL/dlog p, gk = dL/dkl:
+//     g_k   = gz_k - gp_k u_k / sigma_p  [ - gq_k eps_k / sigma  with stl ]
+//     dL/dmu          = sum_k g_k + gk delta / sigma_p
+//     dL/dlog sigma   = sigma sum_k g_k eps_k  [ - sum_k gq_k  without stl ] + gk expm1(2r)
+//     dL/dmu_p        = sum_k gp_k u_k / sigma_p - gk delta / sigma_p
+//     dL/dlog sigma_p = sum_k gp_k (u_k^2 - 1) - gk (expm1(2r) + delta^2)
+// and dL/ds = dL/dlog sigma * dlog sigma/ds (likewise for the prior's scale). eps is regenerated
+// from the seed in backward, never stored.
+#include <vector>
+
+#include "../binding/plan.h"
+#include "../core/philox.h"
+#include "common.h"
+#include "latent_rows.h"
+#include "noise.h"
+#include "ops.h"
+
+namespace fastelbo {
+namespace {
+
+template <typename scalar_t>
+void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param, int64_t k_samples,
+                           Tensor& z, Tensor& log_q, Tensor& log_p, Tensor& kl) {
+  using T = compute_t<scalar_t>;
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const RowInputs<scalar_t> in(rows);
+  const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
+  const bool has_prior = rows.has_prior, has_eps = eps.defined();
+  const T* eps_ptr = has_eps ? eps.const_data_ptr<T>() : nullptr;
+  const core::PhiloxKey key = has_eps ? core::PhiloxKey{0, 0} : core::seed_key(*seed.const_data_ptr<int64_t>());
+  const T half_log_2pi_d = static_cast<T>(static_cast<double>(D) * core::kHalfLog2Pi);
+  scalar_t* z_ptr = z.data_ptr<scalar_t>();
+  T* lq_ptr = log_q.data_ptr<T>();
+  T* lp_ptr = log_p.data_ptr<T>();
+  T* kl_ptr = kl.data_ptr<T>();
+  at::parallel_for(0, R, grain_rows(D * (k_samples + 2)), [&](int64_t begin, int64_t end) {
+    RowTerms<T> t(P);
+    NoiseRow<T> noise(D);
+    std::vector<T> eps_row(P, T(0));
+    for (int64_t r = begin; r < end; ++r) {
+      t.read(in, r, D, static_cast<int>(param), has_prior);
+      V kl_acc(T(0));
+      for (int64_t j = 0; j < D; j += W) kl_acc += first(kl_terms(t, j, has_prior), std::min<int64_t>(W, D - j));
+      kl_ptr[r] = hsum(kl_acc);
+      for (int64_t k = 0; k < k_samples; ++k) {
+        const int64_t out_row = k * R + r;
+        const T* e_src = eps_row.data();
+        if (has_eps) {
+          e_src = eps_ptr + out_row * D;
+        } else {
+          noise.fill(eps_row.data(), key, r, k);
+        }
+        V lq_acc(T(0)), lp_acc(T(0));
+        for (int64_t j = 0; j < D; j += W) {
+          const int64_t n = std::min<int64_t>(W, D - j);
+          const V e = has_eps ? V::loadu(e_src + j, n) : V::loadu(e_src + j);
+          const V sigma = V::loadu(t.sigma.data() + j);
+          const V zv = V::loadu(t.mu.data() + j) + sigma * e;
+          store<T>(z_ptr + out_row * D + j, 1, zv, n);
+          lq_acc += first(V(T(-0.5)) * e * e - V::loadu(t.log_sigma.data() + j), n);
+          V lp_term;
+          if (has_prior) {
+            const V u = (zv - V::loadu(t.pmu.data() + j)) * V::loadu(t.inv_psigma.data() + j);
+            lp_term = V(T(-0.5)) * u * u - V::loadu(t.plog_sigma.data() + j);
+          } else {
+            lp_term = V(T(-0.5)) * zv * zv;
+          }
+          lp_acc += first(lp_term, n);
+        }
+        lq_ptr[out_row] = hsum(lq_acc) - half_log_2pi_d;
+        lp_ptr[out_row] = hsum(lp_acc) - half_log_2pi_d;
+      }
+    }
+  });
+}
+
+// Incoming gradients of the latent's outputs as strided (K, R, D) / (K, R) / (R,) views.
+struct LatentGrads {
+  Tensor gz, gq, gp, gk;
+  LatentGrads(const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p,
+              const OptTensor& grad_kl, int64_t K, int64_t R, int64_t D, at::ScalarType compute) {
+    auto view = [&](const OptTensor& g, at::IntArrayRef shape) -> Tensor {
+      if (!g.has_value() || !g->defined()) return Tensor();
+      return g->to(compute).reshape(shape);
+    };
+    gz = view(grad_z, {K, R, D});
+    gq = view(grad_log_q, {K, R});
+    gp = view(grad_log_p, {K, R});
+    gk = view(grad_kl, {R});
+  }
+};
+
+template <typename scalar_t>
+void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const Tensor& eps, const Tensor& seed,
+                            int64_t param, int64_t K, bool stl, Tensor& grad_mu, Tensor& grad_scale, Tensor& gpmu_buf,
+                            Tensor& gps_buf, int64_t block) {
+  using T = compute_t<scalar_t>;
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const RowInputs<scalar_t> in(rows);
+  const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
+  const bool has_prior = rows.has_prior, has_eps = eps.defined();
+  const bool pm_shared = has_prior && rows.prior_shared(2), ps_shared = has_prior && rows.prior_shared(3);
+  const T* eps_ptr = has_eps ? eps.const_data_ptr<T>() : nullptr;
+  const core::PhiloxKey key = has_eps ? core::PhiloxKey{0, 0} : core::seed_key(*seed.const_data_ptr<int64_t>());
+  const T* gz = g.gz.defined() ? g.gz.const_data_ptr<T>() : nullptr;
+  const T* gq = g.gq.defined() ? g.gq.const_data_ptr<T>() : nullptr;
+  const T* gp = g.gp.defined() ? g.gp.const_data_ptr<T>() : nullptr;
+  const T* gk = g.gk.defined() ? g.gk.const_data_ptr<T>() : nullptr;
+  const int64_t gz_sk = gz ? g.gz.stride(0) : 0, gz_sr = gz ? g.gz.stride(1) : 0, gz_sd = gz ? g.gz.stride(2) : 0;
+  const int64_t gq_sk = gq ? g.gq.stride(0) : 0, gq_sr = gq ? g.gq.stride(1) : 0;
+  const int64_t gp_sk = gp ? g.gp.stride(0) : 0, gp_sr = gp ? g.gp.stride(1) : 0;
+  const int64_t gk_sr = gk ? g.gk.stride(0) : 0;
+  scalar_t* gmu_ptr = grad_mu.data_ptr<scalar_t>();
+  scalar_t* gs_ptr = grad_scale.data_ptr<scalar_t>();
+  T* gpmu = has_prior ? gpmu_buf.data_ptr<T>() : nullptr;
+  T* gps = has_prior ? gps_buf.data_ptr<T>() : nullptr;
+  const int64_t blocks = (R + block - 1) / block;
+  // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
+  at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    RowTerms<T> t(P);
+    NoiseRow<T> noise(D);
+    std::vector<T> eps_row(P, T(0)), acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
+        t.read(in, r, D, static_cast<int>(param), has_prior);
+        std::fill(acc_z.begin(), acc_z.end(), T(0));
+        std::fill(acc_ze.begin(), acc_ze.end(), T(0));
+        std::fill(acc_pmu.begin(), acc_pmu.end(), T(0));
+        std::fill(acc_plog.begin(), acc_plog.end(), T(0));
+        T acc_q = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const T* e_src = eps_row.data();
+          if (has_eps) {
+            e_src = eps_ptr + (k * R + r) * D;
+          } else {
+            noise.fill(eps_row.data(), key, r, k);
+          }
+          const T gp_k = gp ? gp[k * gp_sk + r * gp_sr] : T(0);
+          const T gq_k = gq ? gq[k * gq_sk + r * gq_sr] : T(0);
+          if (gq && !stl) acc_q += gq_k;
+          for (int64_t j = 0; j < D; j += W) {
+            const int64_t n = std::min<int64_t>(W, D - j);
+            const V e = has_eps ? V::loadu(e_src + j, n) : V::loadu(e_src + j);
+            const V sigma = V::loadu(t.sigma.data() + j);
+            V grad = gz ? load<T>(gz + k * gz_sk + r * gz_sr + j * gz_sd, gz_sd, n) : V(T(0));
+            if (gp) {
+              const V zv = V::loadu(t.mu.data() + j) + sigma * e;
+              if (has_prior) {
+                const V inv_ps = V::loadu(t.inv_psigma.data() + j);
+                const V u = (zv - V::loadu(t.pmu.data() + j)) * inv_ps;
+                grad = grad - V(gp_k) * u * inv_ps;
+                (V::loadu(acc_pmu.data() + j) + V(gp_k) * u).store(acc_pmu.data() + j);
+                (V::loadu(acc_plog.data() + j) + V(gp_k) * (u * u - V(T(1)))).store(acc_plog.data() + j);
+              } else {
+                grad = grad - V(gp_k) * zv;
+              }
+            }
+            if (gq && stl) grad = grad - V(gq_k) * e / sigma;
+            (V::loadu(acc_z.data() + j) + grad).store(acc_z.data() + j);
+            (V::loadu(acc_ze.data() + j) + grad * e).store(acc_ze.data() + j);
+          }
+        }
+        const T gk_r = gk ? gk[r * gk_sr] : T(0);
+        for (int64_t j = 0; j < D; j += W) {
+          const int64_t n = std::min<int64_t>(W, D - j);
+          const V mu = V::loadu(t.mu.data() + j), log_sigma = V::loadu(t.log_sigma.data() + j);
+          V g_mu = V::loadu(acc_z.data() + j);
+          V g_lsig = V::loadu(t.sigma.data() + j) * V::loadu(acc_ze.data() + j) - V(acc_q);
+          V g_pmu = V::loadu(acc_pmu.data() + j), g_plog = V::loadu(acc_plog.data() + j);
+          if (gk) {
+            const V gkv(gk_r);
+            if (has_prior) {
+              const V inv_ps = V::loadu(t.inv_psigma.data() + j);
+              const V delta = (mu - V::loadu(t.pmu.data() + j)) * inv_ps;
+              const V em = (V(T(2)) * (log_sigma - V::loadu(t.plog_sigma.data() + j))).expm1();
+              g_pmu = g_pmu - gkv * delta;
+              g_plog = g_plog - gkv * (em + delta * delta);
+              g_mu = g_mu + gkv * delta * inv_ps;
+              g_lsig = g_lsig + gkv * em;
+            } else {
+              g_mu = g_mu + gkv * mu;
+              g_lsig = g_lsig + gkv * (V(T(2)) * log_sigma).expm1();
+            }
+          }
+          store<T>(gmu_ptr + r * D + j, 1, g_mu, n);
+          store<T>(gs_ptr + r * D + j, 1, g_lsig * V::loadu(t.dlog.data() + j), n);
+          if (has_prior) {
+            const V pm_grad = g_pmu * V::loadu(t.inv_psigma.data() + j);
+            const V ps_grad = g_plog * V::loadu(t.pdlog.data() + j);
+            T* pm_row = gpmu + (pm_shared ? b : r) * D + j;
+            T* ps_row = gps + (ps_shared ? b : r) * D + j;
+            (pm_shared ? V::loadu(pm_row, n) + pm_grad : pm_grad).store(pm_row, n);
+            (ps_shared ? V::loadu(ps_row, n) + ps_grad : ps_grad).store(ps_row, n);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> latent_cpu(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
+                                                      const OptTensor& prior_scale, const OptTensor& eps,
+                                                      const OptTensor& seed, int64_t param, int64_t n_samples,
+                                                      bool stl) {
+  (void)stl;  // the forward values do not depend on it
+  LatentRows rows(mu, scale, prior_mu, prior_scale);
+  const at::ScalarType compute = compute_dtype(rows.dtype);
+  auto batch = mu.sizes().slice(0, mu.dim() - 1);
+  std::vector<int64_t> z_shape = {n_samples};
+  z_shape.insert(z_shape.end(), mu.sizes().begin(), mu.sizes().end());
+  std::vector<int64_t> lq_shape = {n_samples};
+  lq_shape.insert(lq_shape.end(), batch.begin(), batch.end());
+  Tensor z = at::empty(z_shape, mu.options().dtype(rows.dtype));
+  Tensor log_q = at::empty(lq_shape, mu.options().dtype(compute));
+  Tensor log_p = at::empty(lq_shape, mu.options().dtype(compute));
+  Tensor kl = at::empty(batch, mu.options().dtype(compute));
+  if (log_q.numel() > 0) {
+    Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute).contiguous() : Tensor();
+    Tensor seed_t = defined_or_empty(seed);
+    TORCH_CHECK(eps_c.defined() || seed_t.defined(), "fastelbo::latent needs eps or a seed");
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_latent_cpu", [&] {
+      latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, n_samples, z, log_q, log_p, kl);
+    });
+  }
+  return {z.to(mu.scalar_type()), log_q, log_p, kl};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> latent_backward_cpu(
+    const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p, const OptTensor& grad_kl,
+    const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale, const OptTensor& eps,
+    const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
+  LatentRows rows(mu, scale, prior_mu, prior_scale);
+  const at::ScalarType compute = compute_dtype(rows.dtype);
+  Tensor grad_mu = at::zeros(mu.sizes(), mu.options().dtype(rows.dtype));
+  Tensor grad_scale = at::zeros(scale.sizes(), mu.options().dtype(rows.dtype));
+  Tensor grad_pmu = rows.has_prior ? at::zeros_like(*prior_mu) : at::empty({0}, mu.options());
+  Tensor grad_ps = rows.has_prior ? at::zeros_like(*prior_scale) : at::empty({0}, mu.options());
+  const int64_t R = rows.rows(), D = rows.dim;
+  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+  LatentGrads grads(grad_z, grad_log_q, grad_log_p, grad_kl, n_samples, R, D, compute);
+  const int64_t block = grain_rows(D * (n_samples + 2));
+  const int64_t blocks = (R + block - 1) / block;
+  const bool pm_shared = rows.has_prior && rows.prior_shared(2), ps_shared = rows.has_prior && rows.prior_shared(3);
+  Tensor like = at::empty({0}, mu.options().dtype(compute));
+  Tensor pm_buf = rows.has_prior ? prior_grad_buffer(pm_shared, blocks, R, D, like) : like;
+  Tensor ps_buf = rows.has_prior ? prior_grad_buffer(ps_shared, blocks, R, D, like) : like;
+  Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute).contiguous() : Tensor();
+  Tensor seed_t = defined_or_empty(seed);
+  FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_latent_backward_cpu", [&] {
+    latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, n_samples, stl, grad_mu, grad_scale, pm_buf,
+                                     ps_buf, block);
+  });
+  if (rows.has_prior) {
+    auto batch = mu.sizes().slice(0, mu.dim() - 1);
+    grad_pmu = reduce_prior_grad(pm_buf, pm_shared, batch, D, *prior_mu);
+    grad_ps = reduce_prior_grad(ps_buf, ps_shared, batch, D, *prior_scale);
+  }
+  return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+}
+
+}  // namespace fastelbo

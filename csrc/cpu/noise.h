@@ -1,0 +1,66 @@
+// The noise of docs/RNG.md on the CPU: one row of eps at a time, Philox words computed four per
+// call, then Box-Muller on whole vectors (Sleef log/sqrt/sin/cos through ATen's Vectorized).
+#pragma once
+
+#include <vector>
+
+#include "../core/philox.h"
+#include "common.h"
+
+namespace fastelbo {
+
+// Scratch for one row of noise; make one per task (it allocates).
+template <typename T>
+struct NoiseRow {
+  int64_t groups;                   // ceil(D / 4) Philox calls per row
+  int64_t padded;                   // groups rounded up to whole vectors
+  std::vector<uint32_t> words;      // 4 x padded words
+  std::vector<T> lanes;             // 4 x padded normals, lane-major
+
+  explicit NoiseRow(int64_t dim)
+      : groups((dim + 3) / 4),
+        padded((groups + Vec<T>::size() - 1) / Vec<T>::size() * Vec<T>::size()),
+        words(4 * padded, 0u),
+        lanes(4 * padded) {}
+
+  // eps[d] for d < 4 groups (the caller's buffer holds at least 4 groups elements) of (row, sample).
+  void fill(T* eps, core::PhiloxKey key, int64_t row, int64_t sample) {
+    uint32_t* w0 = words.data();
+    uint32_t* w1 = w0 + padded;
+    uint32_t* w2 = w1 + padded;
+    uint32_t* w3 = w2 + padded;
+    for (int64_t g = 0; g < groups; ++g) {
+      uint32_t c[4];
+      core::noise_counter(c, g, row, sample);
+      core::philox4x32_10(c, key);
+      w0[g] = c[0];
+      w1[g] = c[1];
+      w2[g] = c[2];
+      w3[g] = c[3];
+    }
+    using M = core::Ops<Vec<T>>;
+    constexpr int64_t W = Vec<T>::size();
+    alignas(64) T u_a[W], th_a[W], u_b[W], th_b[W];
+    T* out = lanes.data();
+    for (int64_t g0 = 0; g0 < groups; g0 += W) {
+      for (int64_t i = 0; i < W; ++i) {
+        u_a[i] = core::box_muller_u<T>(w0[g0 + i]);
+        th_a[i] = core::box_muller_theta<T>(w1[g0 + i]);
+        u_b[i] = core::box_muller_u<T>(w2[g0 + i]);
+        th_b[i] = core::box_muller_theta<T>(w3[g0 + i]);
+      }
+      const Vec<T> rad_a = (M::c(-2.0) * Vec<T>::loadu(u_a).log()).sqrt();
+      const Vec<T> rad_b = (M::c(-2.0) * Vec<T>::loadu(u_b).log()).sqrt();
+      const Vec<T> ta = Vec<T>::loadu(th_a), tb = Vec<T>::loadu(th_b);
+      (rad_a * ta.cos()).store(out + g0);
+      (rad_a * ta.sin()).store(out + padded + g0);
+      (rad_b * tb.cos()).store(out + 2 * padded + g0);
+      (rad_b * tb.sin()).store(out + 3 * padded + g0);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t j = 0; j < 4; ++j) eps[4 * g + j] = out[j * padded + g];
+    }
+  }
+};
+
+}  // namespace fastelbo

@@ -1,0 +1,192 @@
+"""What the C++ backends promise beyond matching the reference (tests/test_backends_vs_reference.py)
+and the promises of every fused backend (tests/test_fused_backends.py): opcheck of every operator,
+the noise of the torch-free core equal to fastelbo.rng (words bit for bit, normals to rounding) and
+to the Triton kernels', results independent of the thread count, bitwise reproducible, and a
+clear fallback when the library cannot be built. Runs against "cpu" (and "cuda" where a GPU is)."""
+import pytest
+import torch
+
+import fastelbo as fe
+from fastelbo import rng
+from helpers import DEVICE, HAS_TRITON, generator, rand, randn
+
+CPP = "cuda" if DEVICE == "cuda" else "cpu"
+pytestmark = pytest.mark.skipif(fe.backends()[CPP] != "available", reason=f"backend {CPP!r} is unavailable here")
+
+
+def _ops():
+    from fastelbo.cpp_backend.ops import ops
+
+    return ops
+
+
+def _leaf(t):
+    return t.detach().requires_grad_(True)
+
+
+def _opcheck_cases(seed):
+    ops = _ops()
+    g = generator(seed)
+    f32 = dict(dtype=torch.float32)
+    mu, s = randn(g, 3, 5, **f32), rand(g, 3, 5, low=-1, high=1, **f32)
+    pm, ps = randn(g, 5, **f32), rand(g, 5, low=-1, high=1, **f32)
+    seed_t = rng.draw_seed(mu.device, g)
+    eps = randn(g, 2, 3, 5, **f32)
+    logits, x = randn(g, 2, 3, 7, **f32), (rand(g, 3, 7) < 0.5).float()
+    ll, lq, lp, kl = (randn(g, 4, 3, **f32) for _ in range(4))
+    logvar = rand(g, 7, low=-1, high=1, **f32)
+    buffer = randn(g, 2, 3, 7, **f32)
+    target = torch.randint(0, 7, (3,), generator=g, device=g.device)
+    rg = _leaf
+    return [
+        (ops.latent, (rg(mu), rg(s), None, None, None, seed_t, 0, 2, False)),
+        (ops.latent, (rg(mu), rg(s), rg(pm), rg(ps), None, seed_t, 2, 1, True)),
+        (ops.latent, (rg(mu), rg(s), rg(pm), rg(ps), eps, None, 1, 2, False)),
+        (ops.kl, (rg(mu), rg(s), rg(pm), rg(ps), 0, True)),
+        (ops.kl, (rg(mu), rg(s), None, None, 2, False)),
+        (ops.binary_log_prob, (rg(logits), x, 1, False, True)),
+        (ops.binary_log_prob, (rg(logits), x.bool(), 2, True, True)),
+        (ops.gaussian_log_prob, (rg(logits), x, rg(logvar), 0.0, 1, True)),
+        (ops.gaussian_log_prob, (rg(logits), rg(x), None, -0.3, 1, True)),
+        (ops.gaussian_log_prob_backward, (randn(g, 2, 3, **f32), buffer, logvar, 0.0, 1, True)),
+        (ops.categorical_log_prob, (rg(logits), target, 1, True)),
+        (ops.estimate, (rg(ll), rg(lq), rg(lp), rg(kl[0]), 0, 0.7)),
+        (ops.estimate, (rg(ll), lq, lp, rg(kl[0]), 1, 1.0)),
+        (ops.estimate, (rg(ll), rg(lq), rg(lp), kl[0], 2, 1.0)),
+        (ops.normal_noise, (seed_t, 2, 3, 5, False)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(15))
+def test_opcheck(index, seed):
+    op, args = _opcheck_cases(seed)[index]
+    torch.library.opcheck(op, args)
+
+
+def test_philox_words_match_bit_for_bit(seed):
+    g = generator(seed)
+    counter = torch.randint(0, 2**32, (4, 300), generator=g, device=DEVICE, dtype=torch.int64)
+    key = torch.randint(0, 2**32, (2, 300), generator=g, device=DEVICE, dtype=torch.int64)
+    counter[:, 0], key[:, 0] = 0, 0  # the Random123 known-answer vector
+    counter[:, 1], key[:, 1] = 0xFFFFFFFF, 0xFFFFFFFF
+    got = _ops().philox_words(counter, key)
+    assert torch.equal(got, torch.stack(rng.philox4x32_10(tuple(counter), tuple(key))))
+    assert [hex(int(w)) for w in got[:, 0]] == ["0x6627e8d5", "0xe169c58d", "0xbc57ac4c", "0x9b00dbd8"]
+
+
+@pytest.mark.parametrize("n_samples,n_rows,dim", [(1, 5, 1), (3, 7, 13), (2, 33, 4), (1, 3, 260)])
+def test_noise_matches_the_reference_scheme(n_samples, n_rows, dim, seed):
+    s = rng.draw_seed(torch.device(DEVICE), generator(seed))
+    torch.testing.assert_close(_ops().normal_noise(s, n_samples, n_rows, dim, False),
+                               rng.normal_noise(s, n_samples, n_rows, dim), rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(_ops().normal_noise(s, n_samples, n_rows, dim, True),
+                               rng.normal_noise(s, n_samples, n_rows, dim, torch.float64), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.skipif(not HAS_TRITON or fe.backends()["triton"] != "available", reason="backend 'triton' is unavailable")
+def test_same_generator_state_same_eps_as_triton(seed):
+    """The cross-backend promise of docs/RNG.md: one generator state, one eps, on cpu and triton."""
+    from fastelbo.triton_backend.rng import philox_words, normal_noise
+
+    g = generator(seed)
+    counter = torch.randint(0, 2**32, (4, 64), generator=g, device=DEVICE, dtype=torch.int64)
+    key = torch.randint(0, 2**32, (2, 64), generator=g, device=DEVICE, dtype=torch.int64)
+    assert torch.equal(_ops().philox_words(counter, key), philox_words(counter, key))
+    s = rng.draw_seed(torch.device(DEVICE), g)
+    torch.testing.assert_close(_ops().normal_noise(s, 2, 6, 9, False), normal_noise(s, 2, 6, 9), rtol=2e-6, atol=2e-6)
+    mu = torch.zeros(6, 9, device=DEVICE)
+    z = {b: fe.gaussian_latent(mu, mu, n_samples=2, generator=generator(seed), backend=b).z for b in (CPP, "triton")}
+    torch.testing.assert_close(z[CPP], z["triton"], rtol=2e-6, atol=2e-6)
+
+
+def _latent_step(seed, prior_shape):
+    """Values and every gradient of one latent + KL call with a learnable prior."""
+    g = generator(seed)
+    mu, s = _leaf(randn(g, 300, 37, dtype=torch.float32)), _leaf(rand(g, 300, 37, low=-1, high=1, dtype=torch.float32))
+    pm, ps = _leaf(randn(g, *prior_shape, dtype=torch.float32)), _leaf(rand(g, *prior_shape, dtype=torch.float32))
+    lat = fe.gaussian_latent(mu, s, n_samples=3, prior=(pm, ps), generator=generator(seed + 1), backend=CPP)
+    kl = fe.gaussian_kl(mu, s, prior=(pm, ps), per_dim=True, backend=CPP)
+    out = [lat.z, lat.log_q, lat.log_p, lat.kl, kl]
+    cots = [randn(generator(seed + 2 + i), *o.shape, dtype=o.dtype) for i, o in enumerate(out)]
+    grads = torch.autograd.grad(out, [mu, s, pm, ps], cots)
+    return [o.detach() for o in out] + list(grads)
+
+
+@pytest.mark.parametrize("prior_shape", [(37,), (300, 37)])
+def test_bitwise_reproducible_and_independent_of_the_thread_count(prior_shape, seed):
+    """Same inputs and seed: the same bits, with 1 thread or several (rows are split in fixed blocks;
+    a shared prior's gradient is summed per block, then over blocks, in a fixed order)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _latent_step(seed, prior_shape)
+        torch.set_num_threads(max(2, threads))
+        many = _latent_step(seed, prior_shape)
+        again = _latent_step(seed, prior_shape)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(one, many, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+def test_gaussian_logvar_gradient_shared_and_per_element(seed):
+    """The logvar gradient summed in the backward kernel (shared logvar) or kept per element."""
+    g = generator(seed)
+    mean, x = randn(g, 4, 3, 50), randn(g, 3, 50)
+    for shape in [(50,), (1, 1, 50), (3, 1), (4, 3, 50), (4, 1, 1)]:
+        logvar = rand(g, *shape, low=-2, high=2)
+        results = []
+        for backend in ("reference", CPP):
+            m, v = _leaf(mean), _leaf(logvar)
+            out = fe.gaussian_log_prob(m, x, logvar=v, backend=backend)
+            results.append(torch.autograd.grad(out, [m, v], torch.linspace(-1, 2, out.numel()).view(out.shape).double()))
+        for a, b in zip(*results):
+            torch.testing.assert_close(b, a, atol=1e-11, rtol=1e-11)
+
+
+def test_mixed_input_dtypes_compute_like_the_reference(seed):
+    """float16 logits with a float32 x, float32 mu with a float64 prior: the reference's dtypes and values."""
+    g = generator(seed)
+    logits, x = randn(g, 3, 8, dtype=torch.float16), rand(g, 8, dtype=torch.float32)
+    for backend_out in (fe.bernoulli_log_prob(logits, x, backend=CPP), fe.continuous_bernoulli_log_prob(logits, x, backend=CPP)):
+        assert backend_out.dtype == torch.float32
+    torch.testing.assert_close(fe.bernoulli_log_prob(logits, x, backend=CPP), fe.bernoulli_log_prob(logits, x, backend="reference"))
+    mu, s = randn(g, 4, 6, dtype=torch.float32), rand(g, 4, 6, dtype=torch.float32)
+    prior = (randn(g, 6), rand(g, 6))
+    for backend in ("reference", CPP):
+        lat = fe.gaussian_latent(mu, s, prior=prior, eps=torch.ones_like(mu), backend=backend)
+        assert lat.z.dtype == torch.float32 and lat.log_p.dtype == torch.float64
+    ref = fe.gaussian_latent(mu, s, prior=prior, eps=torch.ones_like(mu), backend="reference")
+    cpp = fe.gaussian_latent(mu, s, prior=prior, eps=torch.ones_like(mu), backend=CPP)
+    for a, b in zip(cpp, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_inputs_are_never_modified(seed):
+    g = generator(seed)
+    mu, s, logits, x = randn(g, 5, 4), rand(g, 5, 4), randn(g, 2, 5, 9), rand(g, 5, 9)
+    saved = [t.clone() for t in (mu, s, logits, x)]
+    lat = fe.gaussian_latent(_leaf(mu), _leaf(s), n_samples=2, backend=CPP)
+    ll = fe.bernoulli_log_prob(_leaf(logits), x, backend=CPP)
+    (lat.log_q.sum() + ll.sum() + lat.z.sum()).backward()
+    for a, b in zip(saved, (mu, s, logits, x)):
+        assert torch.equal(a, b)
+
+
+def test_a_failed_build_falls_back_to_the_reference(monkeypatch):
+    """fastelbo.backends() says why; "auto" on CPU tensors then uses the reference."""
+    from fastelbo import _backend
+
+    reason = "build failed (RuntimeError: no compiler)"
+    monkeypatch.setattr(_backend, "_cpp_reason", lambda name: reason)
+    monkeypatch.setattr(_backend, "_LOADED", dict(_backend._LOADED))
+    assert fe.backends()["cpu"] == reason
+    assert _backend._resolve_choice("auto", "cpu") == "reference"
+    with pytest.raises(RuntimeError, match="'cpu' is unavailable: build failed"):
+        fe.bernoulli_log_prob(torch.zeros(2, 3), torch.zeros(2, 3), backend="cpu")
+
+
+def test_auto_uses_the_cpp_backend_for_its_device():
+    from fastelbo import _backend
+
+    assert _backend._resolve_choice("auto", DEVICE) == CPP
