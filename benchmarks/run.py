@@ -114,6 +114,17 @@ def run_one(w, impl, inputs, device, backward, reps, warmup):
     return seconds, peak
 
 
+def _cpu_name() -> str:
+    """The CPU's model name and core count, e.g. "AMD EPYC, 2 cores, AVX2"."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _machine(device) -> dict:
     import fastelbo
 
@@ -128,7 +139,7 @@ def _machine(device) -> dict:
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
     except OSError:
         commit = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "triton": triton_version, "fastelbo": fastelbo.__version__, "commit": commit}
 

@@ -34,23 +34,25 @@ FE_HD PhiloxKey seed_key(int64_t seed) {
   return PhiloxKey{static_cast<uint32_t>(s & 0xFFFFFFFFu), static_cast<uint32_t>(s >> 32)};
 }
 
-// Ten rounds on c[0..3] in place:
-//   (c0, c1, c2, c3) <- (hi(M1 c2) ^ c1 ^ k0, lo(M1 c2), hi(M0 c0) ^ c3 ^ k1, lo(M0 c0));
-//   (k0, k1) <- (k0 + W0, k1 + W1) mod 2^32.
+// One Philox round on the words (c0, c1, c2, c3) with round key (k0, k1):
+//   (c0, c1, c2, c3) <- (hi(M1 c2) ^ c1 ^ k0, lo(M1 c2), hi(M0 c0) ^ c3 ^ k1, lo(M0 c0)).
+FE_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+  c0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+  c2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+  c1 = static_cast<uint32_t>(p1);
+  c3 = static_cast<uint32_t>(p0);
+}
+
+// Ten rounds on c[0..3] in place, the key bumped by (W0, W1) mod 2^32 after each.
 FE_HD void philox4x32_10(uint32_t c[4], PhiloxKey key) {
   uint32_t k0 = key.k0, k1 = key.k1;
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c[0];
-    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c[2];
-    const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c[1] ^ k0;
-    const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c[3] ^ k1;
-    c[1] = static_cast<uint32_t>(p1);
-    c[3] = static_cast<uint32_t>(p0);
-    c[0] = n0;
-    c[2] = n2;
+    philox_round(c[0], c[1], c[2], c[3], k0, k1);
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }

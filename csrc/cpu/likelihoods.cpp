@@ -66,6 +66,19 @@ void binary_kernel(const RowPlan& plan, bool continuous, bool need_grad, Tensor&
   });
 }
 
+// A logvar shared by every row (e.g. one per pixel) is read once per task: v and e^-v per column.
+template <typename T, typename scalar_t>
+struct SharedLogvar {
+  std::vector<T> v, inv_var;
+  SharedLogvar(const scalar_t* v_row, int64_t sc, int64_t N) : v(N), inv_var(N) {
+    for (int64_t j = 0; j < N; ++j) v[j] = static_cast<T>(v_row[j * sc]);
+    for (int64_t j = 0; j < N; j += Vec<T>::size()) {
+      const int64_t n = std::min<int64_t>(Vec<T>::size(), N - j);
+      (Vec<T>(T(0)) - Vec<T>::loadu(v.data() + j, n)).exp().store(inv_var.data() + j, n);
+    }
+  }
+};
+
 template <typename scalar_t>
 void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, bool need_grad, Tensor& out,
                      Tensor& grad) {
@@ -77,6 +90,7 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
   const scalar_t* v_ptr = has_logvar ? plan.tensors[2].const_data_ptr<scalar_t>() : nullptr;
   const core::RowStrides ms = plan.strides[0], xs = plan.strides[1];
   const core::RowStrides vs = has_logvar ? plan.strides[2] : core::RowStrides{0, 0, 0, 0};
+  const bool v_shared = has_logvar && core::shared_across_rows(vs);
   const int64_t R = plan.shape.rows, N = plan.shape.cols;
   const T v_scalar = static_cast<T>(logvar_value);
   const V inv_var_scalar = V(v_scalar * T(-1)).exp();
@@ -84,6 +98,7 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
   T* out_ptr = out.data_ptr<T>();
   T* g_ptr = need_grad ? grad.data_ptr<T>() : nullptr;
   at::parallel_for(0, R, grain_rows(N), [&](int64_t begin, int64_t end) {
+    const SharedLogvar<T, scalar_t> shared(v_ptr, vs.sc, v_shared ? N : 0);
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* m_row = m_ptr + core::row_offset(r, plan.shape, ms);
       const scalar_t* x_row = x_ptr + core::row_offset(r, plan.shape, xs);
@@ -93,8 +108,14 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
         const int64_t n = std::min<int64_t>(W, N - j);
         const V m = load<T>(m_row + j * ms.sc, ms.sc, n);
         const V x = load<T>(x_row + j * xs.sc, xs.sc, n);
-        const V v = has_logvar ? load<T>(v_row + j * vs.sc, vs.sc, n) : V(v_scalar);
-        const V inv_var = has_logvar ? (V(T(0)) - v).exp() : inv_var_scalar;
+        V v = V(v_scalar), inv_var = inv_var_scalar;
+        if (v_shared) {
+          v = V::loadu(shared.v.data() + j, n);
+          inv_var = V::loadu(shared.inv_var.data() + j, n);
+        } else if (has_logvar) {
+          v = load<T>(v_row + j * vs.sc, vs.sc, n);
+          inv_var = (V(T(0)) - v).exp();
+        }
         const V diff = x - m;
         acc += first(V(T(-0.5)) * (diff * diff * inv_var + v), n);
         if (need_grad) (diff * inv_var).store(g_ptr + r * N + j, n);
@@ -120,6 +141,11 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
   const core::RowStrides vs = v_plan ? v_plan->strides[0] : core::RowStrides{0, 0, 0, 0};
   const int64_t blocks = (R + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+    std::vector<T> exp_v(v_shared ? N : 0);  // e^v per column of a shared logvar
+    for (int64_t j = 0; j < (v_shared ? N : 0); j += W) {
+      const int64_t n = std::min<int64_t>(W, N - j);
+      load<T>(v_ptr + j * vs.sc, vs.sc, n).exp().store(exp_v.data() + j, n);
+    }
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
         const V gr(g_ptr[r]);
@@ -129,8 +155,8 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
           const V buf = V::loadu(b_ptr + r * N + j, n);
           (gr * buf).store(gm_ptr + r * N + j, n);
           if (v_plan) {
-            const V v = load<T>(v_row + j * vs.sc, vs.sc, n);
-            const V dv = V(T(0.5)) * gr * (buf * buf * v.exp() - V(T(1)));
+            const V e_v = v_shared ? V::loadu(exp_v.data() + j, n) : load<T>(v_row + j * vs.sc, vs.sc, n).exp();
+            const V dv = V(T(0.5)) * gr * (buf * buf * e_v - V(T(1)));
             T* dst = gv_ptr + (v_shared ? b : r) * N + j;
             (v_shared ? V::loadu(dst, n) + dv : dv).store(dst, n);
           }
@@ -250,7 +276,9 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_backward_cpu(const Tensor& grad_out
     v_plan = plan_rows({logvar->expand(buffer.sizes())}, event_dims);
     v_shared = core::shared_across_rows(v_plan.strides[0]);
   }
-  const int64_t block = grain_rows(N);
+  // At most 16 fixed blocks: a shared logvar's partial sums stay small (16 x N), and do not depend
+  // on the thread count.
+  const int64_t block = std::max(grain_rows(N), (R + 15) / 16);
   const int64_t blocks = R ? (R + block - 1) / block : 0;
   Tensor grad_v = with_v ? at::zeros({v_shared ? blocks : R, N}, buffer.options()) : at::empty({0}, buffer.options());
   if (buffer.numel() > 0) {

@@ -29,14 +29,20 @@ struct NoiseRow {
     uint32_t* w1 = w0 + padded;
     uint32_t* w2 = w1 + padded;
     uint32_t* w3 = w2 + padded;
+    // Philox on whole arrays of counters, one round at a time: the inner loops vectorize.
     for (int64_t g = 0; g < groups; ++g) {
       uint32_t c[4];
       core::noise_counter(c, g, row, sample);
-      core::philox4x32_10(c, key);
       w0[g] = c[0];
       w1[g] = c[1];
       w2[g] = c[2];
       w3[g] = c[3];
+    }
+    uint32_t k0 = key.k0, k1 = key.k1;
+    for (int round = 0; round < 10; ++round) {
+      for (int64_t g = 0; g < groups; ++g) core::philox_round(w0[g], w1[g], w2[g], w3[g], k0, k1);
+      k0 += core::kPhiloxW0;
+      k1 += core::kPhiloxW1;
     }
     using M = core::Ops<Vec<T>>;
     constexpr int64_t W = Vec<T>::size();

@@ -40,12 +40,13 @@ def cpu_capability() -> str:
     return capability if capability in _CPU_FLAGS else "DEFAULT"
 
 
-def _announce_if_building(name: str, sources: list[str], what: str) -> None:
-    """One line on stderr when this call will compile (no up-to-date build in the cache)."""
+def _announce_if_building(name: str, what: str) -> None:
+    """One line on stderr when this call will compile (no build in the cache newer than every file
+    of csrc/, headers included)."""
     from torch.utils.cpp_extension import _get_build_directory
 
     library = os.path.join(_get_build_directory(name, verbose=False), f"{name}.so")
-    newest = max(os.path.getmtime(s) for s in sources)
+    newest = max(os.path.getmtime(f) for f in glob.glob(os.path.join(csrc_dir(), "**", "*"), recursive=True))
     if not os.path.exists(library) or os.path.getmtime(library) < newest:
         print(f"fastelbo: building the {what} with ninja (first use, about a minute)...", file=sys.stderr, flush=True)
 
@@ -53,7 +54,7 @@ def _announce_if_building(name: str, sources: list[str], what: str) -> None:
 def _load(name: str, sources: list[str], what: str, **options) -> None:
     from torch.utils.cpp_extension import load
 
-    _announce_if_building(name, sources, what)
+    _announce_if_building(name, what)
     load(name=name, sources=sources, is_python_module=False, verbose=os.environ.get("FASTELBO_BUILD_VERBOSE") == "1",
          **options)
 
@@ -71,7 +72,7 @@ def cpu_library() -> str | None:
         root = csrc_dir()
         sources = [os.path.join(root, "binding", "schema.cpp")] + sorted(glob.glob(os.path.join(root, "cpu", "*.cpp")))
         capability = cpu_capability()
-        flags = ["-O3", "-fopenmp", "-std=c++17"] + _CPU_FLAGS.get(capability, ["-DCPU_CAPABILITY=DEFAULT"])
+        flags = ["-O3", "-fopenmp"] + _CPU_FLAGS.get(capability, ["-DCPU_CAPABILITY=DEFAULT"])
         _load(f"fastelbo_cpu_{capability.lower()}", sources, "C++ CPU backend", extra_cflags=flags,
               extra_ldflags=["-fopenmp"])
     except Exception as error:  # noqa: BLE001 -- any failure makes the backend unavailable, with the reason

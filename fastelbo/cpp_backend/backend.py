@@ -10,10 +10,8 @@ import torch
 
 from .. import _op_rules as rules
 from .._types import DregTerms, traced_latent
-from .._validate import compute_dtype
 from ..reference import estimators as reference_estimators
-from ..reference._math import sigma_and_log_sigma
-from ..reference.latent import log_prior
+from ..reference.latent import log_prior, log_q_grad_z
 from .ops import ops
 
 PARAM_CODES = {"logvar": 0, "log_std": 1, "softplus": 2}
@@ -43,7 +41,8 @@ class Backend:
         if n_samples is None:
             z, log_q, log_p = z[0], log_q[0], log_p[0]
         terms = DregTerms(
-            log_q_grad_z=functools.partial(_log_q_grad_z, mu, scale, param, n_samples, eps, seed),
+            log_q_grad_z=functools.partial(log_q_grad_z, mu, scale, param, n_samples, eps,
+                                           functools.partial(ops.normal_noise, seed)),
             log_p_at=functools.partial(log_prior, prior=prior, param=param),
         )
         return traced_latent(z, log_q, log_p, kl_value, terms)
@@ -86,19 +85,6 @@ class Backend:
         value, _ = ops.estimate(per_sample(log_lik), per_sample(latent.log_q), per_sample(latent.log_p), latent.kl,
                                 rules.ESTIMATOR_MODES[(estimator, kl)], float(beta))
         return value
-
-
-def _log_q_grad_z(mu, scale, param, n_samples, eps, seed):
-    """d log q / d z = -eps / sigma (detached), with eps regenerated from the seed (DReG only)."""
-    dtype = compute_dtype(mu, scale)
-    with torch.no_grad():
-        if eps is None:
-            rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
-            eps = ops.normal_noise(seed, 1 if n_samples is None else n_samples, rows, mu.shape[-1],
-                                   dtype == torch.float64).view(-1, *mu.shape)
-        sigma, _ = sigma_and_log_sigma(scale.to(dtype), param)
-        grad = -eps.to(dtype) / sigma
-    return grad[0] if n_samples is None else grad
 
 
 def bind(backend: Backend, namespace: dict) -> None:

@@ -11,9 +11,8 @@ import torch
 
 from .._types import DregTerms, traced_latent
 from ..reference import estimators as reference_estimators
-from ..reference._math import sigma_and_log_sigma
-from ..reference.latent import log_prior
-from ._common import check_device, compute
+from ..reference.latent import log_prior, log_q_grad_z
+from ._common import check_device
 from .estimators import MODES, estimate_op
 from .latent import kl_op, latent_op
 from .likelihoods import binary_op, categorical_op, gaussian_op
@@ -39,23 +38,11 @@ def latent(mu, scale, param, n_samples, prior, stl, eps, seed):
     if n_samples is None:
         z, log_q, log_p = z[0], log_q[0], log_p[0]
     terms = DregTerms(
-        log_q_grad_z=functools.partial(_log_q_grad_z, mu, scale, param, n_samples, eps, seed),
+        log_q_grad_z=functools.partial(log_q_grad_z, mu, scale, param, n_samples, eps,
+                                       functools.partial(normal_noise_op, seed)),
         log_p_at=functools.partial(log_prior, prior=prior, param=param),
     )
     return traced_latent(z, log_q, log_p, kl_value, terms)
-
-
-def _log_q_grad_z(mu, scale, param, n_samples, eps, seed):
-    """d log q / d z = -eps / sigma (detached), with eps regenerated from the seed (DReG only)."""
-    dtype, _ = compute(mu, scale)
-    with torch.no_grad():
-        if eps is None:
-            rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
-            eps = normal_noise_op(seed, 1 if n_samples is None else n_samples, rows, mu.shape[-1], dtype == torch.float64)
-            eps = eps.view(-1, *mu.shape)
-        sigma, _ = sigma_and_log_sigma(scale.to(dtype), param)
-        grad = -eps.to(dtype) / sigma
-    return grad[0] if n_samples is None else grad
 
 
 def kl(mu, scale, param, prior, per_dim):
