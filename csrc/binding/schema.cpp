@@ -16,7 +16,7 @@
 // gaussian_log_prob: (out, grad_mean buffer (mean's shape, compute dtype) or empty)
 // gaussian_log_prob_backward(grad_out, grad_mean_buffer, logvar?, ...):
 //                    (grad_mean = grad_out * buffer (compute dtype, mean's shape),
-//                     grad_logvar = sum of grad_out (buffer^2 e^v - 1)/2 in logvar's shape and dtype, or
+//                     grad_logvar = sum of grad_out ((buffer e^(v/2))^2 - 1)/2 in logvar's shape and dtype, or
 //                     empty without a logvar tensor or need_logvar)
 // categorical_log_prob: (out (*batch), grad_logits buffer or empty)
 // estimate:          (value (*batch), weights w~ (K, *batch) for mode 2, else empty)

@@ -5,7 +5,7 @@
 //   Bernoulli:             x l - softplus(l),                 d/dl = x - sigmoid(l)
 //   continuous Bernoulli:  x l - softplus(l) + log C(l),      d/dl = x - sigmoid(l) + dlog C/dl
 //   Gaussian:              -((x - m)^2 e^-v + v + log 2 pi)/2, d/dm = (x - m) e^-v,
-//                          d/dv = ((x - m)^2 e^-v - 1)/2 = (buf^2 e^v - 1)/2 with buf = d/dm
+//                          d/dv = ((x - m)^2 e^-v - 1)/2 = ((buf e^(v/2))^2 - 1)/2 with buf = d/dm
 //   categorical:           l_t - logsumexp(l) (NaN for t outside [0, C)),  d/dl = onehot(t) - softmax(l)
 //
 // Parameters are read as R rows of N event elements through their strides; x through its own, so
@@ -125,8 +125,9 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
   });
 }
 
-// grad_mean = g_r buf;  d/dv = g_r (buf^2 e^v - 1)/2, summed over each block of rows when logvar is
-// shared by every row (fixed blocks: the sum does not depend on the thread count).
+// grad_mean = g_r buf;  d/dv = g_r ((buf e^(v/2))^2 - 1)/2 (= g_r ((x - m)^2 e^-v - 1)/2, without
+// overflow), summed over each block of rows when logvar is shared by every row (fixed blocks: the
+// sum does not depend on the thread count).
 template <typename T, typename v_t>
 void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPlan* v_plan,
                               Tensor& grad_mean, Tensor& grad_v, bool v_shared, int64_t block) {
@@ -141,10 +142,10 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
   const core::RowStrides vs = v_plan ? v_plan->strides[0] : core::RowStrides{0, 0, 0, 0};
   const int64_t blocks = (R + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
-    std::vector<T> exp_v(v_shared ? N : 0);  // e^v per column of a shared logvar
+    std::vector<T> exp_half_v(v_shared ? N : 0);  // e^(v/2) per column of a shared logvar
     for (int64_t j = 0; j < (v_shared ? N : 0); j += W) {
       const int64_t n = std::min<int64_t>(W, N - j);
-      load<T>(v_ptr + j * vs.sc, vs.sc, n).exp().store(exp_v.data() + j, n);
+      (V(T(0.5)) * load<T>(v_ptr + j * vs.sc, vs.sc, n)).exp().store(exp_half_v.data() + j, n);
     }
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
@@ -155,8 +156,9 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
           const V buf = V::loadu(b_ptr + r * N + j, n);
           (gr * buf).store(gm_ptr + r * N + j, n);
           if (v_plan) {
-            const V e_v = v_shared ? V::loadu(exp_v.data() + j, n) : load<T>(v_row + j * vs.sc, vs.sc, n).exp();
-            const V dv = V(T(0.5)) * gr * (buf * buf * e_v - V(T(1)));
+            const V scaled = buf * (v_shared ? V::loadu(exp_half_v.data() + j, n)
+                                             : (V(T(0.5)) * load<T>(v_row + j * vs.sc, vs.sc, n)).exp());
+            const V dv = V(T(0.5)) * gr * (scaled * scaled - V(T(1)));
             T* dst = gv_ptr + (v_shared ? b : r) * N + j;
             (v_shared ? V::loadu(dst, n) + dv : dv).store(dst, n);
           }

@@ -95,8 +95,7 @@ def cuda_library() -> str | None:
         root = csrc_dir()
         sources = sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
         sources = [s for s in sources if os.path.basename(s) != "compile_check.cu"]
-        _load("fastelbo_cuda", sources, "CUDA backend", extra_cflags=["-O3", "-std=c++17"],
-              extra_cuda_cflags=["-O3", "-std=c++17"])
+        _load("fastelbo_cuda", sources, "CUDA backend", extra_cflags=["-O3"], extra_cuda_cflags=["-O3"])
     except Exception as error:  # noqa: BLE001
         return _reason(error)
     return None
