@@ -4,11 +4,16 @@
 #   bash benchmarks/gpu_session.sh bench   # install, benchmarks/run.py (W1-W5)
 # Logs and results land in $OUT (the device tool brings them back); commit the bench files under
 # benchmarks/results/ with the device named.
+# The C++ backends build just in time with ninja. The GPU machine has no internet: if it lacks
+# ninja, first run `pip download ninja -d .wheels` here and pass carry [".wheels"] to the device
+# call; this script installs it from there.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/fastelbo-gpu}
 mkdir -p "$OUT"
+python3 -c "import ninja" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels ninja 2>&1 | tail -2
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
+python3 -c "import fastelbo; print(fastelbo.backends())" 2>&1 | tee "$OUT/backends.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 case "${1:-test}" in

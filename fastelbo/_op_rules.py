@@ -105,9 +105,16 @@ def binary_fake(logits, x, event_dims, continuous, need_grad):
             logits.new_empty(logits.shape if need_grad else (0,), dtype=dtype))
 
 
+def no_grad_buffers(ctx, *buffers) -> None:
+    """The gradient buffers are outputs autograd must not differentiate, nor fill with zeros for
+    backward (a whole pass over a parameter-sized tensor)."""
+    ctx.mark_non_differentiable(*buffers)
+    ctx.set_materialize_grads(False)
+
+
 def binary_setup_context(ctx, inputs, output):
     logits, x, event_dims, continuous, need_grad = inputs
-    ctx.mark_non_differentiable(output[1])
+    no_grad_buffers(ctx, output[1])
     ctx.event_dims = event_dims
     ctx.logits_dtype = logits.dtype
     ctx.x_shape_dtype = (x.shape, x.dtype)
@@ -118,6 +125,8 @@ def binary_setup_context(ctx, inputs, output):
 def binary_backward(ctx, grad_out, _):
     buffer, logits = ctx.saved_tensors
     grad_logits = grad_x = None
+    if grad_out is None:
+        return None, None, None, None, None
     if ctx.needs_input_grad[0]:
         grad_logits = scale_buffer(buffer, grad_out, ctx.event_dims).to(ctx.logits_dtype)
     if ctx.needs_input_grad[1] and logits is not None:
@@ -135,7 +144,7 @@ def categorical_fake(logits, target, event_dims, need_grad):
 
 
 def categorical_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
+    no_grad_buffers(ctx, output[1])
     ctx.event_dims = inputs[2] + 1  # the class dim too
     ctx.logits_dtype = inputs[0].dtype
     ctx.save_for_backward(output[1])
@@ -143,6 +152,8 @@ def categorical_setup_context(ctx, inputs, output):
 
 def categorical_backward(ctx, grad_out, _):
     (buffer,) = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None
     return scale_buffer(buffer, grad_out, ctx.event_dims).to(ctx.logits_dtype), None, None, None
 
 
@@ -163,7 +174,7 @@ def estimate_fake(log_lik, log_q, log_p, kl, mode, beta):
 
 def estimate_setup_context(ctx, inputs, output):
     log_lik, log_q, log_p, kl, mode, beta = inputs
-    ctx.mark_non_differentiable(output[1])
+    no_grad_buffers(ctx, output[1])
     ctx.options = (mode, beta, log_lik.shape[0])
     ctx.dtypes = (log_lik.dtype, log_q.dtype, log_p.dtype, kl.dtype)
     ctx.save_for_backward(output[1])
@@ -171,6 +182,8 @@ def estimate_setup_context(ctx, inputs, output):
 
 def estimate_backward(ctx, grad, _):
     (weights,) = ctx.saved_tensors
+    if grad is None:
+        return None, None, None, None, None, None
     mode, beta, k = ctx.options
     ll_dtype, lq_dtype, lp_dtype, kl_dtype = ctx.dtypes
     if mode == 2:

@@ -187,3 +187,30 @@ def test_empty_batches(backend, seed):
     assert lat.z.shape == (2, 0, 4) and lat.kl.shape == (0,)
     lat.log_q.sum().backward()
     assert fe.bernoulli_log_prob(torch.zeros(0, 3, device=DEVICE), torch.zeros(3, device=DEVICE), backend=backend).shape == (0,)
+
+
+def test_empty_batches_with_learnable_shared_parameters(backend):
+    """A learnable shared logvar and DReG's regenerated noise on an empty batch."""
+    logvar = torch.zeros(3, device=DEVICE, requires_grad=True)
+    mean = torch.zeros(0, 3, device=DEVICE, requires_grad=True)
+    fe.gaussian_log_prob(mean, torch.zeros(0, 3, device=DEVICE), logvar=logvar, backend=backend).sum().backward()
+    assert torch.equal(logvar.grad, torch.zeros(3, device=DEVICE))
+    mu = torch.zeros(0, 4, device=DEVICE, requires_grad=True)
+    with fe.use_backend(backend):
+        lat = fe.gaussian_latent(mu, torch.zeros(0, 4, device=DEVICE), n_samples=2)
+        fe.elbo(lat.z.sum(-1) * 0, lat, estimator="dreg").sum().backward()
+    assert mu.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "iwae"])
+def test_nan_in_nan_out_of_the_estimators(backend, estimator):
+    """A NaN log-likelihood gives a NaN value even when every other log-weight is -inf."""
+    log_lik = torch.tensor([[float("nan"), 0.0], [float("-inf"), float("-inf")]], device=DEVICE)
+    mu = torch.zeros(2, 3, device=DEVICE)
+    lat = fe.gaussian_latent(mu, mu, n_samples=2, eps=torch.zeros(2, 2, 3, device=DEVICE), backend=backend)
+    with fe.use_backend(backend):
+        value = fe.elbo(log_lik, lat, kl="mc", estimator=estimator)
+    with fe.use_backend("reference"):
+        want = fe.elbo(log_lik, lat, kl="mc", estimator=estimator)
+    assert torch.isnan(value[0]) and torch.isnan(want[0])
+    torch.testing.assert_close(value, want, equal_nan=True)

@@ -35,7 +35,8 @@ def estimate_kernel(
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # all -inf so far: keep 0
             run_sum = run_sum * tl.exp(run_max - shift) + tl.exp(log_w - shift)
             run_max = new_max
-        lse = tl.where(run_max == float("-inf"), run_max, run_max + tl.log(run_sum))
+        # All log-weights -inf: -inf. A NaN log-weight makes run_sum NaN, and so the value.
+        lse = tl.where((run_max == float("-inf")) & (run_sum == run_sum), run_max, run_max + tl.log(run_sum))
         tl.store(out_ptr + rows, lse - scalar(logk_hi, logk_lo, DTYPE), mask=mask)
         for k in range(K):
             offs = tl.cast(k, tl.int64) * R + rows

@@ -86,6 +86,26 @@ inline T hsum(const Vec<T>& v) {
   return at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, v);
 }
 
+// body(j, n) over the columns [0, cols) in vectors of W: whole vectors with n a compile-time W
+// (loads, stores and masks fold to plain vector instructions), then one partial vector with n < W.
+template <int64_t W, typename Body>
+inline void for_vectors(int64_t cols, Body&& body) {
+  int64_t j = 0;
+  for (; j + W <= cols; j += W) body(j, std::integral_constant<int64_t, W>{});
+  if (j < cols) body(j, cols - j);
+}
+
+// f(std::true_type{}) or f(std::false_type{}): a run-time flag as a compile-time one, so that hot
+// loops are compiled once per case without the flag's branches (and with unit strides folded).
+template <typename F>
+inline void static_flag(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
 // Rows per task of a parallel row loop: about `work` elements of work per task.
 inline int64_t grain_rows(int64_t elements_per_row, int64_t work = 32768) {
   return std::max<int64_t>(1, work / std::max<int64_t>(1, elements_per_row));

@@ -47,7 +47,8 @@ void estimate_kernel(const Tensor& ll, const Tensor& lq, const Tensor& lp, const
           const int64_t i = k * R + r;
           sum += std::exp(ll_ptr[i] + lp_ptr[i] - lq_ptr[i] - shift);
         }
-        const T lse = run_max == neg_inf ? run_max : shift + std::log(sum);
+        // All log-weights -inf: -inf. A NaN never wins the max, but makes the sum (and lse) NaN.
+        const T lse = run_max == neg_inf && !std::isnan(sum) ? run_max : shift + std::log(sum);
         out_ptr[r] = lse - log_k;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t i = k * R + r;

@@ -22,15 +22,14 @@ void kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_dim, Tens
     for (int64_t r = begin; r < end; ++r) {
       t.read(in, r, D, static_cast<int>(param), rows.has_prior);
       V acc(T(0));
-      for (int64_t j = 0; j < D; j += W) {
-        const int64_t n = std::min<int64_t>(W, D - j);
+      for_vectors<W>(D, [&](int64_t j, auto n) {
         const V kl = kl_terms(t, j, rows.has_prior);
         if (per_dim) {
           kl.store(out_ptr + r * D + j, n);
         } else {
           acc += first(kl, n);
         }
-      }
+      });
       if (!per_dim) out_ptr[r] = hsum(acc);
     }
   });
@@ -58,8 +57,7 @@ void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t para
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
         t.read(in, r, D, static_cast<int>(param), has_prior);
-        for (int64_t j = 0; j < D; j += W) {
-          const int64_t n = std::min<int64_t>(W, D - j);
+        for_vectors<W>(D, [&](int64_t j, auto n) {
           const V g = per_dim ? load<T>(g_ptr + r * g_sr + j * g_sd, g_sd, n) : V(g_ptr[r * g_sr]);
           const V mu = V::loadu(t.mu.data() + j), log_sigma = V::loadu(t.log_sigma.data() + j);
           V g_mu, em;
@@ -80,7 +78,7 @@ void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t para
           }
           store<T>(gmu_ptr + r * D + j, 1, g_mu, n);
           store<T>(gs_ptr + r * D + j, 1, g * em * V::loadu(t.dlog.data() + j), n);
-        }
+        });
       }
     }
   });
@@ -92,8 +90,9 @@ Tensor kl_cpu(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, 
               int64_t param, bool per_dim) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
-  Tensor out = at::zeros(per_dim ? mu.sizes() : mu.sizes().slice(0, mu.dim() - 1), mu.options().dtype(compute));
-  if (mu.numel() > 0) {
+  Tensor out = at::empty(per_dim ? mu.sizes() : mu.sizes().slice(0, mu.dim() - 1), mu.options().dtype(compute));
+  if (mu.numel() == 0) return out.zero_();  // D = 0: a sum over nothing
+  {
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_kl_cpu", [&] { kl_forward_kernel<scalar_t>(rows, param, per_dim, out); });
   }
   return out;
@@ -104,12 +103,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> kl_backward_cpu(const Tensor& grad, c
                                                            int64_t param, bool per_dim) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
-  Tensor grad_mu = at::zeros(mu.sizes(), mu.options().dtype(rows.dtype));
-  Tensor grad_scale = at::zeros(scale.sizes(), mu.options().dtype(rows.dtype));
+  Tensor grad_mu = at::empty(mu.sizes(), mu.options().dtype(rows.dtype));  // every element is written
+  Tensor grad_scale = at::empty(scale.sizes(), mu.options().dtype(rows.dtype));
   Tensor grad_pmu = rows.has_prior ? at::zeros_like(*prior_mu) : at::empty({0}, mu.options());
   Tensor grad_ps = rows.has_prior ? at::zeros_like(*prior_scale) : at::empty({0}, mu.options());
   const int64_t R = rows.rows(), D = rows.dim;
-  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};  // nothing to write
   Tensor g = per_dim ? grad.to(compute).reshape({R, D}) : grad.to(compute).reshape({R});
   const int64_t block = grain_rows(D * 4);
   const int64_t blocks = (R + block - 1) / block;

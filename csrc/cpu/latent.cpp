@@ -61,8 +61,7 @@ void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tens
           noise.fill(eps_row.data(), key, r, k);
         }
         V lq_acc(T(0)), lp_acc(T(0));
-        for (int64_t j = 0; j < D; j += W) {
-          const int64_t n = std::min<int64_t>(W, D - j);
+        for_vectors<W>(D, [&](int64_t j, auto n) {
           const V e = has_eps ? V::loadu(e_src + j, n) : V::loadu(e_src + j);
           const V sigma = V::loadu(t.sigma.data() + j);
           const V zv = V::loadu(t.mu.data() + j) + sigma * e;
@@ -76,7 +75,7 @@ void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tens
             lp_term = V(T(-0.5)) * zv * zv;
           }
           lp_acc += first(lp_term, n);
-        }
+        });
         lq_ptr[out_row] = hsum(lq_acc) - half_log_2pi_d;
         lp_ptr[out_row] = hsum(lp_acc) - half_log_2pi_d;
       }
@@ -149,8 +148,7 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
           const T gp_k = gp ? gp[k * gp_sk + r * gp_sr] : T(0);
           const T gq_k = gq ? gq[k * gq_sk + r * gq_sr] : T(0);
           if (gq && !stl) acc_q += gq_k;
-          for (int64_t j = 0; j < D; j += W) {
-            const int64_t n = std::min<int64_t>(W, D - j);
+          for_vectors<W>(D, [&](int64_t j, auto n) {
             const V e = has_eps ? V::loadu(e_src + j, n) : V::loadu(e_src + j);
             const V sigma = V::loadu(t.sigma.data() + j);
             V grad = gz ? load<T>(gz + k * gz_sk + r * gz_sr + j * gz_sd, gz_sd, n) : V(T(0));
@@ -169,11 +167,10 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
             if (gq && stl) grad = grad - V(gq_k) * e / sigma;
             (V::loadu(acc_z.data() + j) + grad).store(acc_z.data() + j);
             (V::loadu(acc_ze.data() + j) + grad * e).store(acc_ze.data() + j);
-          }
+          });
         }
         const T gk_r = gk ? gk[r * gk_sr] : T(0);
-        for (int64_t j = 0; j < D; j += W) {
-          const int64_t n = std::min<int64_t>(W, D - j);
+        for_vectors<W>(D, [&](int64_t j, auto n) {
           const V mu = V::loadu(t.mu.data() + j), log_sigma = V::loadu(t.log_sigma.data() + j);
           V g_mu = V::loadu(acc_z.data() + j);
           V g_lsig = V::loadu(t.sigma.data() + j) * V::loadu(acc_ze.data() + j) - V(acc_q);
@@ -203,7 +200,7 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
             (pm_shared ? V::loadu(pm_row, n) + pm_grad : pm_grad).store(pm_row, n);
             (ps_shared ? V::loadu(ps_row, n) + ps_grad : ps_grad).store(ps_row, n);
           }
-        }
+        });
       }
     }
   });
@@ -244,12 +241,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> latent_backward_cpu(
     const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
-  Tensor grad_mu = at::zeros(mu.sizes(), mu.options().dtype(rows.dtype));
-  Tensor grad_scale = at::zeros(scale.sizes(), mu.options().dtype(rows.dtype));
+  Tensor grad_mu = at::empty(mu.sizes(), mu.options().dtype(rows.dtype));  // every element is written
+  Tensor grad_scale = at::empty(scale.sizes(), mu.options().dtype(rows.dtype));
   Tensor grad_pmu = rows.has_prior ? at::zeros_like(*prior_mu) : at::empty({0}, mu.options());
   Tensor grad_ps = rows.has_prior ? at::zeros_like(*prior_scale) : at::empty({0}, mu.options());
   const int64_t R = rows.rows(), D = rows.dim;
-  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};  // nothing to write
   LatentGrads grads(grad_z, grad_log_q, grad_log_p, grad_kl, n_samples, R, D, compute);
   const int64_t block = grain_rows(D * (n_samples + 2));
   const int64_t blocks = (R + block - 1) / block;

@@ -68,8 +68,7 @@ struct RowTerms {
     constexpr int64_t W = V::size();
     const scalar_t* m = in.row(0, r);
     const scalar_t* s = in.row(1, r);
-    for (int64_t j = 0; j < dim; j += W) {
-      const int64_t n = std::min<int64_t>(W, dim - j);
+    for_vectors<W>(dim, [&](int64_t j, auto n) {
       load<T>(m + j * in.st[0].sc, in.st[0].sc, n).store(mu.data() + j);
       auto t = core::sigma_terms<V>(load<T>(s + j * in.st[1].sc, in.st[1].sc, n), param);
       t.sigma.store(sigma.data() + j);
@@ -84,7 +83,7 @@ struct RowTerms {
         p.log_sigma.store(plog_sigma.data() + j);
         p.dlog.store(pdlog.data() + j);
       }
-    }
+    });
   }
 };
 
@@ -106,7 +105,7 @@ inline int64_t padded_dim(int64_t dim, int64_t width) {
 
 // Prior-gradient rows: per row (R, D), or per block of rows when the prior is shared.
 inline Tensor prior_grad_buffer(bool shared, int64_t blocks, int64_t R, int64_t D, const Tensor& like) {
-  return at::zeros({shared ? blocks : R, D}, like.options());
+  return shared ? at::zeros({blocks, D}, like.options()) : at::empty({R, D}, like.options());  // rows: all written
 }
 
 inline Tensor reduce_prior_grad(const Tensor& buffer, bool shared, at::IntArrayRef batch, int64_t D, const Tensor& prior) {

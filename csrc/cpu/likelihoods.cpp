@@ -43,15 +43,16 @@ void binary_kernel(const RowPlan& plan, bool continuous, bool need_grad, Tensor&
   const int64_t R = plan.shape.rows, N = plan.shape.cols;
   T* out_ptr = out.data_ptr<T>();
   T* g_ptr = need_grad ? grad.data_ptr<T>() : nullptr;
+  static_flag(ls.sc == 1 && xs.sc == 1, [&](auto unit) {
+  const int64_t lsc = unit ? 1 : ls.sc, xsc = unit ? 1 : xs.sc;
   at::parallel_for(0, R, grain_rows(N), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* l_row = l_ptr + core::row_offset(r, plan.shape, ls);
       const x_t* x_row = x_ptr + core::row_offset(r, plan.shape, xs);
       V acc(T(0));
-      for (int64_t j = 0; j < N; j += W) {
-        const int64_t n = std::min<int64_t>(W, N - j);
-        const V l = load<T>(l_row + j * ls.sc, ls.sc, n);
-        const V x = load<T>(x_row + j * xs.sc, xs.sc, n);
+      for_vectors<W>(N, [&](int64_t j, auto n) {
+        const V l = load<T>(l_row + j * lsc, lsc, n);
+        const V x = load<T>(x_row + j * xsc, xsc, n);
         auto vg = core::bernoulli_terms<V>(l, x);
         if (continuous) {
           auto cb = core::cb_log_normalizer_terms<V>(l);
@@ -60,9 +61,10 @@ void binary_kernel(const RowPlan& plan, bool continuous, bool need_grad, Tensor&
         }
         acc += first(vg.value, n);
         if (need_grad) vg.grad.store(g_ptr + r * N + j, n);
-      }
+      });
       out_ptr[r] = hsum(acc);
     }
+  });
   });
 }
 
@@ -91,37 +93,40 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
   const core::RowStrides ms = plan.strides[0], xs = plan.strides[1];
   const core::RowStrides vs = has_logvar ? plan.strides[2] : core::RowStrides{0, 0, 0, 0};
   const bool v_shared = has_logvar && core::shared_across_rows(vs);
+  const bool unit_strides = ms.sc == 1 && xs.sc == 1;
   const int64_t R = plan.shape.rows, N = plan.shape.cols;
   const T v_scalar = static_cast<T>(logvar_value);
   const V inv_var_scalar = V(v_scalar * T(-1)).exp();
   const T half_log_2pi_n = static_cast<T>(static_cast<double>(N) * core::kHalfLog2Pi);
   T* out_ptr = out.data_ptr<T>();
   T* g_ptr = need_grad ? grad.data_ptr<T>() : nullptr;
-  at::parallel_for(0, R, grain_rows(N), [&](int64_t begin, int64_t end) {
-    const SharedLogvar<T, scalar_t> shared(v_ptr, vs.sc, v_shared ? N : 0);
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* m_row = m_ptr + core::row_offset(r, plan.shape, ms);
-      const scalar_t* x_row = x_ptr + core::row_offset(r, plan.shape, xs);
-      const scalar_t* v_row = has_logvar ? v_ptr + core::row_offset(r, plan.shape, vs) : nullptr;
-      V acc(T(0));
-      for (int64_t j = 0; j < N; j += W) {
-        const int64_t n = std::min<int64_t>(W, N - j);
-        const V m = load<T>(m_row + j * ms.sc, ms.sc, n);
-        const V x = load<T>(x_row + j * xs.sc, xs.sc, n);
-        V v = V(v_scalar), inv_var = inv_var_scalar;
-        if (v_shared) {
-          v = V::loadu(shared.v.data() + j, n);
-          inv_var = V::loadu(shared.inv_var.data() + j, n);
-        } else if (has_logvar) {
-          v = load<T>(v_row + j * vs.sc, vs.sc, n);
-          inv_var = (V(T(0)) - v).exp();
+  static_flag(unit_strides, [&](auto unit) {
+    static_flag(v_shared, [&](auto shared_v) {
+      const int64_t msc = unit ? 1 : ms.sc, xsc = unit ? 1 : xs.sc;
+      at::parallel_for(0, R, grain_rows(N), [&](int64_t begin, int64_t end) {
+        const SharedLogvar<T, scalar_t> shared(v_ptr, vs.sc, shared_v ? N : 0);
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* m_row = m_ptr + core::row_offset(r, plan.shape, ms);
+          const scalar_t* x_row = x_ptr + core::row_offset(r, plan.shape, xs);
+          const scalar_t* v_row = has_logvar ? v_ptr + core::row_offset(r, plan.shape, vs) : nullptr;
+          V acc(T(0));
+          for_vectors<W>(N, [&](int64_t j, auto n) {
+            const V diff = load<T>(x_row + j * xsc, xsc, n) - load<T>(m_row + j * msc, msc, n);
+            V v = V(v_scalar), inv_var = inv_var_scalar;
+            if constexpr (decltype(shared_v)::value) {
+              v = V::loadu(shared.v.data() + j, n);
+              inv_var = V::loadu(shared.inv_var.data() + j, n);
+            } else if (has_logvar) {
+              v = load<T>(v_row + j * vs.sc, vs.sc, n);
+              inv_var = (V(T(0)) - v).exp();
+            }
+            acc += first(diff * diff * inv_var + v, n);
+            if (need_grad) (diff * inv_var).store(g_ptr + r * N + j, n);
+          });
+          out_ptr[r] = T(-0.5) * hsum(acc) - half_log_2pi_n;
         }
-        const V diff = x - m;
-        acc += first(V(T(-0.5)) * (diff * diff * inv_var + v), n);
-        if (need_grad) (diff * inv_var).store(g_ptr + r * N + j, n);
-      }
-      out_ptr[r] = hsum(acc) - half_log_2pi_n;
-    }
+      });
+    });
   });
 }
 
@@ -141,30 +146,38 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
   const v_t* v_ptr = v_plan ? v_plan->tensors[0].const_data_ptr<v_t>() : nullptr;
   const core::RowStrides vs = v_plan ? v_plan->strides[0] : core::RowStrides{0, 0, 0, 0};
   const int64_t blocks = (R + block - 1) / block;
-  at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
-    std::vector<T> exp_half_v(v_shared ? N : 0);  // e^(v/2) per column of a shared logvar
-    for (int64_t j = 0; j < (v_shared ? N : 0); j += W) {
-      const int64_t n = std::min<int64_t>(W, N - j);
-      (V(T(0.5)) * load<T>(v_ptr + j * vs.sc, vs.sc, n)).exp().store(exp_half_v.data() + j, n);
-    }
-    for (int64_t b = b_begin; b < b_end; ++b) {
-      for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
-        const V gr(g_ptr[r]);
-        const v_t* v_row = v_plan ? v_ptr + core::row_offset(r, v_plan->shape, vs) : nullptr;
-        for (int64_t j = 0; j < N; j += W) {
-          const int64_t n = std::min<int64_t>(W, N - j);
-          const V buf = V::loadu(b_ptr + r * N + j, n);
-          (gr * buf).store(gm_ptr + r * N + j, n);
-          if (v_plan) {
-            const V scaled = buf * (v_shared ? V::loadu(exp_half_v.data() + j, n)
-                                             : (V(T(0.5)) * load<T>(v_row + j * vs.sc, vs.sc, n)).exp());
-            const V dv = V(T(0.5)) * gr * (scaled * scaled - V(T(1)));
-            T* dst = gv_ptr + (v_shared ? b : r) * N + j;
-            (v_shared ? V::loadu(dst, n) + dv : dv).store(dst, n);
+  static_flag(v_plan != nullptr, [&](auto with_v) {
+    static_flag(v_shared, [&](auto shared_v) {
+      at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+        std::vector<T> exp_half_v(shared_v ? N : 0);  // e^(v/2) per column of a shared logvar
+        if constexpr (decltype(shared_v)::value) {
+          for_vectors<W>(N, [&](int64_t j, auto n) {
+            (V(T(0.5)) * load<T>(v_ptr + j * vs.sc, vs.sc, n)).exp().store(exp_half_v.data() + j, n);
+          });
+        }
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
+            const V gr(g_ptr[r]);
+            const v_t* v_row = with_v ? v_ptr + core::row_offset(r, v_plan->shape, vs) : nullptr;
+            T* dv_row = with_v ? gv_ptr + (shared_v ? b : r) * N : nullptr;
+            for_vectors<W>(N, [&](int64_t j, auto n) {
+              const V buf = V::loadu(b_ptr + r * N + j, n);
+              (gr * buf).store(gm_ptr + r * N + j, n);
+              if constexpr (decltype(with_v)::value) {
+                V scaled;
+                if constexpr (decltype(shared_v)::value) {
+                  scaled = buf * V::loadu(exp_half_v.data() + j, n);
+                } else {
+                  scaled = buf * (V(T(0.5)) * load<T>(v_row + j * vs.sc, vs.sc, n)).exp();
+                }
+                const V dv = V(T(0.5)) * gr * (scaled * scaled - V(T(1)));
+                (shared_v ? V::loadu(dv_row + j, n) + dv : dv).store(dv_row + j, n);
+              }
+            });
           }
         }
-      }
-    }
+      });
+    });
   });
 }
 
@@ -186,27 +199,24 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
       const int64_t target = t_ptr[core::row_offset(e, plan.shape, ts)];
       const bool valid = target >= 0 && target < C;
       V vmax(neg_inf);
-      for (int64_t j = 0; j < C; j += W) {
-        const int64_t n = std::min<int64_t>(W, C - j);
+      for_vectors<W>(C, [&](int64_t j, auto n) {
         const V l = load<T>(l_row + j * ls.sc, ls.sc, n);
         vmax = at::vec::maximum(vmax, n == W ? l : V::set(V(neg_inf), l, n));
-      }
+      });
       const T row_max = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, vmax);
       V vsum(T(0));
-      for (int64_t j = 0; j < C; j += W) {
-        const int64_t n = std::min<int64_t>(W, C - j);
+      for_vectors<W>(C, [&](int64_t j, auto n) {
         vsum += first((load<T>(l_row + j * ls.sc, ls.sc, n) - V(row_max)).exp(), n);
-      }
+      });
       const T lse = row_max + std::log(hsum(vsum));
       const T picked = valid ? static_cast<T>(l_row[target * ls.sc]) : T(0);
       out_ptr[e] = valid ? picked - lse : std::numeric_limits<T>::quiet_NaN();
       if (need_grad) {
         T* g_row = g_ptr + e * C;
-        for (int64_t j = 0; j < C; j += W) {
-          const int64_t n = std::min<int64_t>(W, C - j);
+        for_vectors<W>(C, [&](int64_t j, auto n) {
           const V p = (load<T>(l_row + j * ls.sc, ls.sc, n) - V(lse)).exp();
           (valid ? V(T(0)) - p : V(T(0))).store(g_row + j, n);
-        }
+        });
         if (valid) g_row[target] += T(1);
       }
     }
@@ -270,7 +280,8 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_backward_cpu(const Tensor& grad_out
   Tensor grad_mean = at::empty(buffer.sizes(), buffer.options());
   const bool with_v = need_logvar && logvar.has_value() && logvar->defined();
   const int64_t R = grad_out.numel();
-  const int64_t N = R ? buffer.numel() / R : 0;
+  int64_t N = 1;
+  for (int64_t i = buffer.dim() - event_dims; i < buffer.dim(); ++i) N *= buffer.size(i);
   Tensor g = grad_out.to(compute).contiguous();
   RowPlan v_plan;
   bool v_shared = false;

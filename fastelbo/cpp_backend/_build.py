@@ -45,9 +45,10 @@ def _announce_if_building(name: str, what: str) -> None:
     of csrc/, headers included)."""
     from torch.utils.cpp_extension import _get_build_directory
 
-    library = os.path.join(_get_build_directory(name, verbose=False), f"{name}.so")
+    # torch names rebuilds name_v1.so, name_v2.so, ...: the newest library counts.
+    libraries = glob.glob(os.path.join(_get_build_directory(name, verbose=False), f"{name}*.so"))
     newest = max(os.path.getmtime(f) for f in glob.glob(os.path.join(csrc_dir(), "**", "*"), recursive=True))
-    if not os.path.exists(library) or os.path.getmtime(library) < newest:
+    if not libraries or max(os.path.getmtime(f) for f in libraries) < newest:
         print(f"fastelbo: building the {what} with ninja (first use, about a minute)...", file=sys.stderr, flush=True)
 
 

@@ -41,7 +41,7 @@ class Backend:
         if n_samples is None:
             z, log_q, log_p = z[0], log_q[0], log_p[0]
         terms = DregTerms(
-            log_q_grad_z=functools.partial(log_q_grad_z, mu, scale, param, n_samples, eps,
+            log_q_grad_z=functools.partial(log_q_grad_z, mu, scale, prior, param, n_samples, eps,
                                            functools.partial(ops.normal_noise, seed)),
             log_p_at=functools.partial(log_prior, prior=prior, param=param),
         )

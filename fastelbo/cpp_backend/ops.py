@@ -42,7 +42,7 @@ def _gaussian_backward_fake(grad_out, buffer, logvar, logvar_value, event_dims, 
 
 def _gaussian_setup_context(ctx, inputs, output):
     mean, x, logvar, logvar_value, event_dims, need_grad = inputs
-    ctx.mark_non_differentiable(output[1])
+    rules.no_grad_buffers(ctx, output[1])
     ctx.options = (logvar_value, event_dims)
     ctx.meta = (mean.dtype, x.shape, x.dtype)
     ctx.save_for_backward(output[1], logvar)
@@ -50,6 +50,8 @@ def _gaussian_setup_context(ctx, inputs, output):
 
 def _gaussian_backward(ctx, grad_out, _):
     buffer, logvar = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None, None
     logvar_value, event_dims = ctx.options
     mean_dtype, x_shape, x_dtype = ctx.meta
     need_logvar = logvar is not None and ctx.needs_input_grad[2]
@@ -74,4 +76,4 @@ _register("gaussian_log_prob_backward", _gaussian_backward_fake)
 _register("categorical_log_prob", rules.categorical_fake, rules.categorical_backward, rules.categorical_setup_context)
 _register("estimate", rules.estimate_fake, rules.estimate_backward, rules.estimate_setup_context)
 _register("normal_noise", _noise_fake)
-_register("philox_words", lambda counter, key: counter.new_empty((4, counter.shape[1])))
+_register("philox_words", lambda counter, key: counter.new_empty((4, counter.shape[1]), dtype=torch.int64))

@@ -29,15 +29,16 @@ def log_prior(z: torch.Tensor, prior, param: str) -> torch.Tensor:
     return (-0.5 * u * u - prior_log_sigma).sum(-1) - z.shape[-1] * HALF_LOG_2PI
 
 
-def log_q_grad_z(mu, scale, param, n_samples, eps, noise):
+def log_q_grad_z(mu, scale, prior, param, n_samples, eps, noise):
     """d log q / d z = -eps / sigma (detached, z's shape), for DReG: eps is the explicit noise
-    (K, *mu.shape), or None to regenerate it with noise(n_samples, rows, dim, float64) -> (K, R, D)."""
-    dtype = compute_dtype(mu, scale)
+    (K, *mu.shape), or None to regenerate it with noise(n_samples, rows, dim, float64) -> (K, R, D)
+    in the latent's compute dtype (the prior's dtype counts, as in the forward)."""
+    dtype = compute_dtype(mu, scale, *(prior or ()))
     with torch.no_grad():
         if eps is None:
             rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
             k = 1 if n_samples is None else n_samples
-            eps = noise(k, rows, mu.shape[-1], dtype == torch.float64).view(-1, *mu.shape)
+            eps = noise(k, rows, mu.shape[-1], dtype == torch.float64).view(k, *mu.shape)
         sigma, _ = sigma_and_log_sigma(scale.to(dtype), param)
         grad = -eps.to(dtype) / sigma
     return grad[0] if n_samples is None else grad

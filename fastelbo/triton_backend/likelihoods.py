@@ -105,7 +105,7 @@ def _(mean, x, logvar, logvar_value, event_dims, need_grad):
 
 def _gaussian_setup_context(ctx, inputs, output):
     mean, x, logvar, logvar_value, event_dims, need_grad = inputs
-    ctx.mark_non_differentiable(output[1], output[2])
+    rules.no_grad_buffers(ctx, output[1], output[2])
     ctx.event_dims = event_dims
     ctx.meta = (mean.dtype, x.shape, x.dtype, None if logvar is None else (logvar.shape, logvar.dtype))
     ctx.save_for_backward(output[1], output[2])
@@ -113,6 +113,8 @@ def _gaussian_setup_context(ctx, inputs, output):
 
 def _gaussian_backward(ctx, grad_out, _, __):
     grad_mean_buffer, grad_logvar_buffer = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None, None
     mean_dtype, x_shape, x_dtype, logvar_meta = ctx.meta
     grad_mean = grad_x = grad_logvar = None
     scaled = rules.scale_buffer(grad_mean_buffer, grad_out, ctx.event_dims)

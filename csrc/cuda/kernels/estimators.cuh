@@ -46,7 +46,8 @@ __global__ void __launch_bounds__(kBlock) estimate_kernel(const EstimateParams<T
         run_sum = run_sum * core::Ops<T>::exp(run_max - shift) + core::Ops<T>::exp(log_w - shift);
         run_max = new_max;
       }
-      const T lse = run_max == neg_inf<T>() ? run_max : run_max + core::Ops<T>::log(run_sum);
+      // All log-weights -inf: -inf. A NaN never wins the max, but makes run_sum (and lse) NaN.
+      const T lse = run_max == neg_inf<T>() && run_sum == run_sum ? run_max : run_max + core::Ops<T>::log(run_sum);
       p.out[r] = lse - static_cast<T>(p.log_k);
       for (int64_t k = 0; k < K; ++k) {
         const int64_t i = k * R + r;
