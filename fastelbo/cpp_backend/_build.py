@@ -40,22 +40,23 @@ def cpu_capability() -> str:
     return capability if capability in _CPU_FLAGS else "DEFAULT"
 
 
-def _announce_if_building(name: str, what: str) -> None:
+def _announce_if_building(name: str, folders: tuple[str, ...], what: str) -> None:
     """One line on stderr when this call will compile (no build in the cache newer than every file
-    of csrc/, headers included)."""
+    of the library's csrc/ folders, headers included)."""
     from torch.utils.cpp_extension import _get_build_directory
 
     # torch names rebuilds name_v1.so, name_v2.so, ...: the newest library counts.
     libraries = glob.glob(os.path.join(_get_build_directory(name, verbose=False), f"{name}*.so"))
-    newest = max(os.path.getmtime(f) for f in glob.glob(os.path.join(csrc_dir(), "**", "*"), recursive=True))
+    files = [f for folder in folders for f in glob.glob(os.path.join(csrc_dir(), folder, "**", "*"), recursive=True)]
+    newest = max(os.path.getmtime(f) for f in files)
     if not libraries or max(os.path.getmtime(f) for f in libraries) < newest:
         print(f"fastelbo: building the {what} with ninja (first use, about a minute)...", file=sys.stderr, flush=True)
 
 
-def _load(name: str, sources: list[str], what: str, **options) -> None:
+def _load(name: str, sources: list[str], folders: tuple[str, ...], what: str, **options) -> None:
     from torch.utils.cpp_extension import load
 
-    _announce_if_building(name, what)
+    _announce_if_building(name, folders, what)
     load(name=name, sources=sources, is_python_module=False, verbose=os.environ.get("FASTELBO_BUILD_VERBOSE") == "1",
          **options)
 
@@ -74,7 +75,8 @@ def cpu_library() -> str | None:
         sources = [os.path.join(root, "binding", "schema.cpp")] + sorted(glob.glob(os.path.join(root, "cpu", "*.cpp")))
         capability = cpu_capability()
         flags = ["-O3", "-fopenmp"] + _CPU_FLAGS.get(capability, ["-DCPU_CAPABILITY=DEFAULT"])
-        _load(f"fastelbo_cpu_{capability.lower()}", sources, "C++ CPU backend", extra_cflags=flags,
+        _load(f"fastelbo_cpu_{capability.lower()}", sources, ("core", "binding", "cpu"), "C++ CPU backend",
+              extra_cflags=flags,
               extra_ldflags=["-fopenmp"])
     except Exception as error:  # noqa: BLE001 -- any failure makes the backend unavailable, with the reason
         return _reason(error)
@@ -96,7 +98,8 @@ def cuda_library() -> str | None:
         root = csrc_dir()
         sources = sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
         sources = [s for s in sources if os.path.basename(s) != "compile_check.cu"]
-        _load("fastelbo_cuda", sources, "CUDA backend", extra_cflags=["-O3"], extra_cuda_cflags=["-O3"])
+        _load("fastelbo_cuda", sources, ("core", "binding", "cuda"), "CUDA backend", extra_cflags=["-O3"],
+              extra_cuda_cflags=["-O3"])
     except Exception as error:  # noqa: BLE001
         return _reason(error)
     return None
