@@ -36,22 +36,21 @@ void kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_dim, Tens
 }
 
 template <typename scalar_t>
-void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t param, bool per_dim, Tensor& grad_mu,
-                        Tensor& grad_scale, Tensor& gpmu_buf, Tensor& gps_buf, int64_t block) {
+void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t param, bool per_dim, PosteriorGrads& out) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   const bool has_prior = rows.has_prior;
-  const bool pm_shared = has_prior && rows.prior_shared(2), ps_shared = has_prior && rows.prior_shared(3);
+  const bool pm_shared = out.pm_shared, ps_shared = out.ps_shared;
   const T* g_ptr = grad.const_data_ptr<T>();
   const int64_t g_sr = grad.stride(0), g_sd = per_dim ? grad.stride(1) : 0;
-  scalar_t* gmu_ptr = grad_mu.data_ptr<scalar_t>();
-  scalar_t* gs_ptr = grad_scale.data_ptr<scalar_t>();
-  T* gpmu = has_prior ? gpmu_buf.data_ptr<T>() : nullptr;
-  T* gps = has_prior ? gps_buf.data_ptr<T>() : nullptr;
-  const int64_t blocks = (R + block - 1) / block;
+  scalar_t* gmu_ptr = out.mu.data_ptr<scalar_t>();
+  scalar_t* gs_ptr = out.scale.data_ptr<scalar_t>();
+  T* gpmu = has_prior ? out.prior_mu.data_ptr<T>() : nullptr;
+  T* gps = has_prior ? out.prior_scale.data_ptr<T>() : nullptr;
+  const int64_t block = out.block, blocks = out.blocks;
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     RowTerms<T> t(P);
     for (int64_t b = b_begin; b < b_end; ++b) {
@@ -102,29 +101,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> kl_backward_cpu(const Tensor& grad, c
                                                            const OptTensor& prior_mu, const OptTensor& prior_scale,
                                                            int64_t param, bool per_dim) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
-  const at::ScalarType compute = compute_dtype(rows.dtype);
-  Tensor grad_mu = at::empty(mu.sizes(), mu.options().dtype(rows.dtype));  // every element is written
-  Tensor grad_scale = at::empty(scale.sizes(), mu.options().dtype(rows.dtype));
-  Tensor grad_pmu = rows.has_prior ? at::zeros_like(*prior_mu) : at::empty({0}, mu.options());
-  Tensor grad_ps = rows.has_prior ? at::zeros_like(*prior_scale) : at::empty({0}, mu.options());
-  const int64_t R = rows.rows(), D = rows.dim;
-  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};  // nothing to write
-  Tensor g = per_dim ? grad.to(compute).reshape({R, D}) : grad.to(compute).reshape({R});
-  const int64_t block = grain_rows(D * 4);
-  const int64_t blocks = (R + block - 1) / block;
-  const bool pm_shared = rows.has_prior && rows.prior_shared(2), ps_shared = rows.has_prior && rows.prior_shared(3);
-  Tensor like = at::empty({0}, mu.options().dtype(compute));
-  Tensor pm_buf = rows.has_prior ? prior_grad_buffer(pm_shared, blocks, R, D, like) : like;
-  Tensor ps_buf = rows.has_prior ? prior_grad_buffer(ps_shared, blocks, R, D, like) : like;
-  FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_kl_backward_cpu", [&] {
-    kl_backward_kernel<scalar_t>(rows, g, param, per_dim, grad_mu, grad_scale, pm_buf, ps_buf, block);
-  });
-  if (rows.has_prior) {
-    auto batch = mu.sizes().slice(0, mu.dim() - 1);
-    grad_pmu = reduce_prior_grad(pm_buf, pm_shared, batch, D, *prior_mu);
-    grad_ps = reduce_prior_grad(ps_buf, ps_shared, batch, D, *prior_scale);
+  PosteriorGrads out(rows, mu, grain_rows(rows.dim * 4));
+  if (mu.numel() > 0) {
+    const at::ScalarType compute = compute_dtype(rows.dtype);
+    Tensor g = per_dim ? grad.to(compute).reshape({rows.rows(), rows.dim}) : grad.to(compute).reshape({rows.rows()});
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_kl_backward_cpu", [&] {
+      kl_backward_kernel<scalar_t>(rows, g, param, per_dim, out);
+    });
   }
-  return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+  return out.finish(mu, scale, prior_mu, prior_scale);
 }
 
 }  // namespace fastelbo

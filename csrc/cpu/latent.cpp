@@ -101,15 +101,14 @@ struct LatentGrads {
 
 template <typename scalar_t>
 void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const Tensor& eps, const Tensor& seed,
-                            int64_t param, int64_t K, bool stl, Tensor& grad_mu, Tensor& grad_scale, Tensor& gpmu_buf,
-                            Tensor& gps_buf, int64_t block) {
+                            int64_t param, int64_t K, bool stl, PosteriorGrads& out) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   const bool has_prior = rows.has_prior, has_eps = eps.defined();
-  const bool pm_shared = has_prior && rows.prior_shared(2), ps_shared = has_prior && rows.prior_shared(3);
+  const bool pm_shared = out.pm_shared, ps_shared = out.ps_shared;
   const T* eps_ptr = has_eps ? eps.const_data_ptr<T>() : nullptr;
   const core::PhiloxKey key = has_eps ? core::PhiloxKey{0, 0} : core::seed_key(*seed.const_data_ptr<int64_t>());
   const T* gz = g.gz.defined() ? g.gz.const_data_ptr<T>() : nullptr;
@@ -120,11 +119,11 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
   const int64_t gq_sk = gq ? g.gq.stride(0) : 0, gq_sr = gq ? g.gq.stride(1) : 0;
   const int64_t gp_sk = gp ? g.gp.stride(0) : 0, gp_sr = gp ? g.gp.stride(1) : 0;
   const int64_t gk_sr = gk ? g.gk.stride(0) : 0;
-  scalar_t* gmu_ptr = grad_mu.data_ptr<scalar_t>();
-  scalar_t* gs_ptr = grad_scale.data_ptr<scalar_t>();
-  T* gpmu = has_prior ? gpmu_buf.data_ptr<T>() : nullptr;
-  T* gps = has_prior ? gps_buf.data_ptr<T>() : nullptr;
-  const int64_t blocks = (R + block - 1) / block;
+  scalar_t* gmu_ptr = out.mu.data_ptr<scalar_t>();
+  scalar_t* gs_ptr = out.scale.data_ptr<scalar_t>();
+  T* gpmu = has_prior ? out.prior_mu.data_ptr<T>() : nullptr;
+  T* gps = has_prior ? out.prior_scale.data_ptr<T>() : nullptr;
+  const int64_t block = out.block, blocks = out.blocks;
   // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     RowTerms<T> t(P);
@@ -240,32 +239,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> latent_backward_cpu(
     const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale, const OptTensor& eps,
     const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
-  const at::ScalarType compute = compute_dtype(rows.dtype);
-  Tensor grad_mu = at::empty(mu.sizes(), mu.options().dtype(rows.dtype));  // every element is written
-  Tensor grad_scale = at::empty(scale.sizes(), mu.options().dtype(rows.dtype));
-  Tensor grad_pmu = rows.has_prior ? at::zeros_like(*prior_mu) : at::empty({0}, mu.options());
-  Tensor grad_ps = rows.has_prior ? at::zeros_like(*prior_scale) : at::empty({0}, mu.options());
-  const int64_t R = rows.rows(), D = rows.dim;
-  if (mu.numel() == 0) return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};  // nothing to write
-  LatentGrads grads(grad_z, grad_log_q, grad_log_p, grad_kl, n_samples, R, D, compute);
-  const int64_t block = grain_rows(D * (n_samples + 2));
-  const int64_t blocks = (R + block - 1) / block;
-  const bool pm_shared = rows.has_prior && rows.prior_shared(2), ps_shared = rows.has_prior && rows.prior_shared(3);
-  Tensor like = at::empty({0}, mu.options().dtype(compute));
-  Tensor pm_buf = rows.has_prior ? prior_grad_buffer(pm_shared, blocks, R, D, like) : like;
-  Tensor ps_buf = rows.has_prior ? prior_grad_buffer(ps_shared, blocks, R, D, like) : like;
-  Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute).contiguous() : Tensor();
-  Tensor seed_t = defined_or_empty(seed);
-  FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_latent_backward_cpu", [&] {
-    latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, n_samples, stl, grad_mu, grad_scale, pm_buf,
-                                     ps_buf, block);
-  });
-  if (rows.has_prior) {
-    auto batch = mu.sizes().slice(0, mu.dim() - 1);
-    grad_pmu = reduce_prior_grad(pm_buf, pm_shared, batch, D, *prior_mu);
-    grad_ps = reduce_prior_grad(ps_buf, ps_shared, batch, D, *prior_scale);
+  PosteriorGrads out(rows, mu, grain_rows(rows.dim * (n_samples + 2)));
+  if (mu.numel() > 0) {
+    const int64_t R = rows.rows(), D = rows.dim;
+    LatentGrads grads(grad_z, grad_log_q, grad_log_p, grad_kl, n_samples, R, D, compute_dtype(rows.dtype));
+    Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute_dtype(rows.dtype)).contiguous() : Tensor();
+    Tensor seed_t = defined_or_empty(seed);
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_latent_backward_cpu", [&] {
+      latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, n_samples, stl, out);
+    });
   }
-  return {grad_mu.to(mu.scalar_type()), grad_scale.to(scale.scalar_type()), grad_pmu, grad_ps};
+  return out.finish(mu, scale, prior_mu, prior_scale);
 }
 
 }  // namespace fastelbo

@@ -103,23 +103,48 @@ inline int64_t padded_dim(int64_t dim, int64_t width) {
   return std::max<int64_t>(width, (groups4 + width - 1) / width * width);
 }
 
-// Prior-gradient rows: per row (R, D), or per block of rows when the prior is shared.
-inline Tensor prior_grad_buffer(bool shared, int64_t blocks, int64_t R, int64_t D, const Tensor& like) {
-  return shared ? at::zeros({blocks, D}, like.options()) : at::empty({R, D}, like.options());  // rows: all written
-}
+// The gradients a latent or KL backward writes: grad mu and grad scale in the rows' dtype (every
+// element written), and the prior's per row (R, D) or, for a prior shared by every row, summed per
+// fixed block of `block` rows (blocks, D); finish() reduces them to each input's shape and dtype.
+struct PosteriorGrads {
+  Tensor mu, scale, prior_mu, prior_scale;
+  bool pm_shared = false, ps_shared = false;
+  int64_t block, blocks;
 
-inline Tensor reduce_prior_grad(const Tensor& buffer, bool shared, at::IntArrayRef batch, int64_t D, const Tensor& prior) {
-  std::vector<int64_t> shape(batch.begin(), batch.end());
-  shape.push_back(D);
-  Tensor full;
-  if (shared) {
-    std::vector<int64_t> ones(batch.size(), 1);
-    ones.push_back(D);
-    full = buffer.sum(0).view(ones);
-  } else {
-    full = buffer.view(shape);
+  PosteriorGrads(const LatentRows& rows, const Tensor& mu_in, int64_t block_rows)
+      : mu(at::empty(mu_in.sizes(), mu_in.options().dtype(rows.dtype))),
+        scale(at::empty(mu_in.sizes(), mu_in.options().dtype(rows.dtype))),
+        block(block_rows),
+        blocks((rows.rows() + block_rows - 1) / block_rows) {
+    const auto options = mu_in.options().dtype(compute_dtype(rows.dtype));
+    if (rows.has_prior) {
+      pm_shared = rows.prior_shared(2);
+      ps_shared = rows.prior_shared(3);
+      prior_mu = buffer(pm_shared, rows, options);
+      prior_scale = buffer(ps_shared, rows, options);
+    } else {
+      prior_mu = prior_scale = at::empty({0}, options);
+    }
   }
-  return full.sum_to_size(prior.sizes()).to(prior.scalar_type());
-}
+
+  Tensor buffer(bool shared, const LatentRows& rows, at::TensorOptions options) const {
+    return shared ? at::zeros({blocks, rows.dim}, options) : at::empty({rows.rows(), rows.dim}, options);
+  }
+
+  std::tuple<Tensor, Tensor, Tensor, Tensor> finish(const Tensor& mu_in, const Tensor& scale_in, const OptTensor& pm,
+                                                    const OptTensor& ps) const {
+    const bool has_prior = pm.has_value() && pm->defined();
+    return {mu.to(mu_in.scalar_type()), scale.to(scale_in.scalar_type()),
+            has_prior ? reduce(prior_mu, pm_shared, mu_in, *pm) : at::empty({0}, mu_in.options()),
+            has_prior ? reduce(prior_scale, ps_shared, mu_in, *ps) : at::empty({0}, mu_in.options())};
+  }
+
+  static Tensor reduce(const Tensor& buffer, bool shared, const Tensor& mu_in, const Tensor& prior) {
+    std::vector<int64_t> shape(mu_in.sizes().begin(), mu_in.sizes().end());
+    if (shared) std::fill(shape.begin(), shape.end() - 1, 1);
+    Tensor full = buffer.numel() == 0 ? at::zeros(shape, buffer.options()) : (shared ? buffer.sum(0) : buffer).view(shape);
+    return full.sum_to_size(prior.sizes()).to(prior.scalar_type());
+  }
+};
 
 }  // namespace fastelbo
