@@ -190,3 +190,31 @@ def test_auto_uses_the_cpp_backend_for_its_device():
     from fastelbo import _backend
 
     assert _backend._resolve_choice("auto", DEVICE) == CPP
+
+
+def test_inductor_compiles_a_vae_step_fullgraph(seed):
+    """torch.compile's default backend (inductor, which generates C++ on CPU) around the C++ ops:
+    no graph break, and the values and gradients of eager (tests/test_fused_backends.py runs every
+    estimator under aot_eager)."""
+
+    def step(x, mu, s, w):
+        lat = fe.gaussian_latent(mu, s, n_samples=3, backend=CPP)
+        log_lik = fe.bernoulli_log_prob(lat.z @ w, x, backend=CPP)
+        with fe.use_backend(CPP):
+            return fe.elbo(log_lik, lat, kl="mc", estimator="iwae").mean()
+
+    g = generator(seed)
+    x = (rand(g, 8, 10, dtype=torch.float32) < 0.5).float()
+    leaves = [randn(g, 8, 4, dtype=torch.float32), rand(g, 8, 4, dtype=torch.float32), randn(g, 4, 10, dtype=torch.float32)]
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        params = [_leaf(t) for t in leaves]
+        torch.manual_seed(seed)
+        if DEVICE == "cuda":
+            torch.cuda.manual_seed(seed)
+        value = fn(x, *params)
+        results.append((value.detach(), torch.autograd.grad(value, params)))
+    (v_eager, g_eager), (v_comp, g_comp) = results
+    torch.testing.assert_close(v_comp, v_eager)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b)
