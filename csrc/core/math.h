@@ -126,8 +126,9 @@ struct SigmaTerms {
 //   log_std:  sigma = e^s,         d log sigma/ds = 1
 //   softplus: sigma = softplus(s), d log sigma/ds = sigmoid(s) / softplus(s); below s = -20,
 //             log sigma = s - e^s/2 and its derivative 1 - e^s/2 (softplus(s) would underflow).
+// Forward passes, which never read the derivative, pass need_dlog = false (dlog is then 0).
 template <typename V, typename M = Ops<V>>
-FE_HD SigmaTerms<V> sigma_terms(V s, int param) {
+FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
   if (param == kLogvar) {
     V log_sigma = M::c(0.5) * s;
     return SigmaTerms<V>{M::exp(log_sigma), log_sigma, M::c(0.5)};
@@ -140,6 +141,7 @@ FE_HD SigmaTerms<V> sigma_terms(V s, int param) {
   V e = M::exp(M::minimum(s, M::c(-20.0)));
   V safe_sigma = M::select(tail, M::c(1.0), sigma);
   V log_sigma = M::select(tail, s - M::c(0.5) * e, M::log(safe_sigma));
+  if (!need_dlog) return SigmaTerms<V>{sigma, log_sigma, M::c(0.0)};
   V dlog = M::select(tail, M::c(1.0) - M::c(0.5) * e, sigmoid<V, M>(s) / safe_sigma);
   return SigmaTerms<V>{sigma, log_sigma, dlog};
 }

@@ -20,7 +20,7 @@ void kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_dim, Tens
   at::parallel_for(0, R, grain_rows(D * 4), [&](int64_t begin, int64_t end) {
     RowTerms<T> t(P);
     for (int64_t r = begin; r < end; ++r) {
-      t.read(in, r, D, static_cast<int>(param), rows.has_prior);
+      t.read(in, r, D, static_cast<int>(param), rows.has_prior, false);
       V acc(T(0));
       for_vectors<W>(D, [&](int64_t j, auto n) {
         const V kl = kl_terms(t, j, rows.has_prior);
@@ -55,7 +55,7 @@ void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t para
     RowTerms<T> t(P);
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
-        t.read(in, r, D, static_cast<int>(param), has_prior);
+        t.read(in, r, D, static_cast<int>(param), has_prior, true);
         for_vectors<W>(D, [&](int64_t j, auto n) {
           const V g = per_dim ? load<T>(g_ptr + r * g_sr + j * g_sd, g_sd, n) : V(g_ptr[r * g_sr]);
           const V mu = V::loadu(t.mu.data() + j), log_sigma = V::loadu(t.log_sigma.data() + j);

@@ -48,7 +48,7 @@ void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tens
     NoiseRow<T> noise(D);
     std::vector<T> eps_row(P, T(0));
     for (int64_t r = begin; r < end; ++r) {
-      t.read(in, r, D, static_cast<int>(param), has_prior);
+      t.read(in, r, D, static_cast<int>(param), has_prior, false);
       V kl_acc(T(0));
       for (int64_t j = 0; j < D; j += W) kl_acc += first(kl_terms(t, j, has_prior), std::min<int64_t>(W, D - j));
       kl_ptr[r] = hsum(kl_acc);
@@ -131,7 +131,7 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
     std::vector<T> eps_row(P, T(0)), acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
-        t.read(in, r, D, static_cast<int>(param), has_prior);
+        t.read(in, r, D, static_cast<int>(param), has_prior, true);
         std::fill(acc_z.begin(), acc_z.end(), T(0));
         std::fill(acc_ze.begin(), acc_ze.end(), T(0));
         std::fill(acc_pmu.begin(), acc_pmu.end(), T(0));

@@ -63,14 +63,14 @@ struct RowTerms {
         plog_sigma(padded), pdlog(padded) {}
 
   template <typename scalar_t>
-  void read(const RowInputs<scalar_t>& in, int64_t r, int64_t dim, int param, bool has_prior) {
+  void read(const RowInputs<scalar_t>& in, int64_t r, int64_t dim, int param, bool has_prior, bool need_dlog) {
     using V = Vec<T>;
     constexpr int64_t W = V::size();
     const scalar_t* m = in.row(0, r);
     const scalar_t* s = in.row(1, r);
     for_vectors<W>(dim, [&](int64_t j, auto n) {
       load<T>(m + j * in.st[0].sc, in.st[0].sc, n).store(mu.data() + j);
-      auto t = core::sigma_terms<V>(load<T>(s + j * in.st[1].sc, in.st[1].sc, n), param);
+      auto t = core::sigma_terms<V>(load<T>(s + j * in.st[1].sc, in.st[1].sc, n), param, need_dlog);
       t.sigma.store(sigma.data() + j);
       t.log_sigma.store(log_sigma.data() + j);
       t.dlog.store(dlog.data() + j);
@@ -78,7 +78,7 @@ struct RowTerms {
         const scalar_t* pm = in.row(2, r);
         const scalar_t* ps = in.row(3, r);
         load<T>(pm + j * in.st[2].sc, in.st[2].sc, n).store(pmu.data() + j);
-        auto p = core::sigma_terms<V>(load<T>(ps + j * in.st[3].sc, in.st[3].sc, n), param);
+        auto p = core::sigma_terms<V>(load<T>(ps + j * in.st[3].sc, in.st[3].sc, n), param, need_dlog);
         (V(T(1)) / p.sigma).store(inv_psigma.data() + j);
         p.log_sigma.store(plog_sigma.data() + j);
         p.dlog.store(pdlog.data() + j);
