@@ -111,7 +111,7 @@ Tensor4 latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prio
     eps_c = cast(eps, s.storage).contiguous();
     TORCH_CHECK(eps_c.numel() == k * rows * dim, "fastelbo cuda: eps must have z's shape");
   } else {
-    TORCH_CHECK(seed.defined() && seed.scalar_type() == at::kLong && seed.device() == mu.device(),
+    TORCH_CHECK(seed.defined() && seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device() == mu.device(),
                 "fastelbo cuda: latent needs eps or an int64 seed on mu's device");
   }
   at::Tensor z_out = output_in(z, s.storage);
@@ -156,7 +156,7 @@ Tensor4 latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_
     eps_c = cast(eps, s.storage).contiguous();
     TORCH_CHECK(eps_c.numel() == k * rows * dim, "fastelbo cuda: eps must have z's shape");
   } else {
-    TORCH_CHECK(seed.defined() && seed.scalar_type() == at::kLong && seed.device() == mu.device(),
+    TORCH_CHECK(seed.defined() && seed.numel() == 1 && seed.scalar_type() == at::kLong && seed.device() == mu.device(),
                 "fastelbo cuda: latent_backward needs eps or an int64 seed on mu's device");
   }
   // Incoming gradients: z's in the storage dtype, the log-densities' in the compute dtype; views
