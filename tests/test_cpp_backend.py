@@ -218,3 +218,39 @@ def test_inductor_compiles_a_vae_step_fullgraph(seed):
     torch.testing.assert_close(v_comp, v_eager)
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b)
+
+
+def _ulps(actual, exact):
+    """|actual - exact| in units of the float32 spacing at exact (subnormal spacing below)."""
+    spacing = torch.where(exact.abs() >= 2.0**-126, exact.abs().float().double() * 2.0**-23,
+                          torch.full_like(exact, 2.0**-149))
+    return (actual.double() - exact).abs() / spacing
+
+
+def test_float32_exp_to_an_ulp_over_its_whole_range():
+    """The CPU's inline float32 exp (sigma = e^s with param="log_std": z = e^s for mu = 0,
+    eps = 1) against float64, from subnormal results to overflow, and at inf, -inf, NaN."""
+    s = torch.linspace(-110, 100, 400_001, dtype=torch.float32, device=DEVICE)
+    s = torch.cat([s, torch.tensor([float("inf"), float("-inf"), float("nan"), 88.72, 88.73, -103.2],
+                                   device=DEVICE)])
+    z = fe.gaussian_latent(torch.zeros(s.numel(), 1, device=DEVICE), s.view(-1, 1), param="log_std",
+                           eps=torch.ones(s.numel(), 1, device=DEVICE), backend=CPP).z.view(-1)
+    exact = torch.exp(s.double())
+    rounded = exact.float()
+    finite = torch.isfinite(rounded) & (rounded != 0)
+    assert _ulps(z[finite], exact[finite]).max() <= 2.0
+    special = ~finite
+    assert torch.equal(torch.isnan(z[special]), torch.isnan(rounded[special]))
+    same = ~torch.isnan(rounded[special])
+    torch.testing.assert_close(z[special][same], rounded[special][same], atol=2.0**-149, rtol=0)
+
+
+@pytest.mark.parametrize("x", [0.0, 0.3, 1.0])
+def test_float32_bernoulli_to_a_few_ulps_at_every_logit(x):
+    """x l - softplus(l) in float32 (exp and the series log1p of csrc/core/math.h) against the
+    float64 reference on the same float32 logits, across [-40, 40]."""
+    logits = torch.linspace(-40, 40, 200_001, dtype=torch.float32, device=DEVICE).view(-1, 1)
+    xs = torch.full_like(logits, x)
+    got = fe.bernoulli_log_prob(logits, xs, backend=CPP)
+    exact = fe.bernoulli_log_prob(logits.double(), xs.double(), backend="reference")
+    assert _ulps(got, exact).max() <= 4.0
