@@ -2,7 +2,7 @@
 fastelbo.testing's, shared with `fastelbo check`).
 
 A new backend joins the whole suite by becoming available in fastelbo.backends() for the device:
-BACKENDS is built from it.
+BACKENDS is built from it (the backends that run on the suite's DEVICE).
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import fastelbo as fe
 from fastelbo.testing import DTYPES
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [name for name, status in fe.backends().items() if status == "available"]
+# Backends bound to one device type; the others ("reference", "triton") run on DEVICE's tensors.
+_DEVICE_TYPES = {"cpu": "cpu", "cuda": "cuda"}
+BACKENDS = [name for name, status in fe.backends().items()
+            if status == "available" and _DEVICE_TYPES.get(name, DEVICE) == DEVICE]
 FUSED_BACKENDS = [name for name in BACKENDS if name != "reference"]
 FLOAT_DTYPES = list(DTYPES)
 PARAMS = ["logvar", "log_std", "softplus"]

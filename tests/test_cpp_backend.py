@@ -139,7 +139,7 @@ def test_gaussian_logvar_gradient_shared_and_per_element(seed):
         for backend in ("reference", CPP):
             m, v = _leaf(mean), _leaf(logvar)
             out = fe.gaussian_log_prob(m, x, logvar=v, backend=backend)
-            results.append(torch.autograd.grad(out, [m, v], torch.linspace(-1, 2, out.numel()).view(out.shape).double()))
+            results.append(torch.autograd.grad(out, [m, v], torch.linspace(-1, 2, out.numel(), dtype=out.dtype, device=DEVICE).view(out.shape)))
         for a, b in zip(*results):
             torch.testing.assert_close(b, a, atol=1e-11, rtol=1e-11)
 
