@@ -22,6 +22,16 @@ import torch
 NAMES = ("reference", "cpu", "triton", "cuda")
 CHOICES = ("auto",) + NAMES
 
+# Backends bound to one device type ("reference" runs anywhere, "triton" on CUDA tensors or, in
+# Triton's interpreter, on CPU tensors).
+_DEVICE_TYPE = {"cpu": "cpu", "cuda": "cuda"}
+
+
+def runs_on(name: str, device_type: str) -> bool:
+    """Whether backend `name` takes tensors of `device_type`."""
+    return _DEVICE_TYPE.get(name, device_type) == device_type
+
+
 # Tried in this order by "auto" for each device type; "reference" closes every list.
 _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 

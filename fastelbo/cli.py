@@ -36,10 +36,15 @@ def cmd_check(args) -> int:
     print(f"fastelbo check on {args.device}, torch {torch.__version__}")
     if interpreted:
         print("  triton     runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1): slow, but the same kernels")
+    from ._backend import runs_on
+
+    device_type = torch.device(args.device).type
     for name in names:
         if status.get(name) != "available":
             print(f"  {name:<10} unavailable: {status.get(name, 'unknown backend')}")
-    runnable = [n for n in names if status.get(n) == "available"]
+        elif not runs_on(name, device_type):
+            print(f"  {name:<10} skipped: it takes {'CPU' if name == 'cpu' else 'CUDA'} tensors, not {device_type} (see --device)")
+    runnable = [n for n in names if status.get(n) == "available" and runs_on(n, device_type)]
     dtypes = [DTYPE_NAMES[d] for d in (args.dtype or DTYPE_NAMES)]
     header = f"{'op':<38} {'backend':<10} {'dtype':<9} {'max err fwd':>12} {'max err bwd':>12}  result"
     print(header)

@@ -13,13 +13,11 @@ import pytest
 import torch
 
 import fastelbo as fe
+from fastelbo._backend import runs_on
 from fastelbo.testing import DTYPES
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Backends bound to one device type; the others ("reference", "triton") run on DEVICE's tensors.
-_DEVICE_TYPES = {"cpu": "cpu", "cuda": "cuda"}
-BACKENDS = [name for name, status in fe.backends().items()
-            if status == "available" and _DEVICE_TYPES.get(name, DEVICE) == DEVICE]
+BACKENDS = [name for name, status in fe.backends().items() if status == "available" and runs_on(name, DEVICE)]
 FUSED_BACKENDS = [name for name in BACKENDS if name != "reference"]
 FLOAT_DTYPES = list(DTYPES)
 PARAMS = ["logvar", "log_std", "softplus"]

@@ -212,3 +212,11 @@ def test_empty_batch():
     assert lat.z.shape == (2, 0, 4) and lat.kl.shape == (0,)
     ll = fe.bernoulli_log_prob(torch.zeros(2, 0, 3), torch.zeros(0, 3))
     assert fe.elbo(ll, lat, estimator="iwae").shape == (0,)
+
+
+def test_which_backends_take_which_tensors():
+    from fastelbo._backend import runs_on
+
+    assert runs_on("cpu", "cpu") and not runs_on("cpu", "cuda")
+    assert runs_on("cuda", "cuda") and not runs_on("cuda", "cpu")
+    assert all(runs_on(name, device) for name in ("reference", "triton") for device in ("cpu", "cuda"))
