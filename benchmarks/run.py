@@ -79,9 +79,13 @@ def _implementations(device) -> dict:
     """name -> (backend, compiled?) for every implementation measured on this device."""
     import fastelbo as fe
 
+    from fastelbo._backend import runs_on
+
     impls = {"plain": ("plain", False), "eager": ("reference", False), "compile": ("reference", True)}
     for name, status in fe.backends().items():
-        if name != "reference" and status == "available" and (name != "triton" or device.type == "cuda"):
+        # Triton on CPU tensors is its interpreter: a correctness tool, not something to time.
+        fused = name != "reference" and (name != "triton" or device.type == "cuda")
+        if fused and status == "available" and runs_on(name, device.type):
             impls[name] = (name, False)
     return impls
 
