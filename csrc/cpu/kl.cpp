@@ -43,13 +43,9 @@ void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t para
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   const bool has_prior = rows.has_prior;
-  const bool pm_shared = out.pm_shared, ps_shared = out.ps_shared;
   const T* g_ptr = grad.const_data_ptr<T>();
   const int64_t g_sr = grad.stride(0), g_sd = per_dim ? grad.stride(1) : 0;
-  scalar_t* gmu_ptr = out.mu.data_ptr<scalar_t>();
-  scalar_t* gs_ptr = out.scale.data_ptr<scalar_t>();
-  T* gpmu = has_prior ? out.prior_mu.data_ptr<T>() : nullptr;
-  T* gps = has_prior ? out.prior_scale.data_ptr<T>() : nullptr;
+  const auto grads = out.writer<scalar_t>();
   const int64_t block = out.block, blocks = out.blocks;
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     RowTerms<T> t(P);
@@ -67,16 +63,12 @@ void kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t para
             g_mu = g * delta * inv_ps;
             const V pm_grad = V(T(0)) - g_mu;
             const V ps_grad = V(T(0)) - g * (em + delta * delta) * V::loadu(t.pdlog.data() + j);
-            T* pm_row = gpmu + (pm_shared ? b : r) * D + j;
-            T* ps_row = gps + (ps_shared ? b : r) * D + j;
-            (pm_shared ? V::loadu(pm_row, n) + pm_grad : pm_grad).store(pm_row, n);
-            (ps_shared ? V::loadu(ps_row, n) + ps_grad : ps_grad).store(ps_row, n);
+            grads.write_prior(b, r, j, n, pm_grad, ps_grad);
           } else {
             em = (V(T(2)) * log_sigma).expm1();
             g_mu = g * mu;
           }
-          store<T>(gmu_ptr + r * D + j, 1, g_mu, n);
-          store<T>(gs_ptr + r * D + j, 1, g * em * V::loadu(t.dlog.data() + j), n);
+          grads.write(r, j, n, g_mu, g * em * V::loadu(t.dlog.data() + j));
         });
       }
     }

@@ -108,7 +108,6 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   const bool has_prior = rows.has_prior, has_eps = eps.defined();
-  const bool pm_shared = out.pm_shared, ps_shared = out.ps_shared;
   const T* eps_ptr = has_eps ? eps.const_data_ptr<T>() : nullptr;
   const core::PhiloxKey key = has_eps ? core::PhiloxKey{0, 0} : core::seed_key(*seed.const_data_ptr<int64_t>());
   const T* gz = g.gz.defined() ? g.gz.const_data_ptr<T>() : nullptr;
@@ -119,10 +118,7 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
   const int64_t gq_sk = gq ? g.gq.stride(0) : 0, gq_sr = gq ? g.gq.stride(1) : 0;
   const int64_t gp_sk = gp ? g.gp.stride(0) : 0, gp_sr = gp ? g.gp.stride(1) : 0;
   const int64_t gk_sr = gk ? g.gk.stride(0) : 0;
-  scalar_t* gmu_ptr = out.mu.data_ptr<scalar_t>();
-  scalar_t* gs_ptr = out.scale.data_ptr<scalar_t>();
-  T* gpmu = has_prior ? out.prior_mu.data_ptr<T>() : nullptr;
-  T* gps = has_prior ? out.prior_scale.data_ptr<T>() : nullptr;
+  const auto grads = out.writer<scalar_t>();
   const int64_t block = out.block, blocks = out.blocks;
   // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
@@ -189,15 +185,11 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
               g_lsig = g_lsig + gkv * (V(T(2)) * log_sigma).expm1();
             }
           }
-          store<T>(gmu_ptr + r * D + j, 1, g_mu, n);
-          store<T>(gs_ptr + r * D + j, 1, g_lsig * V::loadu(t.dlog.data() + j), n);
+          grads.write(r, j, n, g_mu, g_lsig * V::loadu(t.dlog.data() + j));
           if (has_prior) {
             const V pm_grad = g_pmu * V::loadu(t.inv_psigma.data() + j);
             const V ps_grad = g_plog * V::loadu(t.pdlog.data() + j);
-            T* pm_row = gpmu + (pm_shared ? b : r) * D + j;
-            T* ps_row = gps + (ps_shared ? b : r) * D + j;
-            (pm_shared ? V::loadu(pm_row, n) + pm_grad : pm_grad).store(pm_row, n);
-            (ps_shared ? V::loadu(ps_row, n) + ps_grad : ps_grad).store(ps_row, n);
+            grads.write_prior(b, r, j, n, pm_grad, ps_grad);
           }
         });
       }

@@ -108,12 +108,13 @@ inline int64_t padded_dim(int64_t dim, int64_t width) {
 // fixed block of `block` rows (blocks, D); finish() reduces them to each input's shape and dtype.
 struct PosteriorGrads {
   Tensor mu, scale, prior_mu, prior_scale;
-  bool pm_shared = false, ps_shared = false;
+  bool has_prior, pm_shared = false, ps_shared = false;
   int64_t block, blocks;
 
   PosteriorGrads(const LatentRows& rows, const Tensor& mu_in, int64_t block_rows)
       : mu(at::empty(mu_in.sizes(), mu_in.options().dtype(rows.dtype))),
         scale(at::empty(mu_in.sizes(), mu_in.options().dtype(rows.dtype))),
+        has_prior(rows.has_prior),
         block(block_rows),
         blocks((rows.rows() + block_rows - 1) / block_rows) {
     const auto options = mu_in.options().dtype(compute_dtype(rows.dtype));
@@ -137,6 +138,42 @@ struct PosteriorGrads {
     return {mu.to(mu_in.scalar_type()), scale.to(scale_in.scalar_type()),
             has_prior ? reduce(prior_mu, pm_shared, mu_in, *pm) : at::empty({0}, mu_in.options()),
             has_prior ? reduce(prior_scale, ps_shared, mu_in, *ps) : at::empty({0}, mu_in.options())};
+  }
+
+  // Typed pointers for a kernel over storage type scalar_t: write(b, r, j, n, ...) stores row r's
+  // columns [j, j + n), the prior's added to block b's sums where the prior is shared.
+  template <typename scalar_t>
+  struct Writer {
+    using T = compute_t<scalar_t>;
+    scalar_t* mu;
+    scalar_t* scale;
+    T* prior_mu;
+    T* prior_scale;
+    bool pm_shared, ps_shared;
+    int64_t dim;
+
+    template <typename N>
+    void write(int64_t r, int64_t j, N n, const Vec<T>& g_mu, const Vec<T>& g_scale) const {
+      store<T>(mu + r * dim + j, 1, g_mu, n);
+      store<T>(scale + r * dim + j, 1, g_scale, n);
+    }
+
+    template <typename N>
+    void write_prior(int64_t b, int64_t r, int64_t j, N n, const Vec<T>& g_pm, const Vec<T>& g_ps) const {
+      T* pm_row = prior_mu + (pm_shared ? b : r) * dim + j;
+      T* ps_row = prior_scale + (ps_shared ? b : r) * dim + j;
+      (pm_shared ? Vec<T>::loadu(pm_row, n) + g_pm : g_pm).store(pm_row, n);
+      (ps_shared ? Vec<T>::loadu(ps_row, n) + g_ps : g_ps).store(ps_row, n);
+    }
+  };
+
+  template <typename scalar_t>
+  Writer<scalar_t> writer() {
+    using T = compute_t<scalar_t>;
+    return Writer<scalar_t>{mu.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
+                            has_prior ? prior_mu.data_ptr<T>() : nullptr,
+                            has_prior ? prior_scale.data_ptr<T>() : nullptr, pm_shared, ps_shared,
+                            mu.dim() ? mu.size(-1) : 0};
   }
 
   static Tensor reduce(const Tensor& buffer, bool shared, const Tensor& mu_in, const Tensor& prior) {
