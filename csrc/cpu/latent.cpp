@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "../binding/plan.h"
-#include "../core/philox.h"
 #include "common.h"
 #include "latent_rows.h"
 #include "noise.h"
@@ -35,9 +34,8 @@ void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tens
   constexpr int64_t W = V::size();
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
-  const bool has_prior = rows.has_prior, has_eps = eps.defined();
-  const T* eps_ptr = has_eps ? eps.const_data_ptr<T>() : nullptr;
-  const core::PhiloxKey key = has_eps ? core::PhiloxKey{0, 0} : core::seed_key(*seed.const_data_ptr<int64_t>());
+  const bool has_prior = rows.has_prior;
+  const EpsSource<T> eps_source(eps, seed, R, D);
   const T half_log_2pi_d = static_cast<T>(static_cast<double>(D) * core::kHalfLog2Pi);
   scalar_t* z_ptr = z.data_ptr<scalar_t>();
   T* lq_ptr = log_q.data_ptr<T>();
@@ -45,8 +43,7 @@ void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tens
   T* kl_ptr = kl.data_ptr<T>();
   at::parallel_for(0, R, grain_rows(D * (k_samples + 2)), [&](int64_t begin, int64_t end) {
     RowTerms<T> t(P);
-    NoiseRow<T> noise(D);
-    std::vector<T> eps_row(P, T(0));
+    typename EpsSource<T>::Scratch scratch(D, P);
     for (int64_t r = begin; r < end; ++r) {
       t.read(in, r, D, static_cast<int>(param), has_prior, false);
       V kl_acc(T(0));
@@ -54,15 +51,10 @@ void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tens
       kl_ptr[r] = hsum(kl_acc);
       for (int64_t k = 0; k < k_samples; ++k) {
         const int64_t out_row = k * R + r;
-        const T* e_src = eps_row.data();
-        if (has_eps) {
-          e_src = eps_ptr + out_row * D;
-        } else {
-          noise.fill(eps_row.data(), key, r, k);
-        }
+        const T* e_src = eps_source.row(scratch, r, k);
         V lq_acc(T(0)), lp_acc(T(0));
         for_vectors<W>(D, [&](int64_t j, auto n) {
-          const V e = has_eps ? V::loadu(e_src + j, n) : V::loadu(e_src + j);
+          const V e = V::loadu(e_src + j, n);
           const V sigma = V::loadu(t.sigma.data() + j);
           const V zv = V::loadu(t.mu.data() + j) + sigma * e;
           store<T>(z_ptr + out_row * D + j, 1, zv, n);
@@ -107,9 +99,8 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
   constexpr int64_t W = V::size();
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
-  const bool has_prior = rows.has_prior, has_eps = eps.defined();
-  const T* eps_ptr = has_eps ? eps.const_data_ptr<T>() : nullptr;
-  const core::PhiloxKey key = has_eps ? core::PhiloxKey{0, 0} : core::seed_key(*seed.const_data_ptr<int64_t>());
+  const bool has_prior = rows.has_prior;
+  const EpsSource<T> eps_source(eps, seed, R, D);
   const T* gz = g.gz.defined() ? g.gz.const_data_ptr<T>() : nullptr;
   const T* gq = g.gq.defined() ? g.gq.const_data_ptr<T>() : nullptr;
   const T* gp = g.gp.defined() ? g.gp.const_data_ptr<T>() : nullptr;
@@ -123,8 +114,8 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
   // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     RowTerms<T> t(P);
-    NoiseRow<T> noise(D);
-    std::vector<T> eps_row(P, T(0)), acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
+    typename EpsSource<T>::Scratch scratch(D, P);
+    std::vector<T> acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
         t.read(in, r, D, static_cast<int>(param), has_prior, true);
@@ -134,17 +125,12 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
         std::fill(acc_plog.begin(), acc_plog.end(), T(0));
         T acc_q = 0;
         for (int64_t k = 0; k < K; ++k) {
-          const T* e_src = eps_row.data();
-          if (has_eps) {
-            e_src = eps_ptr + (k * R + r) * D;
-          } else {
-            noise.fill(eps_row.data(), key, r, k);
-          }
+          const T* e_src = eps_source.row(scratch, r, k);
           const T gp_k = gp ? gp[k * gp_sk + r * gp_sr] : T(0);
           const T gq_k = gq ? gq[k * gq_sk + r * gq_sr] : T(0);
           if (gq && !stl) acc_q += gq_k;
           for_vectors<W>(D, [&](int64_t j, auto n) {
-            const V e = has_eps ? V::loadu(e_src + j, n) : V::loadu(e_src + j);
+            const V e = V::loadu(e_src + j, n);
             const V sigma = V::loadu(t.sigma.data() + j);
             V grad = gz ? load<T>(gz + k * gz_sk + r * gz_sr + j * gz_sd, gz_sd, n) : V(T(0));
             if (gp) {

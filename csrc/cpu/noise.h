@@ -69,4 +69,35 @@ struct NoiseRow {
   }
 };
 
+// Where a latent kernel's eps comes from: the explicit eps tensor (contiguous (K, R, D), compute
+// type) or Philox from the seed. row() gives the D values of (row r, sample k); a task owns one
+// Scratch (a padded row of noise and its buffers).
+template <typename T>
+struct EpsSource {
+  const T* eps = nullptr;
+  core::PhiloxKey key{0, 0};
+  int64_t rows, dim;
+
+  EpsSource(const at::Tensor& explicit_eps, const at::Tensor& seed, int64_t n_rows, int64_t n_dim)
+      : rows(n_rows), dim(n_dim) {
+    if (explicit_eps.defined()) {
+      eps = explicit_eps.const_data_ptr<T>();
+    } else {
+      key = core::seed_key(*seed.const_data_ptr<int64_t>());
+    }
+  }
+
+  struct Scratch {
+    NoiseRow<T> noise;
+    std::vector<T> row;
+    Scratch(int64_t dim, int64_t padded) : noise(dim), row(padded, T(0)) {}
+  };
+
+  const T* row(Scratch& scratch, int64_t r, int64_t k) const {
+    if (eps != nullptr) return eps + (k * rows + r) * dim;
+    scratch.noise.fill(scratch.row.data(), key, r, k);
+    return scratch.row.data();
+  }
+};
+
 }  // namespace fastelbo
