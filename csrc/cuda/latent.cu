@@ -79,6 +79,39 @@ at::Tensor reduce_prior_grad(const at::Tensor& buffer, bool shared, const at::Te
   return full.sum_to_size(prior.sizes()).to(prior.scalar_type());
 }
 
+// What the latent and KL backward kernels write: grad mu and grad scale in the storage dtype, and
+// the prior's gradient rows; finish() gives each input's gradient in its own shape and dtype.
+struct PosteriorGradOutputs {
+  at::Tensor grad_mu, grad_scale, grad_mu_out, grad_scale_out, pm_buffer, ps_buffer;
+
+  PosteriorGradOutputs(const LatentSetup& s, const at::Tensor& mu, const at::Tensor& scale)
+      : grad_mu(at::empty(mu.sizes(), mu.options())),
+        grad_scale(at::empty(scale.sizes(), scale.options())),
+        grad_mu_out(output_in(grad_mu, s.storage)),
+        grad_scale_out(output_in(grad_scale, s.storage)),
+        pm_buffer(s.has_prior ? prior_grad_buffer(s, s.pm_shared, mu) : at::Tensor()),
+        ps_buffer(s.has_prior ? prior_grad_buffer(s, s.ps_shared, mu) : at::Tensor()) {}
+
+  template <typename S, typename T, typename Params>
+  void fill(Params& p, const LatentSetup& s) const {
+    p.grad_mu = ptr<S>(grad_mu_out);
+    p.grad_scale = ptr<S>(grad_scale_out);
+    p.grad_prior_mu = ptr<T>(pm_buffer);
+    p.grad_prior_scale = ptr<T>(ps_buffer);
+    p.pm_shared = s.pm_shared;
+    p.ps_shared = s.ps_shared;
+  }
+
+  Tensor4 finish(const LatentSetup& s, const at::Tensor& prior_mu, const at::Tensor& prior_scale,
+                 const at::Tensor& mu) {
+    finish_output(grad_mu, grad_mu_out);
+    finish_output(grad_scale, grad_scale_out);
+    if (!s.has_prior) return {grad_mu, grad_scale, at::empty({0}, mu.options()), at::empty({0}, mu.options())};
+    return {grad_mu, grad_scale, reduce_prior_grad(pm_buffer, s.pm_shared, prior_mu, mu),
+            reduce_prior_grad(ps_buffer, s.ps_shared, prior_scale, mu)};
+  }
+};
+
 at::Tensor zeros_or_empty(const at::Tensor& prior, const at::Tensor& mu) {
   return prior.defined() ? at::zeros_like(prior) : at::empty({0}, mu.options());
 }
@@ -143,11 +176,10 @@ Tensor4 latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);
-  at::Tensor grad_mu = at::empty(mu.sizes(), mu.options());
-  at::Tensor grad_scale = at::empty(scale.sizes(), scale.options());
-  at::Tensor grad_pmu = zeros_or_empty(prior_mu, mu);
-  at::Tensor grad_pscale = zeros_or_empty(prior_scale, mu);
-  if (mu.numel() == 0) return {grad_mu.zero_(), grad_scale.zero_(), grad_pmu, grad_pscale};
+  if (mu.numel() == 0) {
+    return {at::zeros(mu.sizes(), mu.options()), at::zeros(scale.sizes(), scale.options()),
+            zeros_or_empty(prior_mu, mu), zeros_or_empty(prior_scale, mu)};
+  }
 
   const LatentSetup s = setup_latent(mu, scale, prior_mu, prior_scale, eps);
   const int64_t k = n_samples, rows = s.rows, dim = s.dim;
@@ -165,10 +197,7 @@ Tensor4 latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_
   const at::Tensor gq = has(grad_log_q_opt) ? cast(*grad_log_q_opt, s.compute).reshape({k, rows}) : at::Tensor();
   const at::Tensor gp = has(grad_log_p_opt) ? cast(*grad_log_p_opt, s.compute).reshape({k, rows}) : at::Tensor();
   const at::Tensor gk = has(grad_kl_opt) ? cast(*grad_kl_opt, s.compute).reshape({rows}) : at::Tensor();
-  const at::Tensor pm_buffer = s.has_prior ? prior_grad_buffer(s, s.pm_shared, mu) : at::Tensor();
-  const at::Tensor ps_buffer = s.has_prior ? prior_grad_buffer(s, s.ps_shared, mu) : at::Tensor();
-  at::Tensor grad_mu_out = output_in(grad_mu, s.storage);
-  at::Tensor grad_scale_out = output_in(grad_scale, s.storage);
+  PosteriorGradOutputs out(s, mu, scale);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FE_DISPATCH_FLOAT(s.storage, "fastelbo_latent_backward_cuda", [&] {
     check_compute<T>(s);
@@ -188,24 +217,13 @@ Tensor4 latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_
     p.gp_sr = gp.defined() ? gp.stride(1) : 0;
     p.grad_kl = ptr<const T>(gk);
     p.gk_sr = gk.defined() ? gk.stride(0) : 0;
-    p.grad_mu = ptr<S>(grad_mu_out);
-    p.grad_scale = ptr<S>(grad_scale_out);
-    p.grad_prior_mu = ptr<T>(pm_buffer);
-    p.grad_prior_scale = ptr<T>(ps_buffer);
-    p.pm_shared = s.pm_shared;
-    p.ps_shared = s.ps_shared;
+    out.fill<S, T>(p, s);
     p.n_samples = k;
     p.stl = stl;
     latent_bwd_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  finish_output(grad_mu, grad_mu_out);
-  finish_output(grad_scale, grad_scale_out);
-  if (s.has_prior) {
-    grad_pmu = reduce_prior_grad(pm_buffer, s.pm_shared, prior_mu, mu);
-    grad_pscale = reduce_prior_grad(ps_buffer, s.ps_shared, prior_scale, mu);
-  }
-  return {grad_mu, grad_scale, grad_pmu, grad_pscale};
+  return out.finish(s, prior_mu, prior_scale, mu);
 }
 
 Tensor kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt, const OptTensor& prior_scale_opt,
@@ -234,19 +252,15 @@ Tensor4 kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& sca
                          const OptTensor& prior_scale_opt, int64_t param, bool per_dim) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
-  at::Tensor grad_mu = at::empty(mu.sizes(), mu.options());
-  at::Tensor grad_scale = at::empty(scale.sizes(), scale.options());
-  at::Tensor grad_pmu = zeros_or_empty(prior_mu, mu);
-  at::Tensor grad_pscale = zeros_or_empty(prior_scale, mu);
-  if (mu.numel() == 0) return {grad_mu.zero_(), grad_scale.zero_(), grad_pmu, grad_pscale};
+  if (mu.numel() == 0) {
+    return {at::zeros(mu.sizes(), mu.options()), at::zeros(scale.sizes(), scale.options()),
+            zeros_or_empty(prior_mu, mu), zeros_or_empty(prior_scale, mu)};
+  }
 
   const LatentSetup s = setup_latent(mu, scale, prior_mu, prior_scale, at::Tensor());
   const int64_t rows = s.rows, dim = s.dim;
   const at::Tensor g = per_dim ? cast(grad, s.compute).reshape({rows, dim}) : cast(grad, s.compute).reshape({rows});
-  const at::Tensor pm_buffer = s.has_prior ? prior_grad_buffer(s, s.pm_shared, mu) : at::Tensor();
-  const at::Tensor ps_buffer = s.has_prior ? prior_grad_buffer(s, s.ps_shared, mu) : at::Tensor();
-  at::Tensor grad_mu_out = output_in(grad_mu, s.storage);
-  at::Tensor grad_scale_out = output_in(grad_scale, s.storage);
+  PosteriorGradOutputs out(s, mu, scale);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FE_DISPATCH_FLOAT(s.storage, "fastelbo_kl_backward_cuda", [&] {
     check_compute<T>(s);
@@ -255,23 +269,12 @@ Tensor4 kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& sca
     p.grad = ptr<const T>(g);
     p.g_sr = g.stride(0);
     p.g_sd = per_dim ? g.stride(1) : 0;
-    p.grad_mu = ptr<S>(grad_mu_out);
-    p.grad_scale = ptr<S>(grad_scale_out);
-    p.grad_prior_mu = ptr<T>(pm_buffer);
-    p.grad_prior_scale = ptr<T>(ps_buffer);
-    p.pm_shared = s.pm_shared;
-    p.ps_shared = s.ps_shared;
+    out.fill<S, T>(p, s);
     p.per_dim = per_dim;
     kl_bwd_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  finish_output(grad_mu, grad_mu_out);
-  finish_output(grad_scale, grad_scale_out);
-  if (s.has_prior) {
-    grad_pmu = reduce_prior_grad(pm_buffer, s.pm_shared, prior_mu, mu);
-    grad_pscale = reduce_prior_grad(ps_buffer, s.ps_shared, prior_scale, mu);
-  }
-  return {grad_mu, grad_scale, grad_pmu, grad_pscale};
+  return out.finish(s, prior_mu, prior_scale, mu);
 }
 
 }  // namespace cuda
