@@ -7,6 +7,8 @@ time on first use, with ninja, for the machine they run on (fastelbo/cpp_backend
 """
 from setuptools import setup
 
+DEMO = ["scikit-learn", "matplotlib"]
+
 setup(
     name="fastelbo",
     version="0.1.0",
@@ -15,12 +17,15 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=["fastelbo", "fastelbo.reference", "fastelbo.triton_backend", "fastelbo.triton_kernels",
-              "fastelbo.cpp_backend", "fastelbo.csrc"],
-    package_dir={"fastelbo.triton_kernels": "triton_kernels", "fastelbo.csrc": "csrc"},
+              "fastelbo.cpp_backend", "fastelbo.csrc", "fastelbo.benchmarks", "fastelbo.demo"],
+    # Top-level folders installed under the package (never as top-level modules of their own).
+    package_dir={"fastelbo.triton_kernels": "triton_kernels", "fastelbo.csrc": "csrc",
+                 "fastelbo.benchmarks": "benchmarks"},
     # The C++ sources travel with the package: fastelbo builds them just in time, with ninja.
     package_data={"fastelbo.csrc": ["*.md", "core/*.h", "binding/*.h", "binding/*.cpp", "cpu/*.h", "cpu/*.cpp",
                                     "cuda/*.cu", "cuda/*.md", "cuda/kernels/*.cuh"]},
     install_requires=["torch>=2.4", "numpy", "ninja"],
-    extras_require={"test": ["pytest>=7", "mpmath", "triton"]},
+    # "demo": `fastelbo demo` (scikit-learn's bundled digits) and the PNG plots of `fastelbo bench`.
+    extras_require={"demo": DEMO, "test": ["pytest>=7", "mpmath", "triton", *DEMO]},
     entry_points={"console_scripts": ["fastelbo=fastelbo.cli:main"]},
 )

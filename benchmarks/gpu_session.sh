@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU runs, in at most two device calls (each under 10 minutes):
 #   bash benchmarks/gpu_session.sh test    # install, the whole suite on the GPU, fastelbo check
-#   bash benchmarks/gpu_session.sh bench   # install, benchmarks/run.py (W1-W5)
+#   bash benchmarks/gpu_session.sh bench   # install, fastelbo bench (W1-W5; table, CSV, JSON, MD, PNG)
 # Logs and results land in $OUT (the device tool brings them back); commit the bench files under
-# benchmarks/results/ with the device named.
+# benchmarks/results/ with the device named. Without matplotlib on that machine, the bench skips the PNG.
 # The C++ backends build just in time with ninja. The GPU machine has no internet: if it lacks
 # ninja, first run `pip download ninja -d .wheels` here and pass carry [".wheels"] to the device
 # call; this script installs it from there.
@@ -23,6 +23,6 @@ case "${1:-test}" in
     grep -E "FAIL|passed" "$OUT/check.log" | tail -20
     ;;
   bench)
-    python3 benchmarks/run.py --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+    fastelbo bench --out "$OUT" 2>&1 | tee "$OUT/bench.log"
     ;;
 esac

@@ -1,102 +1,76 @@
-"""Benchmark the ELBO workloads (benchmarks/workloads.py) on every available fused backend against
-eager PyTorch (the reference path, as users write it) and torch.compile of that same code, all in
-one run.
+"""`fastelbo bench`: the DESIGN.md §7 workloads (workloads.py) on every available fused backend
+against eager PyTorch and torch.compile of that same code, in one run.
 
-    python benchmarks/run.py                       # default workloads for the device
-    python benchmarks/run.py --workloads W2 W5 --reps 100 --out benchmarks/results
+    fastelbo bench                                   # the default workloads for the device
+    fastelbo bench --workloads W2 W5 --reps 100 --out benchmarks/results
+    python -m fastelbo.benchmarks.run ...            # the same, without the console script
 
 Implementations: "plain" (the step in plain PyTorch as VAE code writes it, torch.randn noise: for
 context), "eager" (fastelbo's reference path), "compile" (torch.compile of the reference path) and
-each available fused backend. Speedups are over "eager" and "compile", as DESIGN.md §7 asks.
+each available fused backend ("cpu", "triton", "cuda"). Speedups are over "eager" and "compile".
 
 Per workload, mode (fwd, fwd+bwd) and implementation: the median time (CUDA events on a GPU,
-perf_counter on CPU), the speedups over eager and over torch.compile, the effective bandwidth from
-the minimal-bytes formula of workloads.py, that bandwidth as a fraction of a device copy measured
-in the same run, and the peak memory of one step (GPU). Results go to <out>/<device>-<time>.{csv,json,md}
-with the machine, versions and commit on every row.
+perf_counter on CPU), the speedups, the effective bandwidth from the minimal-bytes formula of
+workloads.py, that bandwidth as a fraction of a device copy measured in the same run, and the peak
+memory of one step (measure.peak_bytes says what exactly is counted). A table on screen, row by
+row, with a progress bar on stderr; in the output folder <device>-<UTC time>.csv, .json and .md
+(the machine, versions and commit on every row) and .png (speedups, fwd+bwd; needs matplotlib).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
+import importlib.util
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from workloads import WORKLOADS, leaves, make_inputs, plain_step, step  # noqa: E402
+from .. import __version__
+from .._backend import NAMES, backends, runs_on
+from .measure import copy_bandwidth, median_time, peak_bytes
+from .plot import speedup_plot
+from .report import Progress, header, markdown, table_row
+from .workloads import WORKLOADS, leaves, make_inputs, plain_step, step
+
+IMPLS = ("plain", "eager", "compile") + tuple(name for name in NAMES if name != "reference")
+MODES = ((False, "fwd"), (True, "fwd+bwd"))
 
 
-def _timer(device: torch.device):
-    """fn -> seconds of one call, synchronized properly for the device."""
-    if device.type == "cuda":
-        def timed(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-    else:
-        def timed(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return timed
-
-
-def median_time(fn, device, reps: int, warmup: int, before=None) -> float:
-    """Median seconds of fn over `reps` calls after `warmup` calls; `before` runs untimed first."""
-    timed = _timer(device)
-    for _ in range(warmup):
-        if before:
-            before()
-        fn()
-    samples = []
-    for _ in range(reps):
-        if before:
-            before()
-        samples.append(timed(fn))
-    return statistics.median(samples)
-
-
-def copy_bandwidth(device, reps: int) -> float:
-    """Bytes/s of dst.copy_(src) (read + write) on a buffer far larger than the caches."""
-    n = (256 if device.type == "cuda" else 32) * 2**20 // 4
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / median_time(lambda: dst.copy_(src), device, reps, 3)
-
-
-def _implementations(device) -> dict:
-    """name -> (backend, compiled?) for every implementation measured on this device."""
-    import fastelbo as fe
-
-    from fastelbo._backend import runs_on
-
+def available_impls(device: torch.device) -> dict:
+    """name -> (backend, compiled?) or the reason it cannot be timed on `device`, for every impl."""
     impls = {"plain": ("plain", False), "eager": ("reference", False), "compile": ("reference", True)}
-    for name, status in fe.backends().items():
-        # Triton on CPU tensors is its interpreter: a correctness tool, not something to time.
-        fused = name != "reference" and (name != "triton" or device.type == "cuda")
-        if fused and status == "available" and runs_on(name, device.type):
+    for name, status in backends().items():
+        if name == "reference":
+            continue
+        if status != "available":
+            impls[name] = status
+        elif not runs_on(name, device.type):
+            impls[name] = f"it takes {'CPU' if name == 'cpu' else 'CUDA'} tensors, not {device.type}"
+        elif name == "triton" and device.type == "cpu":
+            impls[name] = "on CPU tensors it runs in Triton's interpreter: a correctness tool, not timed"
+        else:
             impls[name] = (name, False)
     return impls
 
 
 def run_one(w, impl, inputs, device, backward, reps, warmup):
-    """(median seconds, peak MiB or None) of one workload step on one implementation."""
+    """(median seconds, peak bytes) of one workload step on one implementation."""
     backend, compiled = impl
     if backend == "plain":
         fn = lambda w, t, _, backward: plain_step(w, t, backward)  # noqa: E731
+    elif compiled:
+        # A fresh compile per workload and mode, as one training script would get: without the
+        # reset, dynamo would recompile `step` for each new workload with dynamic shapes, and give
+        # up compiling it after its recompile limit (8).
+        torch._dynamo.reset()
+        fn = torch.compile(step)
     else:
-        fn = torch.compile(step) if compiled else step
+        fn = step
     state = {}
 
     def before():  # fresh leaves, so gradients never accumulate
@@ -106,16 +80,8 @@ def run_one(w, impl, inputs, device, backward, reps, warmup):
         fn(w, state["t"], backend, backward)
 
     seconds = median_time(call, device, reps, warmup, before)
-    peak = None
-    if device.type == "cuda":
-        before()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        call()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return seconds, peak
+    before()
+    return seconds, peak_bytes(call, device)
 
 
 def _cpu_name() -> str:
@@ -129,93 +95,68 @@ def _cpu_name() -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
 
 
-def _machine(device) -> dict:
-    import fastelbo
+def _commit() -> str | None:
+    """The short commit of the checkout this file is in, "-dirty" when tracked files differ from
+    it; None outside a git checkout (an installed wheel)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True, cwd=here).returncode == 1
+    except OSError:
+        return None
+    commit = head.stdout.strip()
+    return (commit + "-dirty" if dirty else commit) if head.returncode == 0 and commit else None
 
+
+def machine_info(device: torch.device) -> dict:
+    """Where the numbers come from, recorded on every row."""
     try:
         import triton
 
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except OSError:
-        commit = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "triton": triton_version, "fastelbo": fastelbo.__version__, "commit": commit}
+            "triton": triton_version, "fastelbo": __version__, "commit": _commit()}
 
 
-def run(workload_names, device, reps, warmup):
-    """All rows of one benchmark run."""
-    machine = _machine(device)
-    copy = copy_bandwidth(device, reps)
-    impls = _implementations(device)
+def run(names, impls: dict, device, reps: int, warmup: int, copy: float, machine: dict) -> list:
+    """Every row of one run; prints each workload and mode's rows as they finish."""
+    progress = Progress(len(names) * len(MODES) * len(impls))
     rows = []
-    for name in workload_names:
+    for name in names:
         w = WORKLOADS[name]
         inputs = make_inputs(w, device)
-        for backward in (False, True):
-            mode = "fwd+bwd" if backward else "fwd"
-            times = {}
+        for backward, mode in MODES:
+            block = []
             for impl_name, impl in impls.items():
+                progress.show(f"{name} {mode} {impl_name}")
                 seconds, peak = run_one(w, impl, inputs, device, backward, reps, warmup)
-                times[impl_name] = seconds
+                progress.advance()
                 gbps = w.bytes_moved(backward) / seconds / 1e9
-                rows.append({
+                block.append({
                     "workload": name, "mode": mode, "impl": impl_name, "median_ms": seconds * 1e3,
-                    "GB_per_s": gbps, "copy_fraction": gbps * 1e9 / copy, "peak_MiB": peak,
-                    "bytes": w.bytes_moved(backward), **machine,
+                    "speedup_vs_eager": None, "speedup_vs_compile": None, "GB_per_s": gbps,
+                    "copy_fraction": gbps * 1e9 / copy, "peak_MiB": peak / 2**20,
+                    "bytes": w.bytes_moved(backward), "copy_GB_per_s": copy / 1e9, "reps": reps, **machine,
                 })
-            for row in rows[-len(impls):]:
-                row["speedup_vs_eager"] = times["eager"] / (row["median_ms"] / 1e3)
-                row["speedup_vs_compile"] = times["compile"] / (row["median_ms"] / 1e3)
-            print(_format_rows(rows[-len(impls):]), flush=True)
-    return rows, copy
+            base = {r["impl"]: r["median_ms"] for r in block}
+            for row in block:
+                for baseline in ("eager", "compile"):
+                    if baseline in base:
+                        row[f"speedup_vs_{baseline}"] = base[baseline] / row["median_ms"]
+                progress.print(table_row(row))
+            rows += block
+    progress.clear()
+    return rows
 
 
-COLUMNS = ["workload", "mode", "impl", "median_ms", "speedup_vs_eager", "speedup_vs_compile", "GB_per_s",
-           "copy_fraction", "peak_MiB"]
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _format_rows(rows) -> str:
-    return "\n".join(" | ".join(_cell(r[c]) for c in COLUMNS) for r in rows)
-
-
-def markdown(rows, copy, machine) -> str:
-    lines = [f"Device: {machine['device']}; torch {machine['torch']}, triton {machine['triton']}, "
-             f"fastelbo {machine['fastelbo']} ({machine['commit']}); copy bandwidth {copy / 1e9:.1f} GB/s.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=None,
-                        help="default: W1-W5 on a GPU, W1-W4 on CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default 50 GPU, 10 CPU)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    names = args.workloads or [n for n, w in WORKLOADS.items() if device.type == "cuda" or not w.gpu_only]
-    reps = args.reps or (50 if device.type == "cuda" else 10)
-    print(" | ".join(COLUMNS))
-    rows, copy = run(names, device, reps, args.warmup)
-    machine = _machine(device)
-    os.makedirs(args.out, exist_ok=True)
+def write_results(rows, machine: dict, copy: float, out: str, plot: bool) -> list:
+    """<out>/<device>-<UTC time>.csv, .json, .md and (with plot and matplotlib) .png; the paths written."""
+    os.makedirs(out, exist_ok=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in machine["device"]).strip("-").lower()
-    stem = os.path.join(args.out, f"{slug}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}")
+    stem = os.path.join(out, f"{slug}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}")
     with open(stem + ".csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -223,9 +164,81 @@ def main(argv=None) -> int:
     with open(stem + ".json", "w") as f:
         json.dump({"machine": machine, "copy_GB_per_s": copy / 1e9, "rows": rows}, f, indent=1)
     with open(stem + ".md", "w") as f:
-        f.write(markdown(rows, copy, machine))
-    print(f"wrote {stem}.csv, .json, .md")
+        f.write(markdown(rows, _summary(machine, copy)))
+    written = [stem + ext for ext in (".csv", ".json", ".md")]
+    if not plot:
+        return written
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no PNG: matplotlib is not installed (it comes with `pip install fastelbo[demo]`)")
+    elif speedup_plot(rows, stem + ".png", f"fastelbo on {machine['device']} (commit {machine['commit']})"):
+        written.append(stem + ".png")
+    else:
+        print("no PNG: the speedup plot needs eager or compile among --impls")
+    return written
+
+
+def _summary(machine: dict, copy: float) -> str:
+    return (f"Device: {machine['device']}; torch {machine['torch']}, triton {machine['triton']}, "
+            f"fastelbo {machine['fastelbo']} ({machine['commit']}); copy bandwidth {copy / 1e9:.1f} GB/s.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `fastelbo bench` (and of python -m fastelbo.benchmarks.run)."""
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), metavar="W",
+                        help=f"workloads among {', '.join(sorted(WORKLOADS))} (default: W1-W5 on a GPU, "
+                             "W1-W4 on CPU; W5 is bandwidth-bound, for GPUs)")
+    parser.add_argument("--device", default="cuda" if gpu else "cpu", help="device to run on (default: %(default)s)")
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default: 50 GPU, 10 CPU)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: %(default)s)")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, metavar="IMPL",
+                        help=f"implementations among {', '.join(IMPLS)} (default: all available on the device; "
+                             "without eager or compile, the speedups over it are left out)")
+    parser.add_argument("--out", default="fastelbo-bench",
+                        help="folder for the CSV, JSON, Markdown and PNG (default: ./%(default)s; the "
+                             "repository records its runs with --out benchmarks/results)")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG")
+
+
+def main_from_args(args) -> int:
+    """Run the benchmark the parsed options ask for; 0, or 2 for options that cannot run here."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _refuse(f"--device {args.device}: no CUDA device here")
+    if (args.reps is not None and args.reps < 1) or args.warmup < 0:
+        return _refuse("--reps must be at least 1 and --warmup at least 0")
+    names = args.workloads or [n for n, w in WORKLOADS.items() if device.type == "cuda" or not w.gpu_only]
+    reps = args.reps or (50 if device.type == "cuda" else 10)
+    known = available_impls(device)
+    wanted = list(dict.fromkeys(args.impls or known))
+    refused = [f"{name}: {known[name]}" for name in wanted if isinstance(known[name], str)]
+    if args.impls and refused:
+        return _refuse("cannot time " + "; ".join(refused))
+    impls = {name: known[name] for name in wanted if not isinstance(known[name], str)}
+
+    machine = machine_info(device)
+    copy = copy_bandwidth(device, reps)
+    print(_summary(machine, copy))
+    for reason in refused:
+        print(f"not timed: {reason}")
+    print(f"{len(names)} workloads x {len(MODES)} modes x {len(impls)} implementations; "
+          f"median of {reps} calls after {args.warmup} warmup calls")
+    print(header(), flush=True)
+    rows = run(names, impls, device, reps, args.warmup, copy, machine)
+    print("wrote " + "\n      ".join(write_results(rows, machine, copy, args.out, not args.no_plot)))
     return 0
+
+
+def _refuse(message: str) -> int:
+    print(f"fastelbo bench: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastelbo.benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

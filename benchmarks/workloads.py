@@ -22,9 +22,13 @@ The per-row scalars (log q, log p, KL, the ELBO: O(K B)) are left out: they are 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+import fastelbo as fe  # by its public name: the step reads as user code does
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,6 @@ def make_inputs(w: Workload, device, dtype=torch.float32, seed: int = 0) -> dict
 
 def step(w: Workload, inputs: dict, backend: str, backward: bool):
     """One ELBO step as users write it with fastelbo, on `backend`; returns the loss."""
-    import fastelbo as fe
-
     n_samples = w.n_samples if w.n_samples > 1 else None
     lat = fe.gaussian_latent(inputs["mu"], inputs["scale"], n_samples=n_samples, backend=backend)
     if w.likelihood == "bernoulli":
@@ -98,10 +100,6 @@ def step(w: Workload, inputs: dict, backend: str, backward: bool):
 def plain_step(w: Workload, inputs: dict, backward: bool):
     """The same step as a VAE user writes it in plain PyTorch (torch.randn noise, BCE-with-logits):
     the "plain" baseline, shown beside the reference path, whose noise is Philox in int64 torch ops."""
-    import math
-
-    import torch.nn.functional as F
-
     mu, s = inputs["mu"], inputs["scale"]
     k = w.n_samples
     std = torch.exp(0.5 * s)

@@ -1,0 +1,1 @@
+"""The benchmark harness that `fastelbo bench` runs (installed as `fastelbo.benchmarks`)."""
