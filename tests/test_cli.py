@@ -34,3 +34,18 @@ def test_check_exit_status_reports_failures(monkeypatch, capsys):
 def test_unknown_subcommand_is_an_error():
     with pytest.raises(SystemExit):
         cli.main(["frobnicate"])
+
+
+def test_check_targets_every_backend_on_its_devices():
+    """Without --device, each available backend is checked on every device present that it takes
+    (Triton on CPU tensors, in its interpreter, only where no GPU is)."""
+    status = dict.fromkeys(["reference", "cpu", "triton", "cuda"], "available")
+    targets, skipped = cli.check_targets(list(status), status, ["cpu", "cuda"])
+    assert targets == [("reference", "cpu"), ("reference", "cuda"), ("cpu", "cpu"), ("triton", "cuda"),
+                       ("cuda", "cuda")] and skipped == []
+    targets, skipped = cli.check_targets(list(status), status, ["cpu"])
+    assert targets == [("reference", "cpu"), ("cpu", "cpu"), ("triton", "cpu")]
+    assert skipped == ["  cuda       skipped: it takes CUDA tensors, not cpu (see --device)"]
+    status["cpu"] = "the build failed"
+    targets, skipped = cli.check_targets(["cpu", "reference"], status, ["cpu"])
+    assert targets == [("reference", "cpu")] and skipped == ["  cpu        unavailable: the build failed"]

@@ -1,0 +1,59 @@
+"""The demo's data: scikit-learn's bundled 8x8 handwritten digits (1797 images, no download).
+
+Each pixel is an intensity level v in 0..16. What the model sees depends on the likelihood:
+
+    bernoulli              x = [v >= 8]          binarized at half intensity (float 0/1)
+    continuous_bernoulli   x = v / 16            intensities in [0, 1]
+    gaussian               x = v / 16            intensities in [0, 1]
+    categorical            x = v                 one of 17 classes per pixel (int64)
+
+The split is fixed: a permutation of the images from `seed` puts `test_size` in the test set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+N_PIXELS = 64
+N_LEVELS = 17  # intensities 0..16
+IMAGE_SIDE = 8
+
+
+@dataclass(frozen=True)
+class Digits:
+    """Train and test images as the likelihood's targets, (N, 64)."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixels in [0, 1] for the encoder, whatever the target encoding."""
+        return x.float() / (N_LEVELS - 1) if x.dtype == torch.int64 else x
+
+
+def load_sklearn_digits() -> torch.Tensor:
+    """The 1797 raw images as int64 levels 0..16, (1797, 64)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:  # the [demo] extra brings it
+        raise SystemExit("fastelbo demo needs scikit-learn for its data: pip install 'fastelbo[demo]'") from error
+    return torch.from_numpy(load_digits().data).to(torch.int64)
+
+
+def targets(levels: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """The likelihood's view of the intensity levels (see the module docstring)."""
+    if likelihood == "bernoulli":
+        return (levels >= (N_LEVELS - 1) // 2).float()
+    if likelihood in ("continuous_bernoulli", "gaussian"):
+        return levels.float() / (N_LEVELS - 1)
+    if likelihood == "categorical":
+        return levels.clone()
+    raise ValueError(f"likelihood must be one of bernoulli, continuous_bernoulli, gaussian, categorical; got {likelihood!r}")
+
+
+def load(likelihood: str, *, device, seed: int = 0, test_size: int = 297) -> Digits:
+    levels = load_sklearn_digits()
+    order = torch.randperm(levels.shape[0], generator=torch.Generator().manual_seed(seed))
+    x = targets(levels[order], likelihood).to(device)
+    return Digits(train=x[test_size:], test=x[:test_size])

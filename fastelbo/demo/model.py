@@ -1,0 +1,50 @@
+"""The demo's VAE: two-layer MLPs around a diagonal Gaussian latent.
+
+    encoder  x (B, 64) -> tanh(W1 x) -> (mu, logvar), each (B, D)
+    decoder  z (..., D) -> tanh(W3 z) -> the likelihood's parameters of the 64 pixels:
+             bernoulli, continuous_bernoulli: logits (..., 64)
+             gaussian: (mean (..., 64), logvar (64,))  with a learned per-pixel log-variance
+             categorical: logits (..., 64, 17)
+"""
+from __future__ import annotations
+
+import torch
+
+from .data import N_LEVELS, N_PIXELS
+
+
+class DigitsVAE(torch.nn.Module):
+    def __init__(self, likelihood: str, *, latent_dim: int = 8, hidden: int = 256):
+        super().__init__()
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        outputs_per_pixel = N_LEVELS if likelihood == "categorical" else 1
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(N_PIXELS, hidden), torch.nn.Tanh(),
+                                           torch.nn.Linear(hidden, 2 * latent_dim))
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(latent_dim, hidden), torch.nn.Tanh(),
+                                           torch.nn.Linear(hidden, N_PIXELS * outputs_per_pixel))
+        self.pixel_logvar = torch.nn.Parameter(torch.full((N_PIXELS,), -2.0)) if likelihood == "gaussian" else None
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor):
+        out = self.decoder(z)
+        if self.likelihood == "categorical":
+            return out.unflatten(-1, (N_PIXELS, N_LEVELS))
+        if self.likelihood == "gaussian":
+            return out, self.pixel_logvar
+        return out
+
+    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean of each pixel, in [0, 1] intensity units, (..., 64)."""
+        params = self.decode(z)
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(params)
+        if self.likelihood == "continuous_bernoulli":
+            return torch.distributions.ContinuousBernoulli(logits=params).mean
+        if self.likelihood == "gaussian":
+            return params[0].clamp(0, 1)
+        levels = torch.arange(N_LEVELS, dtype=params.dtype, device=params.device)
+        return (params.softmax(-1) * levels).sum(-1) / (N_LEVELS - 1)

@@ -1,0 +1,129 @@
+"""`fastelbo demo`: the digits data, the two training runs agreeing, the printed comparison, the PNGs,
+and a wrong fused objective being caught."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import DEVICE
+
+import fastelbo.demo.train as train
+from fastelbo import _backend
+from fastelbo.demo import command, data as digits
+from fastelbo.testing import TOLERANCES
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+FUSED = _backend.resolve_name("auto", torch.device(DEVICE))
+needs_fused = pytest.mark.skipif(FUSED == "reference", reason=f"no fused backend on {DEVICE}")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian", "categorical"])
+def test_data_views(likelihood):
+    data = digits.load(likelihood, device="cpu", seed=1)
+    assert data.train.shape == (1500, 64) and data.test.shape == (297, 64)
+    x = torch.cat([data.train, data.test])
+    if likelihood == "categorical":
+        assert x.dtype == torch.int64 and x.min() == 0 and x.max() == 16
+    else:
+        assert x.dtype == torch.float32 and x.min() == 0 and x.max() == 1
+    if likelihood == "bernoulli":
+        assert set(x.unique().tolist()) == {0.0, 1.0}
+    encoded = data.encoder_input(x)
+    assert encoded.dtype == torch.float32 and 0 <= encoded.min() and encoded.max() <= 1
+    again = digits.load(likelihood, device="cpu", seed=1)
+    assert torch.equal(again.train, data.train)  # the split is fixed by the seed
+
+
+@needs_fused
+@pytest.mark.parametrize("likelihood,estimator,n_samples", [
+    ("bernoulli", "elbo", 1), ("bernoulli", "iwae", 4), ("bernoulli", "dreg", 3),
+    ("continuous_bernoulli", "elbo", 2), ("gaussian", "elbo", 1), ("categorical", "iwae", 2),
+])
+def test_fused_and_reference_runs_agree(likelihood, estimator, n_samples, seed):
+    config = train.DemoConfig(likelihood=likelihood, estimator=estimator, n_samples=n_samples, epochs=2,
+                              batch_size=250, seed=seed, device=DEVICE)
+    data = digits.load(likelihood, device=DEVICE, seed=seed)
+    fused, reference = train.train_pair(config, data, FUSED)
+    assert len(fused.train_elbo) == len(reference.train_elbo) == 2
+    for f, r in zip(fused.train_elbo, reference.train_elbo):
+        assert command.relative_difference(f, r) <= command.AGREEMENT_RTOL
+    assert reference.train_elbo[-1] > reference.train_elbo[0]  # it trains
+    # (The weights are not compared elementwise after training: Adam's m / sqrt(v) turns rounding
+    # noise in a near-zero gradient into a step of order lr. The first step's gradients are, below.)
+
+
+@needs_fused
+@pytest.mark.parametrize("likelihood,estimator,n_samples", [
+    ("bernoulli", "elbo", 1), ("bernoulli", "dreg", 3), ("gaussian", "elbo", 2), ("categorical", "iwae", 2),
+])
+def test_first_step_gradients_agree(likelihood, estimator, n_samples, seed):
+    """From the same weights, batch and noise, the fused and reference objectives give every model
+    parameter the same gradient (the float32 backward tolerance of fastelbo.testing)."""
+    config = train.DemoConfig(likelihood=likelihood, estimator=estimator, n_samples=n_samples, seed=seed,
+                              device=DEVICE)
+    data = digits.load(likelihood, device=DEVICE, seed=seed)
+    grads = []
+    for run in (train.make_run("fused", FUSED, config), train.make_run("reference", "reference", config)):
+        with train.own_rng(run, torch.device(DEVICE)):
+            train.objective_value(run, data, data.train[:128]).loss.backward()
+        grads.append([p.grad for p in run.model.parameters()])
+    tol = TOLERANCES[torch.float32]["bwd"]
+    for fused_grad, reference_grad in zip(*grads):
+        torch.testing.assert_close(fused_grad, reference_grad, atol=tol.atol, rtol=tol.rtol)
+
+
+@needs_fused
+def test_demo_command_prints_comparison_and_writes_pngs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastelbo", "demo", "--epochs", "2", "--batch-size", "250",
+                           "--device", DEVICE, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert command.HEADER in out and "curves agree" in out and "test ELBO" in out and "faster" in out
+    epoch_rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("1", "2")]
+    assert [row[0] for row in epoch_rows] == ["1", "2"]
+    for name in ("reconstructions.png", "curves.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+@needs_fused
+def test_demo_catches_a_wrong_fused_objective(monkeypatch, capsys, tmp_path):
+    """A fused run whose objective is off (beta 0.5 instead of 1) must fail the agreement check."""
+    make_run = train.make_run
+
+    def wrong_fused(name, backend, config):
+        run = make_run(name, backend, config)
+        if name == "fused":
+            run.objective.beta = 0.5
+        return run
+
+    monkeypatch.setattr(train, "make_run", wrong_fused)
+    code = command.run(_args(["--epochs", "1", "--batch-size", "250", "--no-plot", "--device", DEVICE]))
+    assert code == 1 and "curves DISAGREE" in capsys.readouterr().out
+
+
+def _args(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--n-samples", "0"], "--n-samples must be at least 1"),
+    (["--batch-size", "-3"], "--batch-size must be at least 1"),
+])
+def test_bad_options_are_named(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        command.config_from_args(_args(argv))
+
+
+def test_estimator_defaults():
+    assert command.config_from_args(_args([])).n_samples == 1
+    config = command.config_from_args(_args(["--estimator", "iwae"]))
+    assert config.n_samples == 8 and config.kl == "mc"
