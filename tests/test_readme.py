@@ -30,3 +30,4 @@ def test_ci_runs_the_readme_commands():
         extracted = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
         assert extracted == command
         assert "torch==2.13.0" in command
+    assert _block_after("<!-- ci:main -->").strip().endswith("fastelbo demo")  # the main job
