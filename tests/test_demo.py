@@ -117,13 +117,28 @@ def _args(argv):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--n-samples", "0"], "--n-samples must be at least 1"),
     (["--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["--nproc", "0"], "--nproc must be at least 1"),
 ])
 def test_bad_options_are_named(argv, message):
     with pytest.raises(SystemExit, match=message):
-        command.config_from_args(_args(argv))
+        command.run(_args(argv))
 
 
 def test_estimator_defaults():
     assert command.config_from_args(_args([])).n_samples == 1
     config = command.config_from_args(_args(["--estimator", "iwae"]))
     assert config.n_samples == 8 and config.kl == "mc"
+
+
+@needs_fused
+@pytest.mark.skipif(DEVICE != "cpu", reason="--nproc 2 on CUDA needs two GPUs")
+def test_demo_trains_under_ddp_with_two_processes(tmp_path):
+    """`fastelbo demo --nproc 2`: two gloo processes under DistributedDataParallel, curves agreeing.
+    (tests/test_distributed.py shows DDP's gradients equal one process's on the same global batch.)"""
+    proc = subprocess.run([sys.executable, "-m", "fastelbo", "demo", "--nproc", "2", "--epochs", "2",
+                           "--batch-size", "250", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "torch.distributed: 2 processes, DistributedDataParallel (gloo)" in out and "curves agree" in out
+    assert out.count("fastelbo demo: a VAE") == 1  # rank 0 alone prints
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -4,10 +4,12 @@ the PNGs (see plots.py)."""
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
 import statistics
 
 import torch
+import torch.distributed as dist
 
 from .. import _backend
 from ..module import LIKELIHOODS
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: %(default)s")
     parser.add_argument("--backend", choices=["auto", "cpu", "triton", "cuda"], default="auto",
                         help="the fused backend to compare with the reference (default: %(default)s)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes under torch.distributed: DistributedDataParallel with gloo on CPU, "
+                             "nccl on GPUs (one GPU each); default: %(default)s")
     parser.add_argument("--out", default="fastelbo-demo", help="folder for the PNGs (default: ./%(default)s)")
     parser.add_argument("--no-plot", action="store_true", help="write no PNGs")
 
@@ -75,7 +80,8 @@ def relative_difference(fused: float, reference: float) -> float:
 
 def describe(config: DemoConfig, data, backend: str) -> str:
     device = torch.device(config.device)
-    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    where = f"{threads} thread{'s' if threads > 1 else ''}" if device.type == "cpu" else torch.cuda.get_device_name(device)
     kl = "analytic KL" if config.kl == "analytic" else "MC log-weights"
     return "\n".join([
         f"fastelbo demo: a VAE on scikit-learn's 8x8 digits ({data.train.shape[0]} training, "
@@ -101,11 +107,31 @@ def epoch_line(epoch: int, fused, reference) -> str:
 
 
 def run(args) -> int:
+    """The demo in this process, or in args.nproc processes under torch.distributed."""
+    config_from_args(args)  # bad options fail here, before any process starts
+    if args.nproc < 1:
+        raise SystemExit(f"--nproc must be at least 1, got {args.nproc}")
+    from . import distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        return distributed.run_under_torchrun(train_and_report, args)
+    if args.nproc == 1:
+        return train_and_report(args)
+    return distributed.launch(train_and_report, args)
+
+
+def train_and_report(args, rank: int = 0, world: int = 1) -> int:
+    """Train both runs, print the comparison and write the PNGs (rank 0 prints and writes); the exit status."""
     config = config_from_args(args)
     device = torch.device(config.device)
     backend = fused_backend_for(args.backend, device)
     data = digits.load(config.likelihood, device=device, seed=config.seed)
+    print = builtins.print if rank == 0 else (lambda *a, **k: None)
     print(describe(config, data, backend))
+    if world > 1:
+        per_rank = config.batch_size // world
+        print(f"  torch.distributed: {world} processes, DistributedDataParallel ({dist.get_backend()}), "
+              f"each training on {per_rank}{'+' if config.batch_size % world else ''} of every batch of {config.batch_size}")
     print()
     print(HEADER, flush=True)
     fused, reference = train_pair(config, data, backend,
@@ -124,7 +150,7 @@ def run(args) -> int:
     verdict = "agree" if agree else "DISAGREE"
     print(f"curves {verdict}: largest difference {largest:.2e} nats over {config.epochs} epochs "
           f"(relative {worst:.1e}; the bound is {AGREEMENT_RTOL:g})")
-    if not args.no_plot:
+    if not args.no_plot and rank == 0:
         write_plots(args.out, config, fused, reference, data, backend)
     return 0 if agree else 1
 

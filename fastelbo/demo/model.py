@@ -29,6 +29,11 @@ class DigitsVAE(torch.nn.Module):
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
+    def forward(self, x: torch.Tensor, encoder_input: torch.Tensor, objective):
+        """The objective's output (fe.ELBOOutput) on targets x: what DistributedDataParallel wraps."""
+        mu, logvar = self.encode(encoder_input)
+        return objective(x, mu, logvar, self.decode)
+
     def decode(self, z: torch.Tensor):
         out = self.decoder(z)
         if self.likelihood == "categorical":

@@ -6,6 +6,12 @@ noise from the same generator states (each run owns a copy of torch's RNG state,
 its epochs), so their ELBO curves differ only by floating-point rounding. Interleaving the epochs
 exposes both runs to the same machine load, which keeps their time ratio honest on a shared
 machine.
+
+Under torch.distributed (`fastelbo demo --nproc N`) each process wraps the model in
+DistributedDataParallel and trains on its 1/N of every batch (rank r takes the r-th of N nearly
+equal slices); DDP averages the gradients, so each step is the step of the whole batch. The ranks
+draw different noise (rank r > 0 reseeds its stream), the weights start equal (DDP broadcasts
+rank 0's) and the epoch's ELBO is summed over the ranks.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 import fastelbo as fe
 
@@ -47,6 +54,7 @@ class Run:
     name: str
     backend: str
     model: DigitsVAE
+    trained: torch.nn.Module  # what the training steps call: the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     objective: fe.ELBO
     rng_state: torch.Tensor
@@ -61,8 +69,25 @@ def make_run(name: str, backend: str, config: DemoConfig) -> Run:
     model = DigitsVAE(config.likelihood, latent_dim=config.latent_dim, hidden=config.hidden).to(device)
     objective = fe.ELBO(config.likelihood, n_samples=config.n_samples, kl=config.kl,
                         estimator=config.estimator, backend=backend)
-    return Run(name, backend, model, torch.optim.Adam(model.parameters(), lr=config.lr), objective,
+    trained = model
+    if _distributed():
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        if dist.get_rank() > 0:
+            torch.manual_seed(config.seed + 7919 * dist.get_rank())  # this rank's own noise
+    return Run(name, backend, model, trained, torch.optim.Adam(model.parameters(), lr=config.lr), objective,
                _rng_state(device), torch.Generator().manual_seed(config.seed))
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _my_rows(batch: torch.Tensor) -> torch.Tensor:
+    """This process's slice of a batch of indices (all of it outside torch.distributed)."""
+    if not _distributed():
+        return batch
+    return batch.tensor_split(dist.get_world_size())[dist.get_rank()]
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -93,9 +118,8 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def objective_value(run: Run, data: Digits, x: torch.Tensor) -> fe.ELBOOutput:
-    mu, logvar = run.model.encode(data.encoder_input(x))
-    return run.objective(x, mu, logvar, run.model.decode)
+def objective_value(run: Run, data: Digits, x: torch.Tensor, module=None) -> fe.ELBOOutput:
+    return (module or run.trained)(x, data.encoder_input(x), run.objective)
 
 
 def train_epoch(run: Run, data: Digits, config: DemoConfig) -> None:
@@ -108,13 +132,15 @@ def train_epoch(run: Run, data: Digits, config: DemoConfig) -> None:
         _synchronize(device)
         start = time.perf_counter()
         for batch in order.split(config.batch_size):
-            out = objective_value(run, data, data.train[batch])
+            out = objective_value(run, data, data.train[_my_rows(batch)])
             run.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             run.optimizer.step()
             total += out.elbo.detach().sum()
         _synchronize(device)
         run.seconds.append(time.perf_counter() - start)
+    if _distributed():
+        dist.all_reduce(total)
     run.train_elbo.append(total.item() / data.train.shape[0])
 
 
@@ -124,7 +150,7 @@ def test_elbo(run: Run, data: Digits, config: DemoConfig) -> float:
     run.model.eval()
     with torch.random.fork_rng(devices=[config.device] if config.device.startswith("cuda") else []):
         torch.manual_seed(config.seed + 1)
-        return objective_value(run, data, data.test).elbo.double().mean().item()
+        return objective_value(run, data, data.test, module=run.model).elbo.double().mean().item()
 
 
 def train_pair(config: DemoConfig, data: Digits, fused_backend: str, on_epoch=None) -> tuple[Run, Run]:
