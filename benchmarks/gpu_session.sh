@@ -4,14 +4,18 @@
 #   bash benchmarks/gpu_session.sh bench   # install, fastelbo bench (W1-W5; table, CSV, JSON, MD, PNG)
 # Logs and results land in $OUT (the device tool brings them back); commit the bench files under
 # benchmarks/results/ with the device named. Without matplotlib on that machine, the bench skips the PNG.
-# The C++ backends build just in time with ninja. The GPU machine has no internet: if it lacks
-# ninja, first run `pip download ninja -d .wheels` here and pass carry [".wheels"] to the device
-# call; this script installs it from there.
+# The C++ backends build just in time with ninja. The GPU machine has no internet: first run
+#   pip download ninja hypothesis matplotlib -d .wheels --python-version 3.12 --only-binary=:all:
+# here (matching the GPU machine's Python; scikit-learn and scipy are too big to carry, so the demo
+# tests skip there) and pass carry [".wheels"] to the device call; this script installs what is
+# missing from there.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/fastelbo-gpu}
 mkdir -p "$OUT"
-python3 -c "import ninja" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels ninja 2>&1 | tail -2
+for module in ninja hypothesis matplotlib; do
+  python3 -c "import $module" 2>/dev/null || python3 -m pip install -q --no-index --find-links .wheels "$module" 2>&1 | tail -2
+done
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 python3 -c "import fastelbo; print(fastelbo.backends())" 2>&1 | tee "$OUT/backends.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
