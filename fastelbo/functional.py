@@ -51,8 +51,9 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
     mu, scale: (..., D), scale encoding sigma by `param` ("logvar": exp(s/2), "log_std": exp(s),
     "softplus": softplus(s)). n_samples=K adds a leading sample dim to z, log_q and log_p. prior:
     None for N(0, I) or (prior_mu, prior_scale) broadcastable to mu, same `param` encoding,
-    differentiable. stl: "sticking the landing" gradient for log q. eps: explicit noise of z's shape;
-    otherwise it is drawn in-kernel from `generator` (default: the device's default generator).
+    differentiable. stl: "sticking the landing" gradient for log q. eps: explicit noise of z's shape
+    (a constant: it must not require grad); otherwise it is drawn in-kernel from `generator`
+    (default: the device's default generator).
     """
     _check_posterior(mu, scale, param)
     if n_samples is not None:
@@ -64,6 +65,9 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
         if generator is not None:
             raise ValueError("pass either eps (explicit noise) or generator, not both")
         V.tensor("eps", eps)
+        if eps.requires_grad and torch.is_grad_enabled():
+            raise ValueError("eps must not require grad: it is noise, z is differentiable in mu and scale "
+                             "(and the prior) only; pass eps.detach()")
         if eps.shape != z_shape:
             raise ValueError(f"eps must have z's shape {tuple(z_shape)}, got {tuple(eps.shape)}")
         V.same_device("eps", eps, "mu", mu)

@@ -32,11 +32,14 @@ def estimate_kernel(
                      + tl.load(lp_ptr + offs, mask=mask, other=0.0).to(DTYPE)
                      - tl.load(lq_ptr + offs, mask=mask, other=0.0).to(DTYPE))
             new_max = tl.maximum(run_max, log_w)
-            shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # all -inf so far: keep 0
+            infinite = (new_max == float("-inf")) | (new_max == float("inf"))
+            shift = tl.where(infinite, 0.0, new_max)  # an infinite max so far: keep 0 (inf - inf is NaN)
             run_sum = run_sum * tl.exp(run_max - shift) + tl.exp(log_w - shift)
             run_max = new_max
-        # All log-weights -inf: -inf. A NaN log-weight makes run_sum NaN, and so the value.
-        lse = tl.where((run_max == float("-inf")) & (run_sum == run_sum), run_max, run_max + tl.log(run_sum))
+        # An infinite max is the value (all log-weights -inf: -inf; one +inf: +inf), as torch.logsumexp.
+        # A NaN log-weight makes run_sum NaN, and so the value.
+        infinite = (run_max == float("-inf")) | (run_max == float("inf"))
+        lse = tl.where(infinite & (run_sum == run_sum), run_max, run_max + tl.log(run_sum))
         tl.store(out_ptr + rows, lse - scalar(logk_hi, logk_lo, DTYPE), mask=mask)
         for k in range(K):
             offs = tl.cast(k, tl.int64) * R + rows

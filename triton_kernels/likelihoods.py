@@ -69,7 +69,7 @@ def gaussian_log_prob_kernel(
         if V_TENSOR:
             v = tl.load(v_ptr + v_rows + cols[None, :] * v_sc, mask=mask, other=0.0).to(DTYPE)
         else:
-            v = v_scalar + 0.0 * m
+            v = tl.zeros((BLOCK_R, BLOCK_N), dtype=DTYPE) + v_scalar  # not 0 * m: NaN for an infinite mean
         inv_var = tl.exp(-v)
         diff = x - m
         scaled = diff * diff * inv_var
@@ -108,13 +108,14 @@ def categorical_log_prob_kernel(
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(l - new_max[:, None]), axis=1)
         run_max = new_max
         picked += tl.sum(tl.where(cols[None, :] == target[:, None], l, 0.0), axis=1)
-    lse = run_max + tl.log(run_sum)
-    tl.store(out_ptr + elems, tl.where(valid, picked - lse, float("nan")), mask=elem_mask)
+    # (l - max) - log sum, never l - (max + log sum): that sum rounds at the logits' size (1e-3 at 1e4).
+    log_sum = tl.log(run_sum)
+    tl.store(out_ptr + elems, tl.where(valid, (picked - run_max) - log_sum, float("nan")), mask=elem_mask)
     if NEED_GRAD:
         for start in range(0, C, BLOCK_C):
             cols = start + tl.arange(0, BLOCK_C).to(tl.int64)
             mask = elem_mask[:, None] & (cols[None, :] < C)
             l = tl.load(l_ptr + l_rows + cols[None, :] * l_sc, mask=mask, other=0.0).to(DTYPE)
             onehot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
-            grad = tl.where(valid[:, None], onehot - tl.exp(l - lse[:, None]), 0.0)
+            grad = tl.where(valid[:, None], onehot - tl.exp((l - run_max[:, None]) - log_sum[:, None]), 0.0)
             tl.store(grad_ptr + elems[:, None] * C + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=mask)

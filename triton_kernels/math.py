@@ -87,9 +87,9 @@ def sigma_terms(s, PARAM: tl.constexpr):
     """
     if PARAM == 0:
         log_sigma = 0.5 * s
-        return tl.exp(log_sigma), log_sigma, 0.5 + 0.0 * s
+        return tl.exp(log_sigma), log_sigma, tl.zeros_like(s) + 0.5  # not 0 * s: NaN for an infinite s
     elif PARAM == 1:
-        return tl.exp(s), s, 1.0 + 0.0 * s
+        return tl.exp(s), s, tl.zeros_like(s) + 1.0
     else:
         sigma = softplus(s)
         tail = s < -20.0

@@ -66,6 +66,16 @@ inline std::vector<std::pair<int64_t, std::vector<int64_t>>> row_dims(at::IntArr
 
 }  // namespace detail
 
+// Whether t's own shape is 1 in every dim before its last `event_dims`, so that its gradient summed
+// over all rows already has t's shape. A tensor whose row strides are all 0 is one row shared by
+// every row only if this holds too: an expanded view (stride 0) can have rows of its own.
+inline bool single_row(const at::Tensor& t, int64_t event_dims) {
+  for (int64_t i = 0; i < t.dim() - event_dims; ++i) {
+    if (t.size(i) != 1) return false;
+  }
+  return true;
+}
+
 // `tensors` all have one shape (expand broadcast inputs first: a view, never a copy).
 inline RowPlan plan_rows(std::vector<at::Tensor> tensors, int64_t event_dims) {
   TORCH_CHECK(!tensors.empty(), "plan_rows needs a tensor");

@@ -41,14 +41,15 @@ void estimate_kernel(const Tensor& ll, const Tensor& lq, const Tensor& lp, const
           const T log_w = ll_ptr[i] + lp_ptr[i] - lq_ptr[i];
           run_max = log_w > run_max ? log_w : run_max;
         }
-        const T shift = run_max == neg_inf ? T(0) : run_max;
+        const T shift = std::isinf(run_max) ? T(0) : run_max;  // exp(inf - inf) would be NaN
         T sum = 0;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t i = k * R + r;
           sum += std::exp(ll_ptr[i] + lp_ptr[i] - lq_ptr[i] - shift);
         }
-        // All log-weights -inf: -inf. A NaN never wins the max, but makes the sum (and lse) NaN.
-        const T lse = run_max == neg_inf && !std::isnan(sum) ? run_max : shift + std::log(sum);
+        // An infinite max is the value (all log-weights -inf: -inf; one +inf: +inf), as torch.logsumexp.
+        // A NaN never wins the max, but makes the sum (and lse) NaN.
+        const T lse = std::isinf(run_max) && !std::isnan(sum) ? run_max : shift + std::log(sum);
         out_ptr[r] = lse - log_k;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t i = k * R + r;

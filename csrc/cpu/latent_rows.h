@@ -23,6 +23,7 @@ struct LatentRows {
   bool has_prior;
   RowPlan plan;
   int64_t dim;
+  bool prior_single_row[2] = {false, false};  // prior_mu, prior_scale: single_row (plan.h)
 
   LatentRows(const Tensor& mu, const Tensor& scale, const OptTensor& pm, const OptTensor& ps) {
     has_prior = pm.has_value() && pm->defined();
@@ -31,12 +32,14 @@ struct LatentRows {
     if (has_prior) {
       tensors.push_back(pm->to(dtype).expand(mu.sizes()));
       tensors.push_back(ps->to(dtype).expand(mu.sizes()));
+      prior_single_row[0] = single_row(*pm, 1);
+      prior_single_row[1] = single_row(*ps, 1);
     }
     plan = plan_rows(tensors, 1);
     dim = mu.size(-1);
   }
   int64_t rows() const { return plan.shape.rows; }
-  bool prior_shared(int i) const { return core::shared_across_rows(plan.strides[i]); }
+  bool prior_shared(int i) const { return prior_single_row[i - 2] && core::shared_across_rows(plan.strides[i]); }
 };
 
 // Pointers and strides of the planned inputs, typed.

@@ -208,13 +208,14 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
       for_vectors<W>(C, [&](int64_t j, auto n) {
         vsum += first((load<T>(l_row + j * ls.sc, ls.sc, n) - V(row_max)).exp(), n);
       });
-      const T lse = row_max + std::log(hsum(vsum));
+      // (l - max) - log sum, never l - (max + log sum): that sum rounds at the logits' size (1e-3 at 1e4).
+      const T log_sum = std::log(hsum(vsum));
       const T picked = valid ? static_cast<T>(l_row[target * ls.sc]) : T(0);
-      out_ptr[e] = valid ? picked - lse : std::numeric_limits<T>::quiet_NaN();
+      out_ptr[e] = valid ? (picked - row_max) - log_sum : std::numeric_limits<T>::quiet_NaN();
       if (need_grad) {
         T* g_row = g_ptr + e * C;
         for_vectors<W>(C, [&](int64_t j, auto n) {
-          const V p = (load<T>(l_row + j * ls.sc, ls.sc, n) - V(lse)).exp();
+          const V p = ((load<T>(l_row + j * ls.sc, ls.sc, n) - V(row_max)) - V(log_sum)).exp();
           (valid ? V(T(0)) - p : V(T(0))).store(g_row + j, n);
         });
         if (valid) g_row[target] += T(1);
@@ -287,7 +288,7 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_backward_cpu(const Tensor& grad_out
   bool v_shared = false;
   if (with_v) {
     v_plan = plan_rows({logvar->expand(buffer.sizes())}, event_dims);
-    v_shared = core::shared_across_rows(v_plan.strides[0]);
+    v_shared = single_row(*logvar, event_dims) && core::shared_across_rows(v_plan.strides[0]);
   }
   // At most 16 fixed blocks: a shared logvar's partial sums stay small (16 x N), and do not depend
   // on the thread count.

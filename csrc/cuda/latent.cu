@@ -33,8 +33,8 @@ LatentSetup setup_latent(const at::Tensor& mu, const at::Tensor& scale, const at
   s.plan = plan_rows(tensors, 1);
   s.rows = s.plan.shape.rows;
   s.dim = s.plan.shape.cols;
-  s.pm_shared = s.has_prior && core::shared_across_rows(s.plan.strides[2]);
-  s.ps_shared = s.has_prior && core::shared_across_rows(s.plan.strides[3]);
+  s.pm_shared = s.has_prior && single_row(prior_mu, 1) && core::shared_across_rows(s.plan.strides[2]);
+  s.ps_shared = s.has_prior && single_row(prior_scale, 1) && core::shared_across_rows(s.plan.strides[3]);
   return s;
 }
 

@@ -102,7 +102,7 @@ Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& bu
   std::vector<at::Tensor> tensors{buffer.contiguous()};
   if (lv.defined()) tensors.push_back(lv.expand(buffer.sizes()));
   const RowPlan plan = plan_rows(tensors, event_dims);
-  const bool shared = lv.defined() && core::shared_across_rows(plan.strides[1]);
+  const bool shared = lv.defined() && single_row(lv, event_dims) && core::shared_across_rows(plan.strides[1]);
   const int64_t rows = plan.shape.rows;
   TORCH_CHECK(plan.shape.cols == cols, "fastelbo cuda: gaussian backward layout");
   // The logvar gradient, summed per block (shared) or per element, to logvar's own shape and dtype.

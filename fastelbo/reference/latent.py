@@ -49,6 +49,9 @@ def latent(mu, scale, param, n_samples, prior, stl, eps, seed):
     log p = log_prior(z);  kl = sum_d KL_d.  With stl, log q keeps its value but its gradient
     flows only through z: d log q / d z = -eps / sigma (the variational parameters stopped)."""
     dtype = compute_dtype(mu, scale, *(prior or ()))
+    # One cast of the prior: its log p and KL gradients then add up in the compute dtype (two casts
+    # of a half prior would each round their gradient to half before autograd adds them).
+    prior = None if prior is None else tuple(t.to(dtype) for t in prior)
     k = 1 if n_samples is None else n_samples
     mu_c = mu.to(dtype)
     sigma, log_sigma = sigma_and_log_sigma(scale.to(dtype), param)

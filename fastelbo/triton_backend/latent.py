@@ -32,6 +32,9 @@ class _Rows:
     def __init__(self, mu, scale, prior_mu, prior_scale):
         self.dim = mu.shape[-1]
         self.has_prior = prior_mu is not None
+        self.single_row = [True] * 4  # each input's own shape is one row (no batch dim above 1): see shared()
+        if self.has_prior:
+            self.single_row[2:] = [all(n == 1 for n in t.shape[:-1]) for t in (prior_mu, prior_scale)]
         tensors = [mu, scale]
         if self.has_prior:
             tensors += [prior_mu.expand(mu.shape), prior_scale.expand(mu.shape)]
@@ -48,8 +51,10 @@ class _Rows:
         self.num_warps = 4 if self.block_r * self.block_d <= 2048 else 8
 
     def shared(self, i: int) -> bool:
-        """True when tensor i is the same for every row (its row strides are all 0)."""
-        return self.strides[i][:3] == (0, 0, 0)
+        """True when tensor i is one row read by every row: its row strides are all 0 and its own
+        shape has no batch dim above 1 (an expanded view can have rows of its own, each with its
+        own gradient)."""
+        return self.single_row[i] and self.strides[i][:3] == (0, 0, 0)
 
     def stride_args(self) -> list[int]:
         return [s for st in self.strides for s in st]

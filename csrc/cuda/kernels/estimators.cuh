@@ -42,12 +42,15 @@ __global__ void __launch_bounds__(kBlock) estimate_kernel(const EstimateParams<T
         const int64_t i = k * R + r;
         const T log_w = p.log_lik[i] + p.log_p[i] - p.log_q[i];
         const T new_max = log_w > run_max ? log_w : run_max;    // NaN propagates through the sum
-        const T shift = new_max == neg_inf<T>() ? T(0) : new_max;  // all -inf so far: keep 0
+        const bool infinite = new_max == neg_inf<T>() || new_max == -neg_inf<T>();
+        const T shift = infinite ? T(0) : new_max;  // an infinite max so far: keep 0 (inf - inf is NaN)
         run_sum = run_sum * core::Ops<T>::exp(run_max - shift) + core::Ops<T>::exp(log_w - shift);
         run_max = new_max;
       }
-      // All log-weights -inf: -inf. A NaN never wins the max, but makes run_sum (and lse) NaN.
-      const T lse = run_max == neg_inf<T>() && run_sum == run_sum ? run_max : run_max + core::Ops<T>::log(run_sum);
+      // An infinite max is the value (all log-weights -inf: -inf; one +inf: +inf), as torch.logsumexp.
+      // A NaN never wins the max, but makes run_sum (and lse) NaN.
+      const bool infinite = run_max == neg_inf<T>() || run_max == -neg_inf<T>();
+      const T lse = infinite && run_sum == run_sum ? run_max : run_max + core::Ops<T>::log(run_sum);
       p.out[r] = lse - static_cast<T>(p.log_k);
       for (int64_t k = 0; k < K; ++k) {
         const int64_t i = k * R + r;

@@ -201,16 +201,17 @@ __global__ void __launch_bounds__(kBlock) categorical_log_prob_kernel(const Cate
   if (active)
     for (int64_t c = lane; c < C; c += tpr) st = max_sum_add(st, load<T>(p.logits, lo + c * p.l_st.sc));
   st = row_max_sum(st, tpr, smem);
-  const T lse = st.m + core::Ops<T>::log(st.s);
+  // (l - max) - log sum, never l - (max + log sum): that sum rounds at the logits' size (1e-3 at 1e4).
+  const T log_sum = core::Ops<T>::log(st.s);
   if (!active) return;  // no barrier below
   if (lane == 0) {
-    p.out[row] = valid ? load<T>(p.logits, lo + target * p.l_st.sc) - lse : quiet_nan<T>();
+    p.out[row] = valid ? (load<T>(p.logits, lo + target * p.l_st.sc) - st.m) - log_sum : quiet_nan<T>();
   }
   if (p.grad != nullptr) {
     for (int64_t c = lane; c < C; c += tpr) {
       const T l = load<T>(p.logits, lo + c * p.l_st.sc);
       const T onehot = c == target ? T(1) : T(0);
-      p.grad[row * C + c] = valid ? onehot - core::Ops<T>::exp(l - lse) : T(0);
+      p.grad[row * C + c] = valid ? onehot - core::Ops<T>::exp((l - st.m) - log_sum) : T(0);
     }
   }
 }
