@@ -3,6 +3,8 @@ and the promises of every fused backend (tests/test_fused_backends.py): opcheck 
 z independent of the block size, its row plan (broadcast x without copies, every offset of strided
 layouts), 64-bit row offsets, and a clear error on CPU tensors without the interpreter. On CPU
 these run in Triton's interpreter."""
+import math
+
 import pytest
 import torch
 
@@ -122,12 +124,18 @@ try:
     import triton
     import triton.language as tl
 
-    from fastelbo.triton_kernels.math import row_offset
+    from fastelbo.triton_kernels.math import expm1, row_offset
 
     @triton.jit
     def _row_offset_kernel(rows_ptr, out_ptr, n1, n2, s0, s1, s2):
         rows = tl.load(rows_ptr + tl.arange(0, 4))
         tl.store(out_ptr + tl.arange(0, 4), row_offset(rows, n1, n2, s0, s1, s2))
+
+    @triton.jit
+    def _expm1_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        tl.store(out_ptr + offsets, expm1(tl.load(x_ptr + offsets, mask=mask)), mask=mask)
 except ImportError:  # the module is skipped without triton
     pass
 
@@ -143,6 +151,22 @@ def test_row_offset_is_64_bit():
         i2, rest = r % n2, r // n2
         want.append((rest // n1) * s0 + (rest % n1) * s1 + i2 * s2)
     assert out.tolist() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expm1_over_the_whole_range(dtype):
+    """expm1 within 2 ulp of float64 (mpmath-grade torch.expm1 in float64) from the underflow of
+    e^x to its overflow, through the subnormal e^x where Kahan's quotient used to break down."""
+    info = torch.finfo(dtype)
+    low, high = math.log(info.tiny) - 30.0, math.log(info.max) - 0.01
+    x = torch.cat([torch.linspace(low, high, 20001, dtype=torch.float64),
+                   torch.tensor([0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 0.999, -0.999, 1.0, -1.0],
+                                dtype=torch.float64)]).to(dtype).to(DEVICE)
+    out = torch.empty_like(x)
+    _expm1_kernel[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), BLOCK=1024)
+    want = torch.expm1(x.double())
+    ulp = (want.abs().clamp(min=info.tiny) * info.eps).to(torch.float64)
+    assert ((out.double() - want).abs() <= 2 * ulp).all()
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):

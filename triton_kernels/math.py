@@ -54,13 +54,15 @@ def log1p(t):
 
 @triton.jit
 def expm1(x):
-    """e^x - 1, accurate for small x: with u = e^x rounded, (u - 1) * x / log(u) (Kahan); x where u
-    rounds to 1, and u - 1 itself where u is 0 or inf."""
+    """e^x - 1. For |x| < 1, with u = e^x rounded: (u - 1) * x / log(u) (Kahan), and x where u
+    rounds to 1. Elsewhere u - 1 itself, which has no cancellation there (|u - 1| > 0.63) and is
+    exact to rounding even where u is subnormal, zero or inf (Kahan's quotient is not: a subnormal
+    u has few significant bits, and log(u) does not see the ones it lost)."""
     u = tl.exp(x)
     d = u - 1.0
-    special = (u == 0.0) | (u == float("inf"))
-    safe_log = tl.log(tl.where((d == 0.0) | special, 2.0, u))
-    return tl.where(d == 0.0, x, tl.where(special, d, d * (x / safe_log)))
+    kahan = (tl.abs(x) < 1.0) & (d != 0.0)
+    safe_log = tl.log(tl.where(kahan, u, 2.0))
+    return tl.where(d == 0.0, x, tl.where(kahan, d * (x / safe_log), d))
 
 
 @triton.jit
