@@ -79,6 +79,32 @@ def cmd_check(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_build(args) -> int:
+    """Compile the C++ libraries into the cache (ignoring FASTELBO_NO_BUILD) and say where; exit 1
+    with the compiler's output if a build fails."""
+    from .cpp_backend import _build
+
+    print(f"fastelbo build: torch {torch.__version__}, extensions cache {_build.extensions_root()}", flush=True)
+    failures = 0
+    for kind in ("cpu", "cuda"):
+        result = _build.build(kind)
+        if not result.applicable:
+            print(f"  {kind:<5} skipped: {result.reason}")
+            continue
+        if result.reason is not None:
+            failures += 1
+            print(f"  {kind:<5} FAILED: {result.reason}")
+            if result.directory:
+                print(f"        directory {result.directory}")
+            if result.detail:
+                print(result.detail.rstrip(), file=sys.stderr)
+            continue
+        done = f"built in {result.seconds:.0f} s" if result.built else "already built"
+        print(f"  {kind:<5} {done}: directory {result.directory}")
+        print(f"        library   {result.library}")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastelbo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="device of the test tensors (default: every device present, each backend on its own)")
     check.add_argument("--seed", type=int, default=None, help="seed of the random inputs (default: fresh)")
     check.set_defaults(func=cmd_check)
+
+    build = sub.add_parser("build", help="compile the C++ backends into the cache now (even with FASTELBO_NO_BUILD=1)",
+                           description=cmd_build.__doc__)
+    build.set_defaults(func=cmd_build)
 
     from .demo import command as demo
 
