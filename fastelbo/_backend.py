@@ -4,7 +4,7 @@ A call's backend is, in order: its ``backend=`` argument, the innermost ``use_ba
 the calling thread, the process-wide ``set_backend`` choice, else "auto". "auto" picks the fastest
 fused backend available for the tensors' device and falls back to "reference".
 
-Each backend is a module exposing the same implementation functions (see
+Each backend is a module exposing its NAME and the same implementation functions (see
 ``fastelbo/reference/ops.py``): they receive arguments already checked by ``fastelbo.functional``.
 """
 from __future__ import annotations
@@ -70,6 +70,11 @@ def _check_name(name, argument: str) -> str:
     return name
 
 
+def check_backend_name(name) -> str:
+    """A `backend=` argument: one of CHOICES (a ValueError naming it otherwise)."""
+    return _check_name(name, "backend")
+
+
 def _cpp_reason(name: str) -> str | None:
     """Builds the C++ library on first use (ninja, about a minute); why it is unavailable, or None."""
     from .cpp_backend import _build
@@ -126,8 +131,11 @@ def current_backend() -> str:
     return stack[-1] if stack else _global_choice
 
 
-# Imported implementation modules, filled by _load (outside any torch.compile trace).
-_LOADED: dict[str, ModuleType] = {}
+# Imported implementation modules, one attribute per backend, filled by _load (outside any
+# torch.compile trace). A module object, not a dict: dynamo reads each attribute when the trace
+# first asks for it, where it would read a dict's keys once and miss a backend loaded later in
+# the same trace.
+LOADED = ModuleType("fastelbo._backend.LOADED")
 
 
 def resolve_name(backend: str | None, device: torch.device) -> str:
@@ -147,22 +155,37 @@ def _resolve_choice(name: str, device_type: str) -> str:
 
 
 def _load(name: str, device_type: str) -> str:
-    """The concrete backend of choice `name` ("auto" or a backend) for `device_type`, with every
-    available backend's module imported into _LOADED on first use (all at once, so that a
-    torch.compile trace, which snapshots _LOADED when it first reads it, sees every module)."""
+    """The concrete backend of choice `name` ("auto" or a backend) for `device_type`, its module
+    imported into _LOADED on first use. Only that backend is made ready: a call on "reference"
+    never builds the C++ library."""
     concrete = _resolve_choice(name, device_type)
-    if concrete not in _LOADED:
-        for other in NAMES:
-            if other == concrete or (other not in _LOADED and _unavailable_reason(other) is None):
-                _LOADED[other] = importlib.import_module(_MODULES[other])
+    if not hasattr(LOADED, concrete):
+        setattr(LOADED, concrete, importlib.import_module(_MODULES[concrete]))
     return concrete
+
+
+def _under_torch_func(choice: str) -> str:
+    """The choice inside a torch.func transform (grad, vmap, jacrev, ...): the fused ops are
+    torch.library custom ops, which PyTorch cannot transform, so "auto" means the reference there
+    and an explicit fused backend is an error that says so."""
+    if choice == "auto" or choice == "reference":
+        return "reference"
+    raise ValueError(
+        f"backend={choice!r} cannot run inside torch.func transforms (grad, vmap, jacrev, ...): fastelbo's "
+        "fused kernels are torch.library custom ops, which torch.func cannot transform. "
+        "Use backend='reference' (or 'auto', which picks the reference inside torch.func); "
+        "torch.autograd.grad(..., create_graph=True) works on every backend."
+    )
 
 
 def resolve(backend: str | None, device: torch.device) -> ModuleType:
     """The implementation module for a call on tensors of ``device``. The choice (the thread's
     use_backend stack included) is read here, so that torch.compile traces it; _load runs once
     at trace time and its result is a constant of the graph."""
-    return _LOADED[_load(current_backend() if backend is None else backend, device.type)]
+    choice = current_backend() if backend is None else backend
+    if torch._C._are_functorch_transforms_active():
+        choice = _under_torch_func(_check_name(choice, "backend"))
+    return getattr(LOADED, _load(choice, device.type))
 
 
 # What torch.compiler.assume_constant_result does, without importing torch._dynamo (and with it

@@ -34,9 +34,11 @@ class DregTerms(NamedTuple):
 
 class TracedLatent(Latent):
     """The Latent that gaussian_latent returns: a plain Latent to its users (same fields, same
-    unpacking), carrying the DregTerms that fe.elbo(estimator="dreg") reads from `dreg_terms`."""
+    unpacking), carrying the DregTerms that fe.elbo(estimator="dreg") reads from `dreg_terms` and
+    the name of the backend that made it (fe.elbo runs there unless told otherwise)."""
 
     dreg_terms: Optional[DregTerms]
+    backend: Optional[str] = None
 
     def __repr__(self) -> str:
         return Latent.__repr__(self).replace(type(self).__name__, "Latent", 1)

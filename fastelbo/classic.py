@@ -8,16 +8,21 @@ from .functional import bernoulli_log_prob, gaussian_kl, gaussian_latent
 from .module import REDUCTIONS, reduce
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) from the default generator."""
-    return gaussian_latent(mu, logvar).z
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, generator=None, eps=None) -> torch.Tensor:
+    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn from `generator` (default: the
+    device's default generator), or the explicit noise `eps` of mu's shape."""
+    return gaussian_latent(mu, logvar, generator=generator, eps=eps).z
 
 
 def vae_loss(recon_logits, x, mu, logvar, *, beta=1.0, reduction="sum") -> torch.Tensor:
-    """-(log p(x|z) - beta KL(q || N(0, I))) with a Bernoulli likelihood on logits.
+    """recon_logits are logits, not probabilities: drop the decoder's final sigmoid (and apply it
+    where you sample or show images). Returns -(log p(x|z) - beta KL(q || N(0, I))) with a
+    Bernoulli likelihood on those logits.
 
-    recon_logits: mu's batch dims, then the event dims summed over; x broadcasts against it.
-    reduction "sum" (the classic code's), "mean" (per data point) or "none".
+    Probabilities in [0, 1] passed as logits cannot be told from small logits, so nothing checks
+    for them: the loss would silently be wrong. recon_logits: mu's batch dims, then the event dims
+    summed over; x broadcasts against it. reduction "sum" (the classic code's), "mean" (per data
+    point) or "none".
     """
     V.tensor("mu", mu, min_dim=1)
     V.tensor("recon_logits", recon_logits)

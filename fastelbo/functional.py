@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._backend import resolve
+from ._backend import check_backend_name, resolve
 from ._types import Latent, TracedLatent
 from .rng import draw_seed
 
@@ -84,7 +84,9 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
     V.finite("scale", scale)
     impl = resolve(backend, mu.device)
     seed = None if eps is not None else draw_seed(mu.device, generator)
-    return impl.latent(mu, scale, param, n_samples, prior, stl, eps, seed)
+    latent = impl.latent(mu, scale, param, n_samples, prior, stl, eps, seed)
+    latent.backend = impl.NAME
+    return latent
 
 
 def gaussian_kl(mu, scale, *, param="logvar", prior=None, per_dim=False, backend=None) -> torch.Tensor:
@@ -158,15 +160,19 @@ def categorical_log_prob(logits, target, *, event_dims=1, backend=None) -> torch
     return resolve(backend, logits.device).categorical(logits, target, event_dims)
 
 
-def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0) -> torch.Tensor:
-    """The estimator's value per data point (mu's shape without D); see DESIGN §2.
+def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) -> torch.Tensor:
+    """The estimator's value per data point (mu's shape without D); see the README's math section.
 
     kl: "mc" (log p(z) - log q(z|x) per sample) or "analytic" (latent.kl). estimator: "elbo",
     "iwae" (beta must be 1) or "dreg" (IWAE value, doubly reparameterized gradient: call it once
-    per latent, and let latent.z reach the loss only through the decoder).
+    per latent, and let latent.z reach the loss only through the decoder). backend: the call's
+    backend; by default the backend that made the latent (fe.gaussian_latent's), else the current
+    choice.
     """
     if not isinstance(latent, Latent):
         raise TypeError(f"latent must be a fastelbo Latent (from gaussian_latent), got {type(latent).__name__}")
+    if backend is not None:
+        check_backend_name(backend)
     V.tensor("log_lik", log_lik)
     if log_lik.shape != latent.z.shape[:-1]:
         raise ValueError(
@@ -189,7 +195,9 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0) -> torch.Tenso
         if hooks_z and latent.__dict__.get("dreg_applied", False):
             raise ValueError("estimator='dreg' was already applied to this latent; draw a new one")
     V.finite("log_lik", log_lik)
-    out = resolve(None, log_lik.device).elbo(log_lik, latent, kl, estimator, beta)
+    if backend is None:
+        backend = getattr(latent, "backend", None)
+    out = resolve(backend, log_lik.device).elbo(log_lik, latent, kl, estimator, beta)
     if hooks_z:
         latent.dreg_applied = True
     return out

@@ -75,17 +75,30 @@ class ELBO(torch.nn.Module):
                 f"estimator={self.estimator!r}, beta={self.beta}, free_bits={self.free_bits}, "
                 f"param={self.param!r}, stl={self.stl}, reduction={self.reduction!r}")
 
-    def forward(self, x, mu, scale, decoder) -> ELBOOutput:
+    def forward(self, x, mu, scale, decoder, *, generator=None) -> ELBOOutput:
+        """x, mu, scale and decoder as in the class docstring; generator: the torch.Generator the
+        noise is drawn from (default: the device's default generator)."""
         if not callable(decoder):
             raise TypeError(f"decoder must be callable (z -> likelihood parameters), got {type(decoder).__name__}")
+        V.tensor("mu", mu, min_dim=1)
+        event_dims = self._check_x(x, mu)
         context = use_backend(self.backend) if self.backend is not None else contextlib.nullcontext()
         with context:
-            return self._forward(x, mu, scale, decoder)
+            return self._forward(x, mu, scale, decoder, generator, event_dims)
 
-    def _forward(self, x, mu, scale, decoder) -> ELBOOutput:
-        latent = gaussian_latent(mu, scale, param=self.param, stl=self.stl,
+    def _check_x(self, x, mu) -> int:
+        """x's event dims, after checking that x starts with mu's batch dims (before the decoder runs)."""
+        dtypes = V.INDEX_DTYPES if self.likelihood == "categorical" else V.DATA_DTYPES
+        V.tensor("x", x, dtypes)
+        batch = mu.shape[:-1]
+        if x.dim() < len(batch) or x.shape[: len(batch)] != batch:
+            raise ValueError(f"x must start with mu's batch dims {tuple(batch)}; got shape {tuple(x.shape)}")
+        return x.dim() - len(batch)
+
+    def _forward(self, x, mu, scale, decoder, generator, event_dims) -> ELBOOutput:
+        latent = gaussian_latent(mu, scale, param=self.param, stl=self.stl, generator=generator,
                                  n_samples=self.n_samples if self.n_samples > 1 else None)
-        log_lik = self._log_lik(decoder(latent.z), x, mu)
+        log_lik = self._log_lik(decoder(latent.z), x, event_dims)
         value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)
         samples = latent.z.dim() - mu.dim()
         if self.kl == "analytic":
@@ -103,10 +116,7 @@ class ELBO(torch.nn.Module):
             loss = -reduce(value, self.reduction)
         return ELBOOutput(loss, value, log_lik, kl, latent.z)
 
-    def _log_lik(self, params, x, mu):
-        event_dims = x.dim() - (mu.dim() - 1) if isinstance(x, torch.Tensor) else 0
-        if event_dims < 0:
-            raise ValueError(f"x must start with mu's batch dims {tuple(mu.shape[:-1])}; got shape {tuple(x.shape)}")
+    def _log_lik(self, params, x, event_dims):
         if self.likelihood == "gaussian":
             mean, logvar = params if isinstance(params, (tuple, list)) else (params, 0.0)
             return gaussian_log_prob(mean, x, logvar=logvar, event_dims=event_dims)

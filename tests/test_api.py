@@ -221,6 +221,54 @@ def test_classic_helpers_match_the_classic_code(seed):
     assert fe.vae_loss(recon_logits, x, mu, logvar, reduction="none").shape == (8,)
 
 
+def test_reparameterize_and_the_module_take_a_generator_and_explicit_noise(seed):
+    g = generator(seed, "cpu")
+    mu, logvar = randn(g, 8, 4), rand(g, 8, 4, low=-2, high=1)
+    z1 = fe.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(seed))
+    z2 = fe.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(seed))
+    z3 = fe.reparameterize(mu, logvar, generator=torch.Generator().manual_seed(seed + 1))
+    assert torch.equal(z1, z2) and not torch.equal(z1, z3)
+    eps = randn(g, 8, 4)
+    torch.testing.assert_close(fe.reparameterize(mu, logvar, eps=eps), mu + torch.exp(0.5 * logvar) * eps)
+    x, w = (rand(g, 8, 5) < 0.5).double(), randn(g, 4, 5)
+    runs = [fe.ELBO(n_samples=2)(x, mu, logvar, lambda z: z @ w, generator=torch.Generator().manual_seed(s))
+            for s in (seed, seed, seed + 1)]
+    assert torch.equal(runs[0].z, runs[1].z) and not torch.equal(runs[0].z, runs[2].z)
+    assert torch.equal(runs[0].loss, runs[1].loss)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_elbo_runs_on_the_latents_backend_or_its_own(backend, seed, monkeypatch):
+    """fe.elbo runs on its backend= argument, else on the backend that made the latent, never on
+    the current default (a reference latent no longer goes through the cpu estimator op)."""
+    from fastelbo import _backend
+
+    g = generator(seed)
+    mu, s = randn(g, 3, 2), rand(g, 3, 2, low=-1, high=1)
+    for name in BACKENDS:  # every backend's module loaded
+        fe.gaussian_kl(mu, s, backend=name)
+    lat = fe.gaussian_latent(mu, s, n_samples=2, backend=backend)
+    ran = []
+    for name, module in list(vars(_backend.LOADED).items()):
+        if name.startswith("__"):
+            continue
+        real = module.elbo
+        monkeypatch.setattr(module, "elbo", lambda *a, _real=real, _name=name: ran.append(_name) or _real(*a))
+    log_lik = torch.zeros(2, 3, dtype=lat.log_q.dtype, device=DEVICE)
+    others = [name for name in BACKENDS if name != backend]
+    with fe.use_backend(others[0] if others else backend):
+        fe.elbo(log_lik, lat)
+        fe.elbo(log_lik, lat, backend="reference")
+    assert ran == [backend, "reference"]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fe.elbo(log_lik, lat, backend="gpu")
+
+
+def test_vae_loss_says_logits_in_its_first_sentence():
+    first_sentence = fe.vae_loss.__doc__.split(".")[0]
+    assert "logits, not probabilities" in first_sentence
+
+
 def test_empty_batch():
     lat = fe.gaussian_latent(torch.zeros(0, 4), torch.zeros(0, 4), n_samples=2)
     assert lat.z.shape == (2, 0, 4) and lat.kl.shape == (0,)

@@ -32,7 +32,7 @@ def test_harness_catches_a_wrong_formula(monkeypatch, seed):
         setattr(wrong, name, getattr(ops, name))
     wrong.bernoulli = lambda logits, x, event_dims: (x * logits - logits.clamp(min=0)).sum(-1).float()
     monkeypatch.setitem(registry._MODULES, "cpu", "wrong_backend")
-    monkeypatch.setattr(registry, "_LOADED", {})
+    monkeypatch.setattr(registry, "LOADED", types.ModuleType("empty"))
     monkeypatch.setattr(registry, "_cpp_reason", lambda name: None if name == "cpu" else "not here")
     monkeypatch.setitem(__import__("sys").modules, "wrong_backend", wrong)
     case = next(c for c in CASES if c.name == "bernoulli_log_prob")

@@ -75,6 +75,32 @@ def test_compile_fullgraph_forward_and_backward(backend, estimator, seed):
         torch.testing.assert_close(a, b)
 
 
+def test_compile_loads_two_backends_inside_one_trace(backend, seed, monkeypatch):
+    """A compiled region whose calls load their backends for the first time (a reference latent,
+    a fused likelihood and estimator) traces without a break: each backend is imported when first
+    asked for, and the trace sees it."""
+    import types
+
+    from fastelbo import _backend
+
+    monkeypatch.setattr(_backend, "LOADED", types.ModuleType("nothing_loaded"))
+    torch._dynamo.reset()
+    g = generator(seed)
+    x = (rand(g, 4, 6, dtype=torch.float32) < 0.5).float()
+    mu, s, eps = randn(g, 4, 3, dtype=torch.float32), randn(g, 4, 3, dtype=torch.float32), randn(g, 4, 3,
+                                                                                                    dtype=torch.float32)
+
+    def step(mu, s, w):
+        lat = fe.gaussian_latent(mu, s, eps=eps, backend="reference")
+        log_lik = fe.bernoulli_log_prob(lat.z @ w, x, backend=backend)
+        return fe.elbo(log_lik, lat, backend=backend).sum()
+
+    w = randn(g, 3, 6, dtype=torch.float32)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
+    torch.testing.assert_close(compiled(mu, s, w), step(mu, s, w))
+    assert {"reference", backend} <= set(vars(_backend.LOADED))
+
+
 # ---- noise ----
 
 def test_forward_eps_equals_backward_eps(backend, seed):

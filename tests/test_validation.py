@@ -98,6 +98,23 @@ def test_module_forward_errors():
         loss(x, mu, s, lambda z: (z, z))
     with pytest.raises(ValueError, match="x must start with mu's batch dims"):
         fe.ELBO()(torch.zeros(5), torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), lambda z: z)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "categorical"])
+def test_module_checks_x_before_the_decoder_runs(likelihood):
+    """A batch mismatch of x is found before the decoder runs, and the message names x."""
+    calls = []
+
+    def decoder(z):
+        calls.append(z)
+        return z
+
+    bad_x = torch.zeros(3, 5, dtype=torch.long if likelihood == "categorical" else torch.float32)
+    with pytest.raises(ValueError, match=r"^x must start with mu's batch dims \(4,\); got shape \(3, 5\)"):
+        fe.ELBO(likelihood)(bad_x, torch.zeros(4, 2), torch.zeros(4, 2), decoder)
+    with pytest.raises(TypeError, match="^x must be"):
+        fe.ELBO(likelihood)(bad_x.tolist(), torch.zeros(4, 2), torch.zeros(4, 2), decoder)
+    assert calls == []
     with pytest.raises(ValueError, match="recon_logits must start with mu's batch dims"):
         fe.vae_loss(torch.zeros(4, 5), torch.zeros(4, 5), mu, s)
 

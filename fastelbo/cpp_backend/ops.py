@@ -42,23 +42,28 @@ def _gaussian_backward_fake(grad_out, buffer, logvar, logvar_value, event_dims, 
 
 def _gaussian_setup_context(ctx, inputs, output):
     mean, x, logvar, logvar_value, event_dims, need_grad = inputs
-    rules.no_grad_buffers(ctx, output[1])
+    ctx.set_materialize_grads(False)
     ctx.options = (logvar_value, event_dims)
-    ctx.meta = (mean.dtype, x.shape, x.dtype)
+    ctx.meta = rules.gaussian_meta(mean, x, logvar)
     ctx.save_for_backward(output[1], logvar)
 
 
-def _gaussian_backward(ctx, grad_out, _):
+def _gaussian_backward(ctx, grad_out, grad_buffer):
     buffer, logvar = ctx.saved_tensors
+    logvar_value, event_dims = ctx.options
+    needs = ctx.needs_input_grad[:3]
+    if grad_buffer is not None or rules.differentiating():
+        grads = rules.gaussian_backward_differentiable(grad_out, grad_buffer, buffer, logvar, logvar_value,
+                                                       event_dims, needs, ctx.meta)
+        return (*grads, None, None, None)
     if grad_out is None:
         return None, None, None, None, None, None
-    logvar_value, event_dims = ctx.options
-    mean_dtype, x_shape, x_dtype = ctx.meta
-    need_logvar = logvar is not None and ctx.needs_input_grad[2]
+    mean_dtype, x_shape, x_dtype, _ = ctx.meta
+    need_logvar = logvar is not None and needs[2]
     scaled, grad_logvar = ops.gaussian_log_prob_backward(grad_out, buffer, logvar, logvar_value, event_dims,
                                                          need_logvar)
-    grad_mean = scaled.to(mean_dtype) if ctx.needs_input_grad[0] else None
-    grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype) if ctx.needs_input_grad[1] else None  # d/dx = -d/dm
+    grad_mean = scaled.to(mean_dtype) if needs[0] else None
+    grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype) if needs[1] else None  # d/dx = -d/dm
     return grad_mean, grad_x, grad_logvar if need_logvar else None, None, None, None
 
 

@@ -40,7 +40,7 @@ bernoulli_log_prob = _pinned(_functional.bernoulli_log_prob)
 gaussian_log_prob = _pinned(_functional.gaussian_log_prob)
 continuous_bernoulli_log_prob = _pinned(_functional.continuous_bernoulli_log_prob)
 categorical_log_prob = _pinned(_functional.categorical_log_prob)
-elbo = _in_reference(_functional.elbo)
+elbo = _pinned(_functional.elbo)
 reparameterize = _in_reference(_classic.reparameterize)
 vae_loss = _in_reference(_classic.vae_loss)
 

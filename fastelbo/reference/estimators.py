@@ -28,8 +28,16 @@ def elbo(log_lik, latent, kl, estimator, beta):
     if estimator == "elbo":
         return (log_lik + beta * (log_p - log_q)).mean(0)
     if estimator == "iwae":
-        return torch.logsumexp(log_lik + log_p - log_q, dim=0) - math.log(log_lik.shape[0])
+        return iwae(log_lik, log_q, log_p)
     return _dreg(log_lik, latent, has_samples, dtype)
+
+
+def iwae(log_lik, log_q, log_p):
+    """logsumexp_k log w_k - log K over the leading sample dim, log w = log_lik + log_p - log_q
+    (in their promoted dtype)."""
+    dtype = torch.promote_types(log_lik.dtype, log_q.dtype)
+    log_w = log_lik.to(dtype) + log_p.to(dtype) - log_q.to(dtype)
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
 def _dreg(log_lik, latent, has_samples, dtype):

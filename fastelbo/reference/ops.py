@@ -6,4 +6,6 @@ from .estimators import elbo
 from .latent import kl, latent
 from .likelihoods import bernoulli, categorical, continuous_bernoulli, gaussian
 
+NAME = "reference"
+
 __all__ = ["latent", "kl", "bernoulli", "gaussian", "continuous_bernoulli", "categorical", "elbo"]

@@ -105,26 +105,33 @@ def _(mean, x, logvar, logvar_value, event_dims, need_grad):
 
 def _gaussian_setup_context(ctx, inputs, output):
     mean, x, logvar, logvar_value, event_dims, need_grad = inputs
-    rules.no_grad_buffers(ctx, output[1], output[2])
-    ctx.event_dims = event_dims
-    ctx.meta = (mean.dtype, x.shape, x.dtype, None if logvar is None else (logvar.shape, logvar.dtype))
-    ctx.save_for_backward(output[1], output[2])
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(output[2])  # the per-element logvar gradient: derived from b when differentiated
+    ctx.options = (logvar_value, event_dims)
+    ctx.meta = rules.gaussian_meta(mean, x, logvar)
+    ctx.save_for_backward(output[1], output[2], logvar)
 
 
-def _gaussian_backward(ctx, grad_out, _, __):
-    grad_mean_buffer, grad_logvar_buffer = ctx.saved_tensors
+def _gaussian_backward(ctx, grad_out, grad_buffer, _):
+    grad_mean_buffer, grad_logvar_buffer, logvar = ctx.saved_tensors
+    logvar_value, event_dims = ctx.options
+    needs = ctx.needs_input_grad[:3]
+    if grad_buffer is not None or rules.differentiating():
+        grads = rules.gaussian_backward_differentiable(grad_out, grad_buffer, grad_mean_buffer, logvar, logvar_value,
+                                                       event_dims, needs, ctx.meta)
+        return (*grads, None, None, None)
     if grad_out is None:
         return None, None, None, None, None, None
     mean_dtype, x_shape, x_dtype, logvar_meta = ctx.meta
     grad_mean = grad_x = grad_logvar = None
-    scaled = rules.scale_buffer(grad_mean_buffer, grad_out, ctx.event_dims)
-    if ctx.needs_input_grad[0]:
+    scaled = rules.scale_buffer(grad_mean_buffer, grad_out, event_dims)
+    if needs[0]:
         grad_mean = scaled.to(mean_dtype)
-    if ctx.needs_input_grad[1]:  # d/dx = -d/dm
+    if needs[1]:  # d/dx = -d/dm
         grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype)
-    if ctx.needs_input_grad[2] and logvar_meta is not None:
+    if needs[2] and logvar_meta is not None:
         shape, dtype = logvar_meta
-        grad_logvar = rules.scale_buffer(grad_logvar_buffer, grad_out, ctx.event_dims).sum_to_size(shape).to(dtype)
+        grad_logvar = rules.scale_buffer(grad_logvar_buffer, grad_out, event_dims).sum_to_size(shape).to(dtype)
     return grad_mean, grad_x, grad_logvar, None, None, None
 
 

@@ -18,6 +18,8 @@ from .latent import kl_op, latent_op
 from .likelihoods import binary_op, categorical_op, gaussian_op
 from .rng import normal_noise_op
 
+NAME = "triton"
+
 __all__ = ["latent", "kl", "bernoulli", "gaussian", "continuous_bernoulli", "categorical", "elbo"]
 
 PARAM_CODES = {"logvar": 0, "log_std": 1, "softplus": 2}
