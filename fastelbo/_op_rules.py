@@ -30,6 +30,12 @@ mechanisms give exact second derivatives:
   the reference implementation under autograd (`reference_vjp`): their inputs are small (the
   posterior's parameters, per-sample log-weights) or, for the continuous Bernoulli, its logits
   are kept for this.
+
+The Triton ops use the ctx-based `*_backward` / `*_autograd` rules below as their Python autograd.
+The C++ ops have their autograd in C++ (csrc/binding/autograd.cpp); their second-order backward
+calls the composite ops `fastelbo::*_backward_differentiable` (fastelbo/cpp_backend/ops.py), which
+are the ctx-free cores of the same rules (`latent_reference_grads`, `kl_reference_grads`,
+`binary_grads`, `gaussian_backward_differentiable`, `categorical_grads`, `iwae_reference_grads`).
 """
 from __future__ import annotations
 
@@ -39,9 +45,9 @@ import math
 import torch
 
 from ._validate import compute_dtype
-from .reference import estimators as reference_estimators
-from .reference import latent as reference_latent
-from .reference import likelihoods as reference_likelihoods
+from .reference_backend import estimators as reference_estimators
+from .reference_backend import latent as reference_latent
+from .reference_backend import likelihoods as reference_likelihoods
 
 PARAM_NAMES = ("logvar", "log_std", "softplus")
 
@@ -111,10 +117,9 @@ def latent_autograd(backward_op):
     def backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl):
         mu, scale, prior_mu, prior_scale, eps, seed = ctx.saved_tensors
         if differentiating():
-            grads = reference_vjp(functools.partial(_reference_latent, *ctx.options),
-                                  (mu, scale, prior_mu, prior_scale, eps, seed), ctx.needs_input_grad[:4] + (False,) * 2,
-                                  (grad_z, grad_log_q, grad_log_p, grad_kl))
-            return (*grads[:4], None, None, None, None, None)
+            grads = latent_reference_grads(*ctx.options, mu, scale, prior_mu, prior_scale, eps, seed,
+                                           ctx.needs_input_grad[:4], (grad_z, grad_log_q, grad_log_p, grad_kl))
+            return (*grads, None, None, None, None, None)
         grads = backward_op(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed,
                             *ctx.options)
         has_prior = prior_mu is not None
@@ -122,6 +127,13 @@ def latent_autograd(backward_op):
                 None, None, None, None, None)
 
     return backward, setup_context
+
+
+def latent_reference_grads(param, n_samples, stl, mu, scale, prior_mu, prior_scale, eps, seed, needs, grads):
+    """The latent's gradients (mu, scale, prior_mu, prior_scale) for the gradients `grads` of its four
+    outputs, recomputed by the reference under autograd (differentiable; None where not `needs`)."""
+    return reference_vjp(functools.partial(_reference_latent, param, n_samples, stl),
+                         (mu, scale, prior_mu, prior_scale, eps, seed), tuple(needs[:4]) + (False,) * 2, grads)[:4]
 
 
 def _prior(prior_mu, prior_scale):
@@ -156,18 +168,22 @@ def kl_autograd(backward_op):
     def backward(ctx, grad):
         mu, scale, prior_mu, prior_scale = ctx.saved_tensors
         if differentiating():
-            param, per_dim = ctx.options
-
-            def forward(mu, scale, prior_mu, prior_scale):
-                return (reference_latent.kl(mu, scale, PARAM_NAMES[param], _prior(prior_mu, prior_scale), per_dim),)
-
-            return (*reference_vjp(forward, (mu, scale, prior_mu, prior_scale), ctx.needs_input_grad[:4], (grad,)),
+            return (*kl_reference_grads(*ctx.options, mu, scale, prior_mu, prior_scale, ctx.needs_input_grad[:4], grad),
                     None, None)
         grads = backward_op(grad, mu, scale, prior_mu, prior_scale, *ctx.options)
         has_prior = prior_mu is not None
         return grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None, None, None
 
     return backward, setup_context
+
+
+def kl_reference_grads(param, per_dim, mu, scale, prior_mu, prior_scale, needs, grad):
+    """The KL's gradients (mu, scale, prior_mu, prior_scale), recomputed by the reference under
+    autograd (differentiable; None where not `needs`)."""
+    def forward(mu, scale, prior_mu, prior_scale):
+        return (reference_latent.kl(mu, scale, PARAM_NAMES[param], _prior(prior_mu, prior_scale), per_dim),)
+
+    return reference_vjp(forward, (mu, scale, prior_mu, prior_scale), tuple(needs[:4]), (grad,))
 
 
 # ---- Bernoulli and continuous Bernoulli ----
@@ -199,7 +215,6 @@ def binary_setup_context(ctx, inputs, output):
     ctx.event_dims = event_dims
     ctx.continuous = continuous
     ctx.logits_dtype = logits.dtype
-    ctx.x_shape_dtype = (x.shape, x.dtype)
     if continuous:  # its second derivative is recomputed from the logits (see the module docstring)
         ctx.mark_non_differentiable(output[1])
     # d/dx of x l is l: keep the logits when a float x asks for its gradient (or for the above).
@@ -215,27 +230,33 @@ def bernoulli_buffer_vjp(buffer, x, u):
 
 def binary_backward(ctx, grad_out, grad_buffer):
     buffer, logits, x = ctx.saved_tensors
-    needs_logits, needs_x = ctx.needs_input_grad[:2]
-    x_shape, x_dtype = ctx.x_shape_dtype
-    if ctx.continuous and differentiating():
-        def forward(logits, x):
-            return (reference_likelihoods.continuous_bernoulli(logits, x, ctx.event_dims),)
+    grads = binary_grads(grad_out, grad_buffer, buffer, logits, x, ctx.event_dims, ctx.continuous, ctx.logits_dtype,
+                         ctx.needs_input_grad[:2])
+    return (*grads, None, None, None)
 
-        grads = reference_vjp(forward, (logits, x), (needs_logits, needs_x), (grad_out,))
-        return grads[0], grads[1], None, None, None
+
+def binary_grads(grad_out, grad_buffer, buffer, logits, x, event_dims, continuous, logits_dtype, needs):
+    """(grad_logits, grad_x) of a binary likelihood from the gradients of its (out, buffer); `logits`
+    is needed for grad_x and for the continuous Bernoulli's recorded backward."""
+    needs_logits, needs_x = needs[:2]
+    if continuous and differentiating():
+        def forward(logits, x):
+            return (reference_likelihoods.continuous_bernoulli(logits, x, event_dims),)
+
+        return tuple(reference_vjp(forward, (logits, x), (needs_logits, needs_x), (grad_out,)))
     grad_logits = grad_x = None
     if needs_logits:
         if grad_out is not None:
-            grad_logits = scale_buffer(buffer, grad_out, ctx.event_dims)
+            grad_logits = scale_buffer(buffer, grad_out, event_dims)
         if grad_buffer is not None:  # only when the backward itself is differentiated
             grad_logits = _add(grad_logits, bernoulli_buffer_vjp(buffer, x, grad_buffer))
-        grad_logits = None if grad_logits is None else grad_logits.to(ctx.logits_dtype)
+        grad_logits = None if grad_logits is None else grad_logits.to(logits_dtype)
     if needs_x:  # d out/dx = l, d b/dx = 1
         if grad_out is not None:
-            grad_x = scale_buffer(logits, grad_out, ctx.event_dims)
+            grad_x = scale_buffer(logits, grad_out, event_dims)
         grad_x = _add(grad_x, grad_buffer)
-        grad_x = None if grad_x is None else grad_x.sum_to_size(x_shape).to(x_dtype)
-    return grad_logits, grad_x, None, None, None
+        grad_x = None if grad_x is None else grad_x.sum_to_size(x.shape).to(x.dtype)
+    return grad_logits, grad_x
 
 
 # ---- Gaussian ----
@@ -296,12 +317,18 @@ def categorical_buffer_vjp(buffer, target, u):
 
 def categorical_backward(ctx, grad_out, grad_buffer):
     buffer, target = ctx.saved_tensors
+    return categorical_grads(grad_out, grad_buffer, buffer, target, ctx.event_dims, ctx.logits_dtype), None, None, None
+
+
+def categorical_grads(grad_out, grad_buffer, buffer, target, event_dims, logits_dtype):
+    """grad_logits of the categorical likelihood from the gradients of its (out, buffer);
+    `event_dims` counts the class dim."""
     grad_logits = None
     if grad_out is not None:
-        grad_logits = scale_buffer(buffer, grad_out, ctx.event_dims)
+        grad_logits = scale_buffer(buffer, grad_out, event_dims)
     if grad_buffer is not None:  # only when the backward itself is differentiated
         grad_logits = _add(grad_logits, categorical_buffer_vjp(buffer, target, grad_buffer))
-    return None if grad_logits is None else grad_logits.to(ctx.logits_dtype), None, None, None
+    return None if grad_logits is None else grad_logits.to(logits_dtype)
 
 
 # ---- estimator combine ----
@@ -337,9 +364,7 @@ def estimate_backward(ctx, grad, _):
     ll_dtype, lq_dtype, lp_dtype, kl_dtype = ctx.dtypes
     if mode == 2:
         if differentiating():
-            grads = reference_vjp(lambda *t: (reference_estimators.iwae(*t),), tuple(log_weights),
-                                  ctx.needs_input_grad[:3], (grad,))
-            return (*grads, None, None, None)
+            return (*iwae_reference_grads(grad, *log_weights, ctx.needs_input_grad[:3]), None, None, None)
         per_sample = grad.unsqueeze(0) * weights
         return per_sample.to(ll_dtype), (-per_sample).to(lq_dtype), per_sample.to(lp_dtype), None, None, None
     shape = (k, *grad.shape)
@@ -348,3 +373,10 @@ def estimate_backward(ctx, grad, _):
         return mean_grad.to(ll_dtype), None, None, (-beta * grad).to(kl_dtype), None, None
     return (mean_grad.to(ll_dtype), (-beta * mean_grad).to(lq_dtype), (beta * mean_grad).to(lp_dtype),
             None, None, None)
+
+
+def iwae_reference_grads(grad, log_lik, log_q, log_p, needs):
+    """The IWAE combine's gradients (log_lik, log_q, log_p), recomputed by the reference under
+    autograd (differentiable; None where not `needs`)."""
+    return reference_vjp(lambda *t: (reference_estimators.iwae(*t),), (log_lik, log_q, log_p), tuple(needs[:3]),
+                         (grad,))

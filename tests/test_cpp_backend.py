@@ -1,8 +1,11 @@
 """What the C++ backends promise beyond matching the reference (tests/test_backends_vs_reference.py)
 and the promises of every fused backend (tests/test_fused_backends.py): opcheck of every operator,
+their autograd in C++ (a first-order backward runs no Python),
 the noise of the torch-free core equal to fastelbo.rng (words bit for bit, normals to rounding) and
 to the Triton kernels', results independent of the thread count, bitwise reproducible, and a
 clear fallback when the library cannot be built. Runs against "cpu" (and "cuda" where a GPU is)."""
+import os
+import sys
 import types
 
 import pytest
@@ -48,6 +51,7 @@ def _opcheck_cases(seed):
         (ops.kl, (rg(mu), rg(s), None, None, 2, False)),
         (ops.binary_log_prob, (rg(logits), x, 1, False, True)),
         (ops.binary_log_prob, (rg(logits), x.bool(), 2, True, True)),
+        (ops.binary_log_prob, (logits, rg(x), 1, False, False)),  # only x's gradient: no buffer
         (ops.gaussian_log_prob, (rg(logits), x, rg(logvar), 0.0, 1, True)),
         (ops.gaussian_log_prob, (rg(logits), rg(x), None, -0.3, 1, True)),
         (ops.gaussian_log_prob_backward, (randn(g, 2, 3, **f32), buffer, logvar, 0.0, 1, True)),
@@ -55,14 +59,117 @@ def _opcheck_cases(seed):
         (ops.estimate, (rg(ll), rg(lq), rg(lp), rg(kl[0]), 0, 0.7)),
         (ops.estimate, (rg(ll), lq, lp, rg(kl[0]), 1, 1.0)),
         (ops.estimate, (rg(ll), rg(lq), rg(lp), kl[0], 2, 1.0)),
+        (ops.estimate, (ll, rg(lq), lp, rg(kl[0]), 1, 0.5)),
         (ops.normal_noise, (seed_t, 2, 3, 5, False)),
     ]
 
 
-@pytest.mark.parametrize("index", range(15))
+@pytest.mark.parametrize("index", range(17))
 def test_opcheck(index, seed):
     op, args = _opcheck_cases(seed)[index]
     torch.library.opcheck(op, args)
+
+
+def _python_files_called(fn) -> set:
+    """The files of the Python functions that fn() calls (sys.setprofile "call" events)."""
+    files = set()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            files.add(os.path.normpath(frame.f_code.co_filename))
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return files
+
+
+def _every_op(seed):
+    """(leaves, step): step() runs every differentiable op, every input asking for its gradient, and
+    backward through them."""
+    ops = _ops()
+    g = generator(seed)
+    f32 = dict(dtype=torch.float32)
+    mu, s = _leaf(randn(g, 3, 5, **f32)), _leaf(rand(g, 3, 5, low=-1, high=1, **f32))
+    pm, ps = _leaf(randn(g, 5, **f32)), _leaf(rand(g, 3, 5, low=-1, high=1, **f32))
+    logits, x = _leaf(randn(g, 3, 7, **f32)), _leaf(rand(g, 3, 7, **f32))
+    mean, logvar = _leaf(randn(g, 2, 3, 7, **f32)), _leaf(rand(g, 7, low=-1, high=1, **f32))
+    cat_logits, target = _leaf(randn(g, 3, 7, **f32)), torch.randint(0, 7, (3,), generator=g, device=g.device)
+    seed_t = rng.draw_seed(mu.device, g)
+    leaves = [mu, s, pm, ps, logits, x, mean, logvar, cat_logits]
+
+    def step():
+        z, log_q, log_p, kl = ops.latent(mu, s, pm, ps, None, seed_t, 0, 2, False)
+        per_dim = ops.kl(mu, s, None, None, 2, True)
+        ll, _ = ops.binary_log_prob(z.mean(-1, keepdim=True) + logits, x, 1, False, True)
+        cb, _ = ops.binary_log_prob(logits, x, 1, True, True)
+        gl, _ = ops.gaussian_log_prob(mean, x, logvar, 0.0, 1, True)
+        cl, _ = ops.categorical_log_prob(cat_logits, target, 0, True)
+        # (An input given no gradient by one op and a gradient by another, as the analytic elbo's log_q,
+        # breaks compiled autograd's sum of the two: a PyTorch limitation, with Python autograd too.)
+        terms = [ops.estimate(ll + gl, log_q, log_p, kl.detach(), mode, 0.5)[0] for mode in (0, 2)]
+        terms.append(ops.estimate(ll + gl, log_q.detach(), log_p.detach(), kl, 1, 0.5)[0])
+        (sum(t.sum() for t in terms) + per_dim.sum() + cb.sum() + cl.sum()).backward()
+
+    return leaves, step
+
+
+def test_first_order_autograd_runs_no_python(seed):
+    """The ops' autograd is C++ at the Autograd key (csrc/binding/autograd.cpp): forward and backward
+    through every differentiable op call no Python of fastelbo nor of torch.library's Python
+    autograd; and every gradient arrives."""
+    leaves, step = _every_op(seed)
+    step()  # warm-up: first calls may import or look things up
+    for t in leaves:
+        t.grad = None
+    called = _python_files_called(step)
+    assert all(t.grad is not None for t in leaves)
+    package = os.path.dirname(os.path.abspath(fe.__file__)) + os.sep
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    python_autograd = [os.path.join(torch_dir, "_library"), os.path.join(torch_dir, "autograd", "function.py")]
+    assert not [f for f in called if f.startswith(package) or any(f.startswith(p) for p in python_autograd)]
+
+
+def test_compiled_autograd_gives_the_same_gradients(seed):
+    """torch._dynamo.compiled_autograd traces the C++ autograd nodes (none marks an output
+    non-differentiable: compiled autograd asserts on that for C++ Functions)."""
+    from torch._dynamo import compiled_autograd
+
+    leaves, step = _every_op(seed)
+    step()
+    eager = [t.grad for t in leaves]
+    for t in leaves:
+        t.grad = None
+    torch._dynamo.reset()
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        step()
+    for a, t in zip(eager, leaves):
+        torch.testing.assert_close(t.grad, a)
+
+
+@pytest.mark.parametrize("name", ["latent_backward", "kl_backward", "gaussian_log_prob_backward"])
+def test_backward_kernels_are_an_error_to_differentiate(name, seed):
+    """The backward kernels have an Autograd kernel (so PyTorch's fallback never warns): they run
+    below autograd, and recording a graph through them is a clear error."""
+    ops = _ops()
+    g = generator(seed)
+    mu, s, eps = randn(g, 3, 5), rand(g, 3, 5, low=-1, high=1), randn(g, 1, 3, 5)
+    call = {
+        "latent_backward": lambda mu: ops.latent_backward(None, None, None, torch.ones_like(mu[:, 0]), mu, s, None,
+                                                          None, eps, None, 0, 1, False),
+        "kl_backward": lambda mu: ops.kl_backward(torch.ones_like(mu[:, 0]), mu, s, None, None, 0, False),
+        "gaussian_log_prob_backward": lambda mu: ops.gaussian_log_prob_backward(
+            torch.ones_like(mu[:, 0]), mu, s, 0.0, 1, True),
+    }[name]
+    first = call(mu)  # nothing asks for a gradient: the kernel
+    with torch.no_grad():
+        second = call(_leaf(mu))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b) and not b.requires_grad
+    with pytest.raises(RuntimeError, match=f"fastelbo::{name} has no derivative"):
+        call(_leaf(mu))
 
 
 def test_philox_words_match_bit_for_bit(seed):
@@ -182,6 +289,7 @@ def test_a_failed_build_falls_back_to_the_reference(monkeypatch):
     reason = "build failed (RuntimeError: no compiler)"
     monkeypatch.setattr(_backend, "_cpp_reason", lambda name: reason)
     monkeypatch.setattr(_backend, "LOADED", types.ModuleType("empty"))
+    monkeypatch.setattr(_backend, "_RESOLVED", {})
     assert fe.backends()["cpu"] == reason
     assert _backend._resolve_choice("auto", "cpu") == "reference"
     with pytest.raises(RuntimeError, match="'cpu' is unavailable: build failed"):

@@ -1,6 +1,8 @@
 // The operator schemas of the C++ backends ("cpu" and "cuda"): one definition, a CPU kernel for
-// each (csrc/cpu/register.cpp) and a CUDA kernel for each (csrc/cuda/register.cu). The Python side
-// (fastelbo/cpp_backend/ops.py) adds register_fake and register_autograd.
+// each (csrc/cpu/register.cpp) and a CUDA kernel for each (csrc/cuda/register.cu), and the autograd
+// of each at the Autograd key (csrc/binding/autograd.cpp: device-independent, so the CUDA library
+// shares it). The Python side (fastelbo/cpp_backend/ops.py) adds register_fake, and the
+// implementations of the *_backward_differentiable ops below.
 //
 // Conventions (as the Triton ops, fastelbo/triton_backend/):
 //   param: 0 logvar, 1 log_std, 2 softplus.  The seed is the int64 0-dim device tensor of
@@ -21,6 +23,21 @@
 // categorical_log_prob: (out (*batch), grad_logits buffer or empty)
 // estimate:          (value (*batch), weights w~ (K, *batch) for mode 2, else empty)
 // normal_noise:      eps (K, R, D) in float32 or float64;  philox_words: (4, n) int64 words
+//
+// The *_backward_differentiable ops are the second-order path of the autograd (autograd.cpp): its
+// backward calls them instead of the kernels when the backward itself is recorded
+// (create_graph=True: grad mode is on inside it) or a gradient buffer has a gradient of its own.
+// They are CompositeImplicitAutograd, implemented in Python (fastelbo/cpp_backend/ops.py) by the
+// rules of fastelbo/_op_rules.py in torch ops, so autograd records them and higher derivatives
+// are exact. Each returns the gradients of the op's differentiable inputs, an undefined tensor
+// (None) for those not in `needs` or without a gradient:
+//   latent_backward_differentiable:   (mu, scale, prior_mu, prior_scale), by the reference (recomputed)
+//   kl_backward_differentiable:       (mu, scale, prior_mu, prior_scale), by the reference
+//   binary_log_prob_backward_differentiable: (logits, x): g b + (d b/d l) u in b itself (Bernoulli),
+//                                     the reference from the kept logits (continuous Bernoulli)
+//   gaussian_log_prob_backward_differentiable: (mean, x, logvar) in torch ops on b
+//   categorical_log_prob_backward_differentiable: logits: g b + the softmax Jacobian in b
+//   estimate_backward_differentiable: (log_lik, log_q, log_p) of the IWAE (mode 2), by the reference
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
@@ -48,4 +65,25 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def("estimate(Tensor log_lik, Tensor log_q, Tensor log_p, Tensor kl, int mode, float beta) -> (Tensor, Tensor)");
   m.def("normal_noise(Tensor seed, int n_samples, int n_rows, int dim, bool float64) -> Tensor");
   m.def("philox_words(Tensor counter, Tensor key) -> Tensor");
+
+  m.def(
+      "latent_backward_differentiable(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
+      "Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, int param, "
+      "int n_samples, bool stl, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "kl_backward_differentiable(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, "
+      "int param, bool per_dim, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "binary_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, Tensor? logits, "
+      "Tensor x, int event_dims, bool continuous, ScalarType logits_dtype, bool[2] needs) -> (Tensor, Tensor)");
+  m.def(
+      "gaussian_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
+      "Tensor? logvar, float logvar_value, int event_dims, ScalarType mean_dtype, SymInt[] x_shape, "
+      "ScalarType x_dtype, bool[3] needs) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "categorical_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
+      "Tensor target, int event_dims, ScalarType logits_dtype) -> Tensor");
+  m.def(
+      "estimate_backward_differentiable(Tensor grad, Tensor log_lik, Tensor log_q, Tensor log_p, bool[3] needs) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -176,13 +176,13 @@ def library_spec(kind: str, root: str | None = None) -> LibrarySpec:
     root = csrc_dir() if root is None else root
     if kind == "cpu":
         capability = cpu_capability()
-        sources = [os.path.join(root, "binding", "schema.cpp")] + sorted(glob.glob(os.path.join(root, "cpu", "*.cpp")))
+        sources = ([os.path.join(root, "binding", name) for name in ("schema.cpp", "autograd.cpp")]
+                   + sorted(glob.glob(os.path.join(root, "cpu", "*.cpp"))))
         flags = ["-O3", "-fopenmp"] + _CPU_FLAGS.get(capability, ["-DCPU_CAPABILITY=DEFAULT"])
         options = (("extra_cflags", tuple(flags)), ("extra_ldflags", ("-fopenmp",)))
         folders, prefix, what = ("core", "binding", "cpu"), f"fastelbo_cpu_{capability.lower()}", "C++ CPU backend"
     elif kind == "cuda":
-        sources = [s for s in sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
-                   if os.path.basename(s) != "compile_check.cu"]
+        sources = sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
         options = (("extra_cflags", ("-O3",)), ("extra_cuda_cflags", ("-O3",)))
         folders, prefix, what = ("core", "binding", "cuda"), "fastelbo_cuda", "CUDA backend"
     else:
