@@ -1,4 +1,4 @@
-"""`fastelbo bench`: the DESIGN.md §7 workloads (workloads.py) on every available fused backend
+"""`fastelbo bench`: the workloads of workloads.py on every available fused backend
 against eager PyTorch and torch.compile of that same code, in one run.
 
     fastelbo bench                                   # the default workloads for the device

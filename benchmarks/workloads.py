@@ -1,4 +1,4 @@
-"""The DESIGN.md §7 workloads: the ELBO pieces only (no encoder/decoder matmuls), fwd and fwd+bwd.
+"""The benchmark workloads: the ELBO pieces only (no encoder/decoder matmuls), fwd and fwd+bwd.
 
 Each workload draws mu, scale (B, D), the decoder's output (K, B, Dx) or (B, Dx), the data x
 (B, Dx), and, for the backward pass, the gradient the decoder would send back to z. One step is

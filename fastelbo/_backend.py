@@ -4,8 +4,8 @@ A call's backend is, in order: its ``backend=`` argument, the innermost ``use_ba
 the calling thread, the process-wide ``set_backend`` choice, else "auto". "auto" picks the fastest
 fused backend available for the tensors' device and falls back to "reference".
 
-Each backend is a module exposing its NAME and the same implementation functions (see
-``fastelbo/reference/ops.py``): they receive arguments already checked by ``fastelbo.functional``.
+Each backend is a module exposing the same implementation functions (see
+``fastelbo/reference_backend/ops.py``): they receive arguments already checked by ``fastelbo.functional``.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import os
 import threading
+import warnings
 from types import ModuleType
 
 import torch
@@ -35,11 +36,13 @@ def runs_on(name: str, device_type: str) -> bool:
 # Tried in this order by "auto" for each device type; "reference" closes every list.
 _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 
+# One module serves "cpu" and "cuda": the same C++ operators, which the dispatcher routes by the
+# tensors' device.
 _MODULES = {
-    "reference": "fastelbo.reference.ops",
-    "cpu": "fastelbo.cpp_backend.cpu",
+    "reference": "fastelbo.reference_backend.ops",
+    "cpu": "fastelbo.cpp_backend.backend",
     "triton": "fastelbo.triton_backend.ops",
-    "cuda": "fastelbo.cpp_backend.cuda",
+    "cuda": "fastelbo.cpp_backend.backend",
 }
 
 
@@ -131,11 +134,16 @@ def current_backend() -> str:
     return stack[-1] if stack else _global_choice
 
 
-# Imported implementation modules, one attribute per backend, filled by _load (outside any
-# torch.compile trace). A module object, not a dict: dynamo reads each attribute when the trace
-# first asks for it, where it would read a dict's keys once and miss a backend loaded later in
-# the same trace.
+# Imported implementation modules, one attribute per concrete backend name, filled by _resolve
+# (outside any torch.compile trace: it is a constant there). A module object, not a dict: dynamo
+# reads each attribute when the trace first asks for it, where it would read a dict's keys once
+# and miss a backend loaded later in the same trace.
 LOADED = ModuleType("fastelbo._backend.LOADED")
+
+# (choice, device type) -> concrete backend, filled on first use: availability does not change
+# within a process (a C++ build is tried once), so a call resolves with one dict lookup.
+_RESOLVED: dict[tuple[str, str], str] = {}
+_WARNED: set[str] = set()
 
 
 def resolve_name(backend: str | None, device: torch.device) -> str:
@@ -143,32 +151,55 @@ def resolve_name(backend: str | None, device: torch.device) -> str:
     return _resolve_choice(current_backend() if backend is None else backend, device.type)
 
 
+def _device_error(name: str, device_type: str) -> str | None:
+    """Why backend `name` cannot take tensors of `device_type`, or None."""
+    if name == "triton" and device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return ("backend 'triton' runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1); "
+                "got tensors on cpu")
+    if not runs_on(name, device_type):
+        return f"backend {name!r} runs on {_DEVICE_TYPE[name]} tensors; got tensors on {device_type}"
+    return None
+
+
 def _resolve_choice(name: str, device_type: str) -> str:
     name = _check_name(name, "backend")
     if name == "auto":
+        reasons = []
         for candidate in _AUTO_ORDER.get(device_type, ()):
-            if _unavailable_reason(candidate) is None:
+            reason = _unavailable_reason(candidate)
+            if reason is None:
                 return candidate
+            reasons.append(f"{candidate}: {reason}")
+        if reasons and device_type not in _WARNED:
+            _WARNED.add(device_type)
+            warnings.warn(f"fastelbo: backend 'auto' runs the reference path on {device_type} tensors, no fused "
+                          f"backend being available ({'; '.join(reasons)})", stacklevel=4)
         return "reference"
     _require_available(name)
+    error = _device_error(name, device_type)
+    if error is not None:
+        raise ValueError(error)
     return name
 
 
-def _load(name: str, device_type: str) -> str:
-    """The concrete backend of choice `name` ("auto" or a backend) for `device_type`, its module
-    imported into _LOADED on first use. Only that backend is made ready: a call on "reference"
+def _resolve(choice: str, device_type: str) -> str:
+    """The concrete backend of `choice` ("auto" or a backend name) for `device_type`, its module
+    imported into LOADED on first use. Only that backend is made ready: a call on "reference"
     never builds the C++ library."""
-    concrete = _resolve_choice(name, device_type)
-    if not hasattr(LOADED, concrete):
-        setattr(LOADED, concrete, importlib.import_module(_MODULES[concrete]))
+    concrete = _RESOLVED.get((choice, device_type)) if isinstance(choice, str) else None
+    if concrete is None:
+        concrete = _resolve_choice(choice, device_type)
+        if not hasattr(LOADED, concrete):
+            setattr(LOADED, concrete, importlib.import_module(_MODULES[concrete]))
+        _RESOLVED[(choice, device_type)] = concrete
     return concrete
 
 
-def _under_torch_func(choice: str) -> str:
+def _under_torch_func(choice) -> str:
     """The choice inside a torch.func transform (grad, vmap, jacrev, ...): the fused ops are
     torch.library custom ops, which PyTorch cannot transform, so "auto" means the reference there
     and an explicit fused backend is an error that says so."""
-    if choice == "auto" or choice == "reference":
+    if _check_name(choice, "backend") in ("auto", "reference"):
         return "reference"
     raise ValueError(
         f"backend={choice!r} cannot run inside torch.func transforms (grad, vmap, jacrev, ...): fastelbo's "
@@ -178,18 +209,20 @@ def _under_torch_func(choice: str) -> str:
     )
 
 
-def resolve(backend: str | None, device: torch.device) -> ModuleType:
-    """The implementation module for a call on tensors of ``device``. The choice (the thread's
-    use_backend stack included) is read here, so that torch.compile traces it; _load runs once
-    at trace time and its result is a constant of the graph."""
-    choice = current_backend() if backend is None else backend
+def resolve(backend: str | None, device: torch.device) -> str:
+    """The concrete backend for a call on tensors of ``device`` (its module: getattr(LOADED, name)).
+    The choice (the thread's use_backend stack included) is read here, so that torch.compile
+    traces it; _resolve runs once at trace time and its result is a constant of the graph."""
+    if backend is None:
+        stack = _state.__dict__.get("stack")
+        backend = stack[-1] if stack else _global_choice
     if torch._C._are_functorch_transforms_active():
-        choice = _under_torch_func(_check_name(choice, "backend"))
-    return getattr(LOADED, _load(choice, device.type))
+        backend = _under_torch_func(backend)
+    return _resolve(backend, device.type)
 
 
 # What torch.compiler.assume_constant_result does, without importing torch._dynamo (and with it
 # triton) whenever fastelbo is imported: inside a compiled region, backend resolution and
 # availability checks (imports, environment) run once at trace time and become constants.
-_load._dynamo_marked_constant = True
+_resolve._dynamo_marked_constant = True
 _unavailable_reason._dynamo_marked_constant = True

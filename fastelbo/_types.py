@@ -22,32 +22,28 @@ class Latent(NamedTuple):
 
 
 class DregTerms(NamedTuple):
-    """What estimator="dreg" needs beyond a Latent's public fields.
+    """What estimator="dreg" needs beyond a Latent's public fields (built by fe.elbo from the
+    latent's arguments, only for dreg).
 
-    log_q_grad_z(): d log q / d z = -(z - mu) / sigma^2 = -eps / sigma, detached, z's shape.
-    log_p_at(z):    log p at z, differentiable in z and the prior's parameters.
+    log_q_grad_z: d log q / d z = -(z - mu) / sigma^2 = -eps / sigma, detached, z's shape.
+    log_p_at(z):  log p at z, differentiable in z and the prior's parameters.
     """
 
-    log_q_grad_z: Callable[[], torch.Tensor]
+    log_q_grad_z: torch.Tensor
     log_p_at: Callable[[torch.Tensor], torch.Tensor]
 
 
 class TracedLatent(Latent):
     """The Latent that gaussian_latent returns: a plain Latent to its users (same fields, same
-    unpacking), carrying the DregTerms that fe.elbo(estimator="dreg") reads from `dreg_terms` and
-    the name of the backend that made it (fe.elbo runs there unless told otherwise)."""
+    unpacking), remembering the backend that made it (fe.elbo runs there unless told otherwise)
+    and its arguments (mu, scale, param, n_samples, prior, eps, seed), from which
+    fe.elbo(estimator="dreg") rebuilds what it needs."""
 
-    dreg_terms: Optional[DregTerms]
     backend: Optional[str] = None
+    inputs: Optional[tuple] = None
 
     def __repr__(self) -> str:
         return Latent.__repr__(self).replace(type(self).__name__, "Latent", 1)
-
-
-def traced_latent(z, log_q, log_p, kl, dreg_terms: DregTerms) -> TracedLatent:
-    latent = TracedLatent(z, log_q, log_p, kl)
-    latent.dreg_terms = dreg_terms
-    return latent
 
 
 class ELBOOutput(NamedTuple):

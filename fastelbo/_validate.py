@@ -17,19 +17,22 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 DATA_DTYPES = FLOAT_DTYPES + (torch.bool, torch.uint8)
 
-_validation = os.environ.get("FASTELBO_VALIDATE", "0").strip().lower() not in ("", "0", "false", "no")
+# Whether the value checks run (set_validation, FASTELBO_VALIDATE). Call sites read it before
+# calling a value check, so a call without validation pays no function call for them.
+active = os.environ.get("FASTELBO_VALIDATE", "0").strip().lower() not in ("", "0", "false", "no")
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn the value checks of DESIGN §5 on or off for the whole process."""
-    global _validation
+    """Turn the value checks (finite inputs, x in [0, 1], targets in range) on or off for the
+    whole process."""
+    global active
     if not isinstance(enabled, bool):
         raise TypeError(f"set_validation: enabled must be a bool, got {type(enabled).__name__}")
-    _validation = enabled
+    active = enabled
 
 
 def validation_enabled() -> bool:
-    return _validation
+    return active
 
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
@@ -59,7 +62,7 @@ def choice(name: str, value, choices: Sequence[str]) -> str:
 
 
 def integer(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -68,7 +71,8 @@ def integer(name: str, value, minimum: int) -> int:
 
 def real(name: str, value, minimum: float | None = None) -> float:
     """A Python number (not a tensor: reading one would sync the device)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and type(value) is not int and (
+            isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if value != value or value in (float("inf"), float("-inf")):
@@ -85,12 +89,15 @@ def flag(name: str, value) -> bool:
 
 
 def broadcasts_to(name: str, value: torch.Tensor, shape: torch.Size, target_name: str) -> None:
-    """``value`` must broadcast to ``shape`` without enlarging it."""
-    try:
-        out = torch.broadcast_shapes(value.shape, shape)
-    except RuntimeError:
-        out = None
-    if out != shape:
+    """``value`` must broadcast to ``shape`` without enlarging it (each of its trailing sizes 1 or
+    equal to shape's)."""
+    sizes = value.shape
+    fits = len(sizes) <= len(shape)
+    for i in range(1, len(sizes) + 1 if fits else 1):
+        if sizes[-i] != 1 and sizes[-i] != shape[-i]:
+            fits = False
+            break
+    if not fits:
         raise ValueError(
             f"{name} of shape {tuple(value.shape)} must broadcast to {target_name}'s shape {tuple(shape)}"
         )
@@ -105,18 +112,21 @@ def event_dims(value, limit: int, param_name: str) -> int:
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 if any floating input is float64, else float32 (half inputs compute in float32)."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
 
 
 # ---- value checks: only in validation mode ----
 
 def finite(name: str, value: torch.Tensor) -> None:
-    if _validation and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    if active and value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} has non-finite values (NaN or inf)")
 
 
 def unit_interval(name: str, value: torch.Tensor) -> None:
-    if _validation and value.dtype != torch.bool:
+    if active and value.dtype != torch.bool:
         bad = (value < 0) | (value > 1)
         if value.is_floating_point():
             bad = bad | ~torch.isfinite(value)
@@ -125,5 +135,5 @@ def unit_interval(name: str, value: torch.Tensor) -> None:
 
 
 def index_range(name: str, value: torch.Tensor, n_classes: int) -> None:
-    if _validation and value.numel() and bool(((value < 0) | (value >= n_classes)).any()):
+    if active and value.numel() and bool(((value < 0) | (value >= n_classes)).any()):
         raise ValueError(f"{name} must lie in [0, {n_classes}) (the number of classes)")

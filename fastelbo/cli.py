@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .benchmarks import run as bench_run
 
-    bench = sub.add_parser("bench", help="time the DESIGN.md workloads on every backend against eager and torch.compile",
+    bench = sub.add_parser("bench", help="time the benchmark workloads on every backend against eager and torch.compile",
                            description=bench_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_run.add_arguments(bench)
     bench.set_defaults(func=bench_run.main_from_args)

@@ -1,13 +1,10 @@
 """fe.ELBO: the whole VAE objective as a loss module."""
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from . import _validate as V
 from ._backend import CHOICES as BACKEND_CHOICES
-from ._backend import use_backend
 from ._types import ELBOOutput
 from .functional import (
     ESTIMATORS,
@@ -82,9 +79,7 @@ class ELBO(torch.nn.Module):
             raise TypeError(f"decoder must be callable (z -> likelihood parameters), got {type(decoder).__name__}")
         V.tensor("mu", mu, min_dim=1)
         event_dims = self._check_x(x, mu)
-        context = use_backend(self.backend) if self.backend is not None else contextlib.nullcontext()
-        with context:
-            return self._forward(x, mu, scale, decoder, generator, event_dims)
+        return self._forward(x, mu, scale, decoder, generator, event_dims)
 
     def _check_x(self, x, mu) -> int:
         """x's event dims, after checking that x starts with mu's batch dims (before the decoder runs)."""
@@ -97,9 +92,9 @@ class ELBO(torch.nn.Module):
 
     def _forward(self, x, mu, scale, decoder, generator, event_dims) -> ELBOOutput:
         latent = gaussian_latent(mu, scale, param=self.param, stl=self.stl, generator=generator,
-                                 n_samples=self.n_samples if self.n_samples > 1 else None)
+                                 n_samples=self.n_samples if self.n_samples > 1 else None, backend=self.backend)
         log_lik = self._log_lik(decoder(latent.z), x, event_dims)
-        value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)
+        value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)  # on the latent's backend
         samples = latent.z.dim() - mu.dim()
         if self.kl == "analytic":
             kl = latent.kl
@@ -107,7 +102,7 @@ class ELBO(torch.nn.Module):
             kl = (latent.log_q - latent.log_p).mean(0) if samples else latent.log_q - latent.log_p
         if self.free_bits > 0:
             mean_log_lik = log_lik.mean(0) if samples else log_lik
-            kl_per_dim = gaussian_kl(mu, scale, param=self.param, per_dim=True)
+            kl_per_dim = gaussian_kl(mu, scale, param=self.param, per_dim=True, backend=self.backend)
             kl_term = kl_per_dim.reshape(-1, mu.shape[-1]).mean(0).clamp(min=self.free_bits).sum()
             total = mean_log_lik.mean() if self.reduction == "mean" else mean_log_lik.sum()
             n_points = 1 if self.reduction == "mean" else mean_log_lik.numel()
@@ -119,11 +114,11 @@ class ELBO(torch.nn.Module):
     def _log_lik(self, params, x, event_dims):
         if self.likelihood == "gaussian":
             mean, logvar = params if isinstance(params, (tuple, list)) else (params, 0.0)
-            return gaussian_log_prob(mean, x, logvar=logvar, event_dims=event_dims)
+            return gaussian_log_prob(mean, x, logvar=logvar, event_dims=event_dims, backend=self.backend)
         if isinstance(params, (tuple, list)):
             raise TypeError(f"decoder must return a logits tensor for likelihood={self.likelihood!r}")
         if self.likelihood == "bernoulli":
-            return bernoulli_log_prob(params, x, event_dims=event_dims)
+            return bernoulli_log_prob(params, x, event_dims=event_dims, backend=self.backend)
         if self.likelihood == "continuous_bernoulli":
-            return continuous_bernoulli_log_prob(params, x, event_dims=event_dims)
-        return categorical_log_prob(params, x, event_dims=event_dims)
+            return continuous_bernoulli_log_prob(params, x, event_dims=event_dims, backend=self.backend)
+        return categorical_log_prob(params, x, event_dims=event_dims, backend=self.backend)

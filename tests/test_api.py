@@ -264,6 +264,24 @@ def test_elbo_runs_on_the_latents_backend_or_its_own(backend, seed, monkeypatch)
         fe.elbo(log_lik, lat, backend="gpu")
 
 
+def test_auto_says_once_when_it_falls_back_to_the_reference(monkeypatch, seed):
+    """"auto" with no fused backend available for the device warns once per process, with why."""
+    import warnings
+
+    from fastelbo import _backend
+
+    monkeypatch.setattr(_backend, "_unavailable_reason", lambda name: None if name == "reference" else "not built")
+    monkeypatch.setattr(_backend, "_RESOLVED", {})
+    monkeypatch.setattr(_backend, "_WARNED", set())
+    mu = randn(generator(seed), 3, 4)
+    with pytest.warns(UserWarning, match=r"'auto' runs the reference path on \w+ tensors.*not built"):
+        fe.gaussian_kl(mu, mu, backend="auto")
+    monkeypatch.setattr(_backend, "_RESOLVED", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fe.gaussian_kl(mu, mu, backend="auto")
+
+
 def test_vae_loss_says_logits_in_its_first_sentence():
     first_sentence = fe.vae_loss.__doc__.split(".")[0]
     assert "logits, not probabilities" in first_sentence

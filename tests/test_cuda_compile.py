@@ -1,9 +1,9 @@
-"""Compile checks of the "cuda" backend's sources with nvcc, on machines without a GPU (DESIGN §6).
+"""Compile checks of the "cuda" backend's sources with nvcc, on machines without a GPU.
 
-(a) csrc/cuda/compile_check.cu includes every csrc/cuda/kernels/*.cuh (torch-free device code)
+(a) tests/cpp/cuda_kernels_compile_check.cu includes every csrc/cuda/kernels/*.cuh (torch-free device code)
     and explicitly instantiates every kernel template for every storage / compute type the
     bindings dispatch to: `nvcc -std=c++17 -arch=sm_90 -c` must succeed (no torch needed).
-(b) Every ATen binding csrc/cuda/*.cu (except compile_check.cu) compiles with nvcc against torch's
+(b) Every ATen binding csrc/cuda/*.cu compiles with nvcc against torch's
     headers and the flags torch.utils.cpp_extension passes for CUDA sources, in parallel processes.
 
 Nothing is linked or run. Skipped where nvcc is not on PATH. A CPU-only torch wheel lacks the
@@ -23,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
+KERNELS_CHECK = ROOT / "tests" / "cpp" / "cuda_kernels_compile_check.cu"
 NVCC = shutil.which("nvcc")
 ARCH = "-arch=sm_90"
 
@@ -35,22 +36,22 @@ def _run(cmd: list[str]) -> tuple[int, str]:
 
 
 def _binding_sources() -> list[Path]:
-    files = sorted(p for p in CUDA_DIR.glob("*.cu") if p.name != "compile_check.cu")
+    files = sorted(CUDA_DIR.glob("*.cu"))
     # The largest translation unit first, so the parallel compiles finish together.
     return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
 
 
 def test_compile_check_lists_every_kernel_header():
-    text = (CUDA_DIR / "compile_check.cu").read_text()
+    text = KERNELS_CHECK.read_text()
     headers = sorted(p.name for p in (CUDA_DIR / "kernels").glob("*.cuh"))
     assert headers, "no kernel headers"
     missing = [h for h in headers if f'#include "kernels/{h}"' not in text]
-    assert not missing, f"compile_check.cu does not include {missing}"
+    assert not missing, f"{KERNELS_CHECK.name} does not include {missing}"
 
 
 def test_kernels_compile_with_nvcc():
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [NVCC, "-std=c++17", ARCH, "-c", str(CUDA_DIR / "compile_check.cu"), "-o", os.path.join(tmp, "k.o")]
+        cmd = [NVCC, "-std=c++17", ARCH, "-I", str(CUDA_DIR), "-c", str(KERNELS_CHECK), "-o", os.path.join(tmp, "k.o")]
         rc, out = _run(cmd)
         assert rc == 0, f"{' '.join(cmd)}\n{out[-8000:]}"
 

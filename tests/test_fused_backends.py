@@ -84,6 +84,7 @@ def test_compile_loads_two_backends_inside_one_trace(backend, seed, monkeypatch)
     from fastelbo import _backend
 
     monkeypatch.setattr(_backend, "LOADED", types.ModuleType("nothing_loaded"))
+    monkeypatch.setattr(_backend, "_RESOLVED", {})
     torch._dynamo.reset()
     g = generator(seed)
     x = (rand(g, 4, 6, dtype=torch.float32) < 0.5).float()

@@ -1,4 +1,4 @@
-"""64-bit indexing (DESIGN §4), proven two ways.
+"""64-bit indexing, proven two ways.
 
 Unit tests of the offset arithmetic, on sizes, strides and rows past 2^31 and 2^32 without
 allocating anything that large:

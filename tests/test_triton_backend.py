@@ -170,11 +170,16 @@ def test_expm1_over_the_whole_range(dtype):
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
-    from fastelbo.triton_backend._common import check_device
+    from fastelbo import _backend
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="runs on CUDA tensors"):
-        check_device(torch.zeros(2))
+    monkeypatch.setattr(_backend, "_RESOLVED", {})
+    monkeypatch.setattr(_backend, "_unavailable_reason", lambda name: None)  # as on a GPU machine
+    with pytest.raises(ValueError, match="backend 'triton' runs on CUDA tensors .* got tensors on cpu"):
+        fe.bernoulli_log_prob(torch.zeros(2, 3), torch.zeros(2, 3), backend="triton")
+    monkeypatch.undo()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(_backend, "_RESOLVED", {})
     if not torch.cuda.is_available():
         assert "needs a CUDA GPU" in fe.backends()["triton"]
         with pytest.raises(RuntimeError, match="'triton' is unavailable: needs a CUDA GPU"):

@@ -159,7 +159,7 @@ def test_nan_in_nan_out_without_validation():
 
 
 def test_extreme_values_stay_finite():
-    """DESIGN §5: logvar in [-30, 30], |mu| up to 1e4, logits in [-1e4, 1e4]."""
+    """The README's promise: logvar in [-30, 30], |mu| up to 1e4, logits in [-1e4, 1e4]."""
     big_mu = torch.tensor([[1e4, -1e4, 0.0, 3.0]], requires_grad=True)
     lv = torch.tensor([[-30.0, 30.0, -30.0, 30.0]], requires_grad=True)
     for param in ("logvar", "log_std", "softplus"):

@@ -1,4 +1,4 @@
-"""Fused Gaussian-latent kernels: one pass forward, one pass backward (DESIGN §2, §4).
+"""Fused Gaussian-latent kernels: one pass forward, one pass backward (the README's "The math" and "The Triton backend").
 
 Layout: mu, scale (and eps, prior) are read as R rows of D through row_offset (any strides);
 z is written contiguous (K, R, D); log q, log p are (K, R) and kl is (R,), in the compute dtype.

@@ -1,9 +1,9 @@
-"""Elementwise math of DESIGN §2 as Triton jit helpers, with the derivatives the kernels need.
+"""Elementwise math of the README's "The math" as Triton jit helpers, with the derivatives the kernels need.
 
 Every helper computes in the dtype of its arguments (float32, or float64 for float64 inputs).
 Only core `tl` math is used (exp, log, sqrt): the interpreter runs it on CPU, and the accurate
 log1p / expm1 below are built from it with Kahan's correction, so no libdevice call is needed.
-The formulas mirror fastelbo/reference/_math.py, whose docstrings derive them.
+The formulas mirror fastelbo/reference_backend/_math.py, whose docstrings derive them.
 """
 import triton
 import triton.language as tl

@@ -1,8 +1,8 @@
-// The per-element math of DESIGN.md §2 with its derivatives, torch-free (host and device).
+// The per-element math of the README's "The math" with its derivatives, torch-free (host and device).
 //
 // Every formula is a template over a value type V with its operations in Ops<V>: V = float or
 // double here (scalar host code and CUDA threads); the CPU backend adds Ops for ATen's
-// Vectorized<float> / Vectorized<double> (csrc/cpu/vec_ops.h), so one text of each formula runs
+// Vectorized<float> / Vectorized<double> (csrc/cpu/common.h), so one text of each formula runs
 // scalar on the GPU and SIMD on the CPU. The formulas mirror fastelbo/reference/_math.py (whose
 // docstrings derive them) and triton_kernels/math.py.
 #pragma once

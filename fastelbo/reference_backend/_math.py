@@ -1,4 +1,4 @@
-"""Elementwise math of DESIGN §2 in plain PyTorch, written for accuracy at the edges.
+"""Elementwise math of the README's "The math" in plain PyTorch, written for accuracy at the edges.
 
 Every function works in the dtype of its input (the reference computes in float32 for
 float16/bfloat16/float32 inputs and in float64 for float64 inputs).

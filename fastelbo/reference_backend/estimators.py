@@ -16,7 +16,7 @@ def elbo(log_lik, latent, kl, estimator, beta):
     elbo, mc:       mean_k [log p(x|z_k) + beta (log p(z_k) - log q(z_k|x))]
     elbo, analytic: mean_k log p(x|z_k) - beta KL
     iwae:           logsumexp_k log w_k - log K
-    dreg:           the IWAE value; see _dreg for its gradient.
+    (dreg has the IWAE value and a gradient of its own: see dreg.)
     """
     has_samples = latent.z.dim() == latent.kl.dim() + 2
     dtype = torch.promote_types(log_lik.dtype, latent.log_q.dtype)
@@ -27,9 +27,7 @@ def elbo(log_lik, latent, kl, estimator, beta):
     log_p = _per_sample(latent.log_p, has_samples)
     if estimator == "elbo":
         return (log_lik + beta * (log_p - log_q)).mean(0)
-    if estimator == "iwae":
-        return iwae(log_lik, log_q, log_p)
-    return _dreg(log_lik, latent, has_samples, dtype)
+    return iwae(log_lik, log_q, log_p)
 
 
 def iwae(log_lik, log_q, log_p):
@@ -40,7 +38,7 @@ def iwae(log_lik, log_q, log_p):
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
-def _dreg(log_lik, latent, has_samples, dtype):
+def dreg(log_lik, latent, terms):
     """Doubly reparameterized IWAE (Tucker et al. 2018). Value: the IWAE bound. Gradient:
 
     decoder and prior parameters:  sum_k w~_k  d log w_k          (the IWAE gradient)
@@ -49,12 +47,15 @@ def _dreg(log_lik, latent, has_samples, dtype):
     with w~ = softmax_k(log w). log q is rebuilt with its parameters stopped (its gradient to z is
     -eps/sigma) and log p is re-evaluated at the returned z, so that every gradient bound for the
     encoder passes through latent.z; a hook on latent.z multiplies it by w~_k once more.
+    `terms` (fastelbo._types.DregTerms) gives d log q / d z and log p at z for the latent.
     """
-    terms = latent.dreg_terms
+    has_samples = latent.z.dim() == latent.kl.dim() + 2
+    dtype = torch.promote_types(log_lik.dtype, latent.log_q.dtype)
+    log_lik = _per_sample(log_lik.to(dtype), has_samples)
     z = latent.z
     z_live = z.to(dtype)
     moved = z_live - z_live.detach()  # zero, but carries the gradient into z
-    log_q_stl = latent.log_q.detach() + (moved * terms.log_q_grad_z()).sum(-1)
+    log_q_stl = latent.log_q.detach() + (moved * terms.log_q_grad_z).sum(-1)
     log_p_live = terms.log_p_at(z_live)
     log_p = latent.log_p.detach() + (log_p_live - log_p_live.detach())
     log_w = log_lik + _per_sample(log_p - log_q_stl, has_samples)

@@ -1,11 +1,8 @@
 """Reference Gaussian latent: reparameterized sample, log q, log p and analytic KL."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from .._types import DregTerms, traced_latent
 from .._validate import compute_dtype
 from ..rng import normal_noise
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
@@ -29,19 +26,21 @@ def log_prior(z: torch.Tensor, prior, param: str) -> torch.Tensor:
     return (-0.5 * u * u - prior_log_sigma).sum(-1) - z.shape[-1] * HALF_LOG_2PI
 
 
-def log_q_grad_z(mu, scale, prior, param, n_samples, eps, noise):
-    """d log q / d z = -eps / sigma (detached, z's shape), for DReG: eps is the explicit noise
-    (K, *mu.shape), or None to regenerate it with noise(n_samples, rows, dim, float64) -> (K, R, D)
-    in the latent's compute dtype (the prior's dtype counts, as in the forward)."""
+def log_q_grad_z(mu, scale, param, n_samples, prior, eps, seed, noise):
+    """d log q / d z = -eps / sigma (detached, z's shape), for DReG, from the latent's arguments:
+    eps is the explicit noise (z's shape), or None to regenerate it from `seed` with the latent
+    backend's noise(seed, n_samples, rows, dim, dtype) -> (K, R, D), in the latent's compute dtype
+    (the prior's dtype counts, as in the forward)."""
     dtype = compute_dtype(mu, scale, *(prior or ()))
     with torch.no_grad():
         if eps is None:
             rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
             k = 1 if n_samples is None else n_samples
-            eps = noise(k, rows, mu.shape[-1], dtype == torch.float64).view(k, *mu.shape)
+            eps = noise(seed, k, rows, mu.shape[-1], dtype).view(k, *mu.shape)
+            if n_samples is None:
+                eps = eps[0]
         sigma, _ = sigma_and_log_sigma(scale.to(dtype), param)
-        grad = -eps.to(dtype) / sigma
-    return grad[0] if n_samples is None else grad
+        return -eps.to(dtype) / sigma
 
 
 def latent(mu, scale, param, n_samples, prior, stl, eps, seed):
@@ -73,14 +72,8 @@ def latent(mu, scale, param, n_samples, prior, stl, eps, seed):
     kl = gaussian_kl_per_dim(mu_c, log_sigma, prior_mu, prior_sigma, prior_log_sigma).sum(-1)
 
     if n_samples is None:
-        z, log_q, log_p, eps_out = z[0], log_q[0], log_p[0], eps[0]
-    else:
-        eps_out = eps
-    terms = DregTerms(
-        log_q_grad_z=lambda: (-eps_out / sigma).detach(),
-        log_p_at=functools.partial(log_prior, prior=prior, param=param),
-    )
-    return traced_latent(z.to(mu.dtype), log_q, log_p, kl, terms)
+        z, log_q, log_p = z[0], log_q[0], log_p[0]
+    return z.to(mu.dtype), log_q, log_p, kl
 
 
 def kl(mu, scale, param, prior, per_dim):

@@ -30,18 +30,3 @@ def split_scalar(value: float) -> tuple[float, float]:
 def block_rows(cols_per_row: int, rows: int) -> int:
     """Rows per program so that a tile holds about TILE_ELEMENTS elements."""
     return max(1, min(triton.next_power_of_2(max(rows, 1)), TILE_ELEMENTS // cols_per_row))
-
-
-def check_device(*tensors: torch.Tensor) -> None:
-    """Triton kernels need CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
-    import os
-
-    for t in tensors:
-        if t.device.type == "cuda":
-            continue
-        if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-            continue
-        raise ValueError(
-            f"backend 'triton' runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1); "
-            f"got a tensor on {t.device}"
-        )

@@ -1,7 +1,8 @@
 // Compile check of the torch-free device code (tests/test_cuda_compile.py): includes every
-// kernels/*.cuh and explicitly instantiates every kernel template for every storage / compute type
-// the bindings dispatch to, so `nvcc -std=c++17 -arch=sm_90 -c compile_check.cu` type-checks and
-// code-generates all of them on a machine without a GPU or torch. Not part of the extension build.
+// csrc/cuda/kernels/*.cuh and explicitly instantiates every kernel template for every storage /
+// compute type the bindings dispatch to, so `nvcc -std=c++17 -arch=sm_90 -I csrc/cuda -c
+// tests/cpp/cuda_kernels_compile_check.cu` type-checks and code-generates all of them on a machine
+// without a GPU or torch.
 #include "kernels/common.cuh"
 #include "kernels/estimators.cuh"
 #include "kernels/latent.cuh"

@@ -1,5 +1,5 @@
 // The Gaussian latent and the analytic KL as CUDA kernels (torch-free): one pass forward, one
-// pass backward (DESIGN.md §2, §4); the same computations as triton_kernels/latent.py.
+// pass backward (the README's "The math"); the same computations as triton_kernels/latent.py.
 //
 // Layout: mu, scale (and the prior, expanded to mu's shape) are read as R rows of D through
 // row_offset (any strides, csrc/core/layout.h); z is written contiguous (K, R, D), log q, log p
