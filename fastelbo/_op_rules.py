@@ -44,7 +44,7 @@ import math
 
 import torch
 
-from ._validate import compute_dtype
+from ._dtypes import compute_dtype
 from .reference_backend import estimators as reference_estimators
 from .reference_backend import latent as reference_latent
 from .reference_backend import likelihoods as reference_likelihoods

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from ._dtypes import FLOAT_DTYPES
 INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 DATA_DTYPES = FLOAT_DTYPES + (torch.bool, torch.uint8)
 
@@ -108,14 +108,6 @@ def event_dims(value, limit: int, param_name: str) -> int:
     if n > limit:
         raise ValueError(f"event_dims={n} is more than the {limit} dim(s) {param_name} has to sum over")
     return n
-
-
-def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 if any floating input is float64, else float32 (half inputs compute in float32)."""
-    for t in tensors:
-        if t is not None and t.dtype == torch.float64:
-            return torch.float64
-    return torch.float32
 
 
 # ---- value checks: only in validation mode ----

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from ._backend import use_backend
-from ._validate import FLOAT_DTYPES
+from ._dtypes import FLOAT_DTYPES
 
 __all__ = ["Tolerance", "TOLERANCES", "HALF_FACTOR", "HALF_FLOOR", "DTYPES", "OpCase", "CASES",
            "CaseResult", "compare"]

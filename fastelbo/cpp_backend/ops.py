@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .. import _op_rules as rules
-from .._validate import compute_dtype
+from .._dtypes import compute_dtype
 from . import _build
 
 _reason = _build.cpu_library()

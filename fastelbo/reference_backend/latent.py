@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import compute_dtype
+from .._dtypes import compute_dtype
 from ..rng import normal_noise
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 

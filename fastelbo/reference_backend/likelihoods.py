@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .._validate import compute_dtype
+from .._dtypes import compute_dtype
 from ._math import bernoulli_log_density, cb_log_normalizer, sum_event_dims
 
 LOG_2PI = math.log(2.0 * math.pi)

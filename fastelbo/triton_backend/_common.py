@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validate import compute_dtype
+from .._dtypes import compute_dtype
 
 TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 

@@ -1,0 +1,16 @@
+"""The dtype policy of every op (part of the op contracts, shared by the reference, the fakes and
+every backend's launchers): which float dtypes the ops take, and the dtype they compute and
+return log-densities in."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 if any floating input is float64, else float32 (half inputs compute in float32)."""
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
