@@ -239,3 +239,37 @@ def test_torch_func_on_a_fused_backend_is_a_clear_error(fused, seed):
     for transform in (torch.func.grad, lambda f: torch.func.vmap(torch.func.grad(f))):
         with pytest.raises(ValueError, match=f"backend='{fused}' cannot run inside torch.func"):
             transform(_bernoulli_sum(fused, x))(logits if transform is torch.func.grad else logits[None])
+
+
+class _TinyVAE(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder, self.decoder = torch.nn.Linear(5, 4), torch.nn.Linear(2, 5)
+        self.objective = fe.ELBO(n_samples=2)
+
+    def forward(self, x, noise_seed):
+        h = self.encoder(x)
+        torch.manual_seed(noise_seed)  # the same noise on every backend and device
+        return self.objective(x, h[:, :2], h[:, 2:], self.decoder).loss
+
+
+def test_functional_call_on_every_backend_and_under_grad(backend, seed):
+    """torch.func.functional_call swaps a module's parameters (no transform): it works on every
+    backend; torch.func.grad of it works on "auto" (the reference inside the transform)."""
+    torch.manual_seed(seed)
+    model = _TinyVAE().double().to(DEVICE)
+    x = torch.rand(3, 5, dtype=torch.float64, device=DEVICE).round()
+    state = seed + 1
+    params = {name: p.detach() + 0.01 for name, p in model.named_parameters()}
+    with fe.use_backend(backend):
+        loss = torch.func.functional_call(model, params, (x, state))
+    with fe.use_backend("reference"):
+        want = torch.func.functional_call(model, params, (x, state))
+    torch.testing.assert_close(loss, want)
+    with fe.use_backend("auto"):
+        grads = torch.func.grad(lambda p: torch.func.functional_call(model, p, (x, state)))(params)
+    leaves = {name: p.clone().requires_grad_(True) for name, p in params.items()}
+    with fe.use_backend("reference"):
+        want_grads = torch.autograd.grad(torch.func.functional_call(model, leaves, (x, state)), list(leaves.values()))
+    for name, g in zip(leaves, want_grads):
+        torch.testing.assert_close(grads[name], g)
