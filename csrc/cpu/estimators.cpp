@@ -93,11 +93,12 @@ Tensor normal_noise_cpu(const Tensor& seed, int64_t n_samples, int64_t n_rows, i
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastelbo_normal_noise_cpu", [&] {
     scalar_t* ptr = out.data_ptr<scalar_t>();
     at::parallel_for(0, n_samples * n_rows, grain_rows(dim * 8), [&](int64_t begin, int64_t end) {
-      NoiseRow<scalar_t> noise(dim);
-      std::vector<scalar_t> row(4 * noise.groups);
-      for (int64_t i = begin; i < end; ++i) {
-        noise.fill(row.data(), key, i % n_rows, i / n_rows);
-        std::copy(row.begin(), row.begin() + dim, ptr + i * dim);
+      NoiseBlock<scalar_t> noise(dim);
+      for (int64_t i = begin; i < end;) {  // blocks of rows within one sample
+        const int64_t sample = i / n_rows, row = i % n_rows;
+        const int64_t n = std::min({noise.max_rows, n_rows - row, end - i});
+        noise.fill(ptr + i * dim, dim, key, row, n, sample);
+        i += n;
       }
     });
   });

@@ -43,7 +43,7 @@ void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tens
   T* kl_ptr = kl.data_ptr<T>();
   at::parallel_for(0, R, grain_rows(D * (k_samples + 2)), [&](int64_t begin, int64_t end) {
     RowTerms<T> t(P);
-    typename EpsSource<T>::Scratch scratch(D, P);
+    typename EpsSource<T>::Scratch scratch(D, P, k_samples);
     for (int64_t r = begin; r < end; ++r) {
       t.read(in, r, D, static_cast<int>(param), has_prior, false);
       V kl_acc(T(0));
@@ -114,7 +114,7 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
   // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     RowTerms<T> t(P);
-    typename EpsSource<T>::Scratch scratch(D, P);
+    typename EpsSource<T>::Scratch scratch(D, P, K);
     std::vector<T> acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {

@@ -1,7 +1,8 @@
-// The noise of docs/RNG.md on the CPU: one row of eps at a time, Philox words computed four per
-// call, then Box-Muller on whole vectors (Sleef log/sqrt/sin/cos through ATen's Vectorized).
+// The noise of docs/RNG.md on the CPU: blocks of rows of eps at a time, Philox words computed four
+// per call, then Box-Muller on whole vectors (Sleef log/sqrt/sin/cos through ATen's Vectorized).
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "../core/philox.h"
@@ -9,46 +10,60 @@
 
 namespace fastelbo {
 
-// Scratch for one row of noise; make one per task (it allocates).
+// Noise for a block of consecutive rows of one sample. Philox runs on whole arrays of counters
+// and Box-Muller on whole vectors across the block's rows, so a short row (D = 8: two Philox
+// calls) does not pay a vector of Sleef log / sin / cos for two lanes. Each element's value is
+// that of its own (row, group, lane) counter, whatever the block: the noise does not depend on
+// the blocking (nor on threads). Make one per task (it allocates).
 template <typename T>
-struct NoiseRow {
-  int64_t groups;                   // ceil(D / 4) Philox calls per row
-  int64_t padded;                   // groups rounded up to whole vectors
-  std::vector<uint32_t> words;      // 4 x padded words
-  std::vector<T> lanes;             // 4 x padded normals, lane-major
+struct NoiseBlock {
+  static constexpr int64_t kTargetGroups = 64;  // Philox calls per block when rows are short
+  int64_t dim;
+  int64_t groups;      // ceil(D / 4) Philox calls per row
+  int64_t max_rows;    // rows per block
+  int64_t padded;      // max_rows * groups rounded up to whole vectors
+  std::vector<uint32_t> words;  // 4 x padded words
+  std::vector<T> lanes;         // 4 x padded normals, lane-major
 
-  explicit NoiseRow(int64_t dim)
-      : groups((dim + 3) / 4),
-        padded((groups + Vec<T>::size() - 1) / Vec<T>::size() * Vec<T>::size()),
+  explicit NoiseBlock(int64_t n_dim)
+      : dim(n_dim),
+        groups((n_dim + 3) / 4),
+        max_rows(std::max<int64_t>(1, kTargetGroups / std::max<int64_t>(groups, 1))),
+        padded((max_rows * groups + Vec<T>::size() - 1) / Vec<T>::size() * Vec<T>::size()),
         words(4 * padded, 0u),
         lanes(4 * padded) {}
 
-  // eps[d] for d < 4 groups (the caller's buffer holds at least 4 groups elements) of (row, sample).
-  void fill(T* eps, core::PhiloxKey key, int64_t row, int64_t sample) {
+  // eps of rows row0 .. row0 + n_rows - 1 (n_rows <= max_rows) of `sample`: row i's D values at
+  // out + i * stride.
+  void fill(T* out, int64_t stride, core::PhiloxKey key, int64_t row0, int64_t n_rows, int64_t sample) {
+    const int64_t n = n_rows * groups;
     uint32_t* w0 = words.data();
     uint32_t* w1 = w0 + padded;
     uint32_t* w2 = w1 + padded;
     uint32_t* w3 = w2 + padded;
-    // Philox on whole arrays of counters, one round at a time: the inner loops vectorize.
-    for (int64_t g = 0; g < groups; ++g) {
-      uint32_t c[4];
-      core::noise_counter(c, g, row, sample);
-      w0[g] = c[0];
-      w1[g] = c[1];
-      w2[g] = c[2];
-      w3[g] = c[3];
+    for (int64_t i = 0; i < n_rows; ++i) {
+      for (int64_t g = 0; g < groups; ++g) {
+        uint32_t c[4];
+        core::noise_counter(c, g, row0 + i, sample);
+        const int64_t at = i * groups + g;
+        w0[at] = c[0];
+        w1[at] = c[1];
+        w2[at] = c[2];
+        w3[at] = c[3];
+      }
     }
+    // Philox on whole arrays of counters, one round at a time: the inner loops vectorize.
     uint32_t k0 = key.k0, k1 = key.k1;
     for (int round = 0; round < 10; ++round) {
-      for (int64_t g = 0; g < groups; ++g) core::philox_round(w0[g], w1[g], w2[g], w3[g], k0, k1);
+      for (int64_t at = 0; at < n; ++at) core::philox_round(w0[at], w1[at], w2[at], w3[at], k0, k1);
       k0 += core::kPhiloxW0;
       k1 += core::kPhiloxW1;
     }
     using M = core::Ops<Vec<T>>;
     constexpr int64_t W = Vec<T>::size();
     alignas(64) T u_a[W], th_a[W], u_b[W], th_b[W];
-    T* out = lanes.data();
-    for (int64_t g0 = 0; g0 < groups; g0 += W) {
+    T* normals = lanes.data();
+    for (int64_t g0 = 0; g0 < n; g0 += W) {
       for (int64_t i = 0; i < W; ++i) {
         u_a[i] = core::box_muller_u<T>(w0[g0 + i]);
         th_a[i] = core::box_muller_theta<T>(w1[g0 + i]);
@@ -58,20 +73,21 @@ struct NoiseRow {
       const Vec<T> rad_a = (M::c(-2.0) * Vec<T>::loadu(u_a).log()).sqrt();
       const Vec<T> rad_b = (M::c(-2.0) * Vec<T>::loadu(u_b).log()).sqrt();
       const Vec<T> ta = Vec<T>::loadu(th_a), tb = Vec<T>::loadu(th_b);
-      (rad_a * ta.cos()).store(out + g0);
-      (rad_a * ta.sin()).store(out + padded + g0);
-      (rad_b * tb.cos()).store(out + 2 * padded + g0);
-      (rad_b * tb.sin()).store(out + 3 * padded + g0);
+      (rad_a * ta.cos()).store(normals + g0);
+      (rad_a * ta.sin()).store(normals + padded + g0);
+      (rad_b * tb.cos()).store(normals + 2 * padded + g0);
+      (rad_b * tb.sin()).store(normals + 3 * padded + g0);
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      for (int64_t j = 0; j < 4; ++j) eps[4 * g + j] = out[j * padded + g];
+    for (int64_t i = 0; i < n_rows; ++i) {
+      T* row = out + i * stride;
+      for (int64_t d = 0; d < dim; ++d) row[d] = normals[(d & 3) * padded + i * groups + (d >> 2)];
     }
   }
 };
 
 // Where a latent kernel's eps comes from: the explicit eps tensor (contiguous (K, R, D), compute
 // type) or Philox from the seed. row() gives the D values of (row r, sample k); a task owns one
-// Scratch (a padded row of noise and its buffers).
+// Scratch (its blocks of noise and their buffers).
 template <typename T>
 struct EpsSource {
   const T* eps = nullptr;
@@ -87,16 +103,31 @@ struct EpsSource {
     }
   }
 
+  // A task's noise: for each sample, a block of rows (stride `padded`, zero beyond D) and the
+  // first row it holds. Rows are read in increasing order within a task, so each block is
+  // filled once.
   struct Scratch {
-    NoiseRow<T> noise;
-    std::vector<T> row;
-    Scratch(int64_t dim, int64_t padded) : noise(dim), row(padded, T(0)) {}
+    NoiseBlock<T> noise;
+    int64_t padded;
+    std::vector<T> blocks;       // samples x noise.max_rows x padded
+    std::vector<int64_t> first;  // per sample: the block's first row, or -1
+    Scratch(int64_t dim, int64_t padded_dim, int64_t samples)
+        : noise(dim),
+          padded(padded_dim),
+          blocks(samples * noise.max_rows * padded_dim, T(0)),
+          first(samples, -1) {}
   };
 
   const T* row(Scratch& scratch, int64_t r, int64_t k) const {
     if (eps != nullptr) return eps + (k * rows + r) * dim;
-    scratch.noise.fill(scratch.row.data(), key, r, k);
-    return scratch.row.data();
+    const int64_t max_rows = scratch.noise.max_rows;
+    T* block = scratch.blocks.data() + k * max_rows * scratch.padded;
+    int64_t& first = scratch.first[k];
+    if (first < 0 || r < first || r >= first + max_rows) {
+      first = r;
+      scratch.noise.fill(block, scratch.padded, key, r, std::min(max_rows, rows - r), k);
+    }
+    return block + (r - first) * scratch.padded;
   }
 };
 
