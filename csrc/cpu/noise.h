@@ -103,28 +103,32 @@ struct EpsSource {
     }
   }
 
-  // A task's noise: for each sample, a block of rows (stride `padded`, zero beyond D) and the
-  // first row it holds. Rows are read in increasing order within a task, so each block is
-  // filled once.
+  // A task's noise: `slots` blocks of rows (stride `padded`, zero beyond D), sample k in slot
+  // k % slots, each with the sample and first row it holds. A kernel gives one slot per sample,
+  // and reads rows in increasing order within a task, so each block is filled once.
   struct Scratch {
     NoiseBlock<T> noise;
-    int64_t padded;
-    std::vector<T> blocks;       // samples x noise.max_rows x padded
-    std::vector<int64_t> first;  // per sample: the block's first row, or -1
-    Scratch(int64_t dim, int64_t padded_dim, int64_t samples)
+    int64_t padded, slots;
+    std::vector<T> blocks;        // slots x noise.max_rows x padded
+    std::vector<int64_t> first;   // per slot: the block's first row, or -1
+    std::vector<int64_t> sample;  // per slot: the block's sample
+    Scratch(int64_t dim, int64_t padded_dim, int64_t n_slots)
         : noise(dim),
           padded(padded_dim),
-          blocks(samples * noise.max_rows * padded_dim, T(0)),
-          first(samples, -1) {}
+          slots(n_slots),
+          blocks(n_slots * noise.max_rows * padded_dim, T(0)),
+          first(n_slots, -1),
+          sample(n_slots, -1) {}
   };
 
   const T* row(Scratch& scratch, int64_t r, int64_t k) const {
     if (eps != nullptr) return eps + (k * rows + r) * dim;
-    const int64_t max_rows = scratch.noise.max_rows;
-    T* block = scratch.blocks.data() + k * max_rows * scratch.padded;
-    int64_t& first = scratch.first[k];
-    if (first < 0 || r < first || r >= first + max_rows) {
+    const int64_t max_rows = scratch.noise.max_rows, slot = k % scratch.slots;
+    T* block = scratch.blocks.data() + slot * max_rows * scratch.padded;
+    int64_t& first = scratch.first[slot];
+    if (scratch.sample[slot] != k || first < 0 || r < first || r >= first + max_rows) {
       first = r;
+      scratch.sample[slot] = k;
       scratch.noise.fill(block, scratch.padded, key, r, std::min(max_rows, rows - r), k);
     }
     return block + (r - first) * scratch.padded;
