@@ -16,7 +16,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["fastelbo", "fastelbo.reference", "fastelbo.reference_backend", "fastelbo.triton_backend", "fastelbo.triton_kernels",
+    packages=["fastelbo", "fastelbo.ops", "fastelbo.reference", "fastelbo.triton_backend", "fastelbo.triton_kernels",
               "fastelbo.cpp_backend", "fastelbo.csrc", "fastelbo.benchmarks", "fastelbo.demo"],
     # Top-level folders installed under the package (never as top-level modules of their own).
     package_dir={"fastelbo.triton_kernels": "triton_kernels", "fastelbo.csrc": "csrc",

@@ -4,8 +4,11 @@ A call's backend is, in order: its ``backend=`` argument, the innermost ``use_ba
 the calling thread, the process-wide ``set_backend`` choice, else "auto". "auto" picks the fastest
 fused backend available for the tensors' device and falls back to "reference".
 
-Each backend is a module exposing the same implementation functions (see
-``fastelbo/reference_backend/ops.py``): they receive arguments already checked by ``fastelbo.functional``.
+A backend supplies kernels, nothing else: "cpu" and "cuda" are the C++ library's kernels for the
+ops (the default overload of torch.ops.fastelbo.<op>, which the dispatcher routes by device),
+"triton" registers its kernels as the `.triton` overload of the same ops, and "reference" is each
+op's pure-PyTorch implementation (fastelbo/ops/<op>.py: reference). A call resolves its backend
+here, then its op module calls that backend's kernel.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import importlib.util
 import os
 import threading
 import warnings
-from types import ModuleType
 
 import torch
 
@@ -36,21 +38,25 @@ def runs_on(name: str, device_type: str) -> bool:
 # Tried in this order by "auto" for each device type; "reference" closes every list.
 _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 
-# One module serves "cpu" and "cuda": the same C++ operators, which the dispatcher routes by the
-# tensors' device.
+# The module that registers a backend's kernels, imported when a call first resolves to it. One
+# module serves "cpu" and "cuda": the same C++ operators, which the dispatcher routes by device.
 _MODULES = {
-    "reference": "fastelbo.reference_backend.ops",
-    "cpu": "fastelbo.cpp_backend.backend",
-    "triton": "fastelbo.triton_backend.ops",
-    "cuda": "fastelbo.cpp_backend.backend",
+    "reference": None,
+    "cpu": "fastelbo.cpp_backend.library",
+    "triton": "fastelbo.triton_backend.register",
+    "cuda": "fastelbo.cpp_backend.library",
 }
+
+# The overload of torch.ops.fastelbo.<op> that holds a fused backend's kernels.
+OVERLOAD = {"cpu": "default", "cuda": "default", "triton": "triton"}
 
 
 @functools.lru_cache(maxsize=None)
 def _import_error(name: str) -> str | None:
     """Why the backend module cannot be imported (e.g. triton missing), or None."""
     try:
-        importlib.import_module(_MODULES[name])
+        if _MODULES[name] is not None:
+            importlib.import_module(_MODULES[name])
     except ImportError as error:
         return f"cannot import it: {error}"
     return None
@@ -134,12 +140,6 @@ def current_backend() -> str:
     return stack[-1] if stack else _global_choice
 
 
-# Imported implementation modules, one attribute per concrete backend name, filled by _resolve
-# (outside any torch.compile trace: it is a constant there). A module object, not a dict: dynamo
-# reads each attribute when the trace first asks for it, where it would read a dict's keys once
-# and miss a backend loaded later in the same trace.
-LOADED = ModuleType("fastelbo._backend.LOADED")
-
 # (choice, device type) -> concrete backend, filled on first use: availability does not change
 # within a process (a C++ build is tried once), so a call resolves with one dict lookup.
 _RESOLVED: dict[tuple[str, str], str] = {}
@@ -183,14 +183,14 @@ def _resolve_choice(name: str, device_type: str) -> str:
 
 
 def _resolve(choice: str, device_type: str) -> str:
-    """The concrete backend of `choice` ("auto" or a backend name) for `device_type`, its module
-    imported into LOADED on first use. Only that backend is made ready: a call on "reference"
-    never builds the C++ library."""
+    """The concrete backend of `choice` ("auto" or a backend name) for `device_type`, its kernels
+    registered on first use. Only that backend is made ready: a call on "reference" never builds
+    the C++ library."""
     concrete = _RESOLVED.get((choice, device_type)) if isinstance(choice, str) else None
     if concrete is None:
         concrete = _resolve_choice(choice, device_type)
-        if not hasattr(LOADED, concrete):
-            setattr(LOADED, concrete, importlib.import_module(_MODULES[concrete]))
+        if _MODULES[concrete] is not None:
+            importlib.import_module(_MODULES[concrete])
         _RESOLVED[(choice, device_type)] = concrete
     return concrete
 
@@ -210,7 +210,7 @@ def _under_torch_func(choice) -> str:
 
 
 def resolve(backend: str | None, device: torch.device) -> str:
-    """The concrete backend for a call on tensors of ``device`` (its module: getattr(LOADED, name)).
+    """The concrete backend for a call on tensors of ``device`` (its kernels registered).
     The choice (the thread's use_backend stack included) is read here, so that torch.compile
     traces it; _resolve runs once at trace time and its result is a constant of the graph."""
     if backend is None:

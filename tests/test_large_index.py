@@ -340,13 +340,12 @@ def _tile(pattern: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def _op(backend: str, name: str):
-    """The backend's custom op `name` (the C++ ops, or the Triton ops of the same signature)."""
+    """The backend's kernel of op `name`: torch.ops.fastelbo.<name>.triton or .default."""
     if backend == "triton":
-        import fastelbo.triton_backend.latent  # noqa: F401 -- registers the ops
-        import fastelbo.triton_backend.likelihoods  # noqa: F401
-        return getattr(torch.ops.fastelbo, f"triton_{name}")
-    import fastelbo.cpp_backend.ops  # noqa: F401
-    return getattr(torch.ops.fastelbo, name)
+        import fastelbo.triton_backend.register  # noqa: F401 -- defines the .triton overloads
+        return getattr(torch.ops.fastelbo, name).triton
+    import fastelbo.cpp_backend.library  # noqa: F401
+    return getattr(torch.ops.fastelbo, name).default
 
 
 def _rows_match(big: torch.Tensor, small: torch.Tensor, tol: tuple[float, float] | None) -> str | None:
@@ -415,7 +414,7 @@ def test_likelihoods_past_2_31_elements(backend, device, seed):
 def _grad_buffer(likelihood, backend, logits, x, logvar, target) -> torch.Tensor:
     """The gradient buffer a likelihood's forward kernel writes (contiguous, float32, per element)."""
     if likelihood == "bernoulli":
-        return _op(backend, "binary_log_prob")(logits, x, 1, False, True)[1]
+        return _op(backend, "bernoulli_log_prob")(logits, x, 1, True)[1]
     if likelihood == "gaussian":
         return _op(backend, "gaussian_log_prob")(logits, x, logvar, 0.0, 1, True)[1]
     return _op(backend, "categorical_log_prob")(logits, target, 0, True)[1]
@@ -537,7 +536,7 @@ def test_latent_backward_past_2_31_elements(backend, device, seed):
     grad_log_p = torch.randn(1, LB_M, P, generator=g).to(device)
     grad_kl = torch.randn(LB_M, P, generator=g).to(device)
     seed_t = rng.draw_seed(device, generator(seed, device.type))
-    grad_mu, grad_scale, _, _ = _op(backend, "latent_backward")(
+    grad_mu, grad_scale, _, _ = _op(backend, "gaussian_latent_backward")(
         None, None, grad_log_p, grad_kl, mu.expand(LB_M, P, D), scale.expand(LB_M, P, D), None, None, None, seed_t,
         0, 1, False)
     assert grad_mu.shape == grad_scale.shape == (LB_M, P, D) and grad_mu.dtype == torch.bfloat16

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import fastelbo as fe
 import fastelbo.reference as ref
-from fastelbo.reference_backend import _math
+from fastelbo.ops import _math
 from helpers import PARAMS, generator, rand, randn
 
 

@@ -1,6 +1,6 @@
 """What the "triton" backend promises beyond matching the reference (tests/test_backends_vs_reference.py)
-and the promises of every fused backend (tests/test_fused_backends.py): opcheck of its custom ops,
-z independent of the block size, its row plan (broadcast x without copies, every offset of strided
+and the promises of every fused backend (tests/test_fused_backends.py; opcheck of its ops:
+tests/test_op_schemas.py): z independent of the block size, its row plan (broadcast x without copies, every offset of strided
 layouts), 64-bit row offsets, and a clear error on CPU tensors without the interpreter. On CPU
 these run in Triton's interpreter."""
 import math
@@ -21,42 +21,6 @@ def _leaf(t):
     return t.detach().requires_grad_(True)
 
 
-# ---- torch.library registration ----
-
-def _opcheck_cases(seed):
-    from fastelbo.triton_backend import estimators, latent, likelihoods
-
-    g = generator(seed)
-    mu, s = randn(g, 3, 5, dtype=torch.float32), rand(g, 3, 5, dtype=torch.float32, low=-1, high=1)
-    pm, ps = randn(g, 5, dtype=torch.float32), rand(g, 5, dtype=torch.float32, low=-1, high=1)
-    seed_t = fe.rng.draw_seed(mu.device, g)
-    eps = randn(g, 2, 3, 5, dtype=torch.float32)
-    logits, x = randn(g, 2, 3, 7, dtype=torch.float32), (rand(g, 3, 7) < 0.5).float()
-    ll, lq, lp, kl = (randn(g, 4, 3, dtype=torch.float32) for _ in range(4))
-    rg = lambda t: _leaf(t)  # noqa: E731
-    return [
-        (latent.latent_op, (rg(mu), rg(s), None, None, None, seed_t, 0, 2, False)),
-        (latent.latent_op, (rg(mu), rg(s), rg(pm), rg(ps), None, seed_t, 2, 1, True)),
-        (latent.latent_op, (rg(mu), rg(s), rg(pm), rg(ps), eps, None, 1, 2, False)),
-        (latent.kl_op, (rg(mu), rg(s), rg(pm), rg(ps), 0, True)),
-        (latent.kl_op, (rg(mu), rg(s), None, None, 2, False)),
-        (likelihoods.binary_op, (rg(logits), x, 1, False, True)),
-        (likelihoods.binary_op, (rg(logits), x, 2, True, True)),
-        (likelihoods.gaussian_op, (rg(logits), x, rg(pm[:1].expand(7).clone()), 0.0, 1, True)),
-        (likelihoods.gaussian_op, (rg(logits), x, None, -0.3, 1, True)),
-        (likelihoods.categorical_op, (rg(logits), torch.randint(0, 7, (3,), generator=g, device=g.device), 1, True)),
-        (estimators.estimate_op, (rg(ll), rg(lq), rg(lp), rg(kl[0]), 0, 0.7)),
-        (estimators.estimate_op, (rg(ll), lq, lp, rg(kl[0]), 1, 1.0)),
-        (estimators.estimate_op, (rg(ll), rg(lq), rg(lp), kl[0], 2, 1.0)),
-    ]
-
-
-@pytest.mark.parametrize("index", range(13))
-def test_opcheck(index, seed):
-    op, args = _opcheck_cases(seed)[index]
-    torch.library.opcheck(op, args)
-
-
 # ---- noise ----
 
 def test_z_independent_of_block_size(seed, monkeypatch):
@@ -65,12 +29,12 @@ def test_z_independent_of_block_size(seed, monkeypatch):
     g = generator(seed)
     mu, s = randn(g, 37, 13, dtype=torch.float32), rand(g, 37, 13, dtype=torch.float32, low=-1, high=1)
     seed_t = fe.rng.draw_seed(mu.device, g)
-    from fastelbo.triton_backend.latent import latent_op
+    from fastelbo.triton_backend.latent import gaussian_latent
 
     results = []
     for tile in (16, 64, 4096):  # 1, 4 and 64 rows per program
         monkeypatch.setattr(_common, "TILE_ELEMENTS", tile)
-        results.append(latent_op(mu, s, None, None, None, seed_t, 0, 2, False))
+        results.append(gaussian_latent(mu, s, None, None, None, seed_t, 0, 2, False))
     for other in results[1:]:
         assert torch.equal(other[0], results[0][0])
         torch.testing.assert_close(other[1], results[0][1], atol=1e-5, rtol=0)

@@ -14,7 +14,7 @@ from .math import scalar
 
 
 @triton.jit
-def estimate_kernel(
+def elbo_kernel(
     ll_ptr, lq_ptr, lp_ptr, kl_ptr, out_ptr, w_ptr,
     R, K, beta_hi, beta_lo, logk_hi, logk_lo,
     MODE: tl.constexpr, DTYPE: tl.constexpr, BLOCK_R: tl.constexpr,

@@ -42,7 +42,7 @@ def _load_rows(ptr, rows, cols, mask, n1, n2, s0, s1, s2, sd, DTYPE: tl.constexp
 
 
 @triton.jit
-def latent_fwd_kernel(
+def gaussian_latent_forward_kernel(
     mu_ptr, scale_ptr, pmu_ptr, pscale_ptr, eps_ptr, seed_ptr,
     z_ptr, log_q_ptr, log_p_ptr, kl_ptr,
     R, D, K, n1, n2,
@@ -108,7 +108,7 @@ def _store_prior_grad(ptr, grad, rows, cols, mask, D, SHARED: tl.constexpr):
 
 
 @triton.jit
-def latent_bwd_kernel(
+def gaussian_latent_backward_kernel(
     mu_ptr, scale_ptr, pmu_ptr, pscale_ptr, eps_ptr, seed_ptr,
     gz_ptr, gq_ptr, gp_ptr, gk_ptr,
     gmu_ptr, gscale_ptr, gpmu_ptr, gpscale_ptr,
@@ -198,7 +198,7 @@ def latent_bwd_kernel(
 
 
 @triton.jit
-def kl_fwd_kernel(
+def gaussian_kl_forward_kernel(
     mu_ptr, scale_ptr, pmu_ptr, pscale_ptr, out_ptr,
     R, D, n1, n2,
     mu_s0, mu_s1, mu_s2, mu_sd, sc_s0, sc_s1, sc_s2, sc_sd,
@@ -207,7 +207,7 @@ def kl_fwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Analytic KL(N(mu, sigma^2) || prior) per dim ((R, D) out) or summed over D ((R,) out):
-    KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2 as in latent_fwd_kernel."""
+    KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2 as in gaussian_latent_forward_kernel."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
     row_mask = rows < R
@@ -230,7 +230,7 @@ def kl_fwd_kernel(
 
 
 @triton.jit
-def kl_bwd_kernel(
+def gaussian_kl_backward_kernel(
     mu_ptr, scale_ptr, pmu_ptr, pscale_ptr, g_ptr,
     gmu_ptr, gscale_ptr, gpmu_ptr, gpscale_ptr,
     R, D, n1, n2,

@@ -3,21 +3,21 @@
 // forward calls the op below autograd (the CPU or the CUDA kernel) and saves what its backward
 // needs, and whose backward calls the backward kernels. The Autograd key is device-independent, so
 // the CUDA library (loaded after this one) gets the same autograd. The fakes stay in Python
-// (register_fake in fastelbo/cpp_backend/ops.py), so torch.compile traces these ops.
+// (register_fake from each op's module in fastelbo/ops/), so torch.compile traces these ops.
 //
-// First order is C++ only (no Python): the formulas of fastelbo/_op_rules.py, ported.
-//   latent, kl:        the latent_backward / kl_backward kernels
-//   binary_log_prob:   grad_logits = g b (b = d out/d logits, the op's buffer), grad_x = g logits
+// First order is C++ only (no Python): the formulas of the ops' modules (fastelbo/ops/), ported.
+//   gaussian_latent, gaussian_kl: their *_backward kernels
+//   (continuous_)bernoulli_log_prob: grad_logits = g b (b = d out/d logits, the op's buffer), grad_x = g logits
 //   gaussian_log_prob: the gaussian_log_prob_backward kernel (grad_mean, grad_logvar), grad_x = -grad_mean
 //   categorical:       grad_logits = g b
-//   estimate:          mode 0 (elbo, MC KL), 1 (elbo, analytic KL), 2 (iwae: g w~)
+//   elbo:              mode 0 (elbo, MC KL), 1 (elbo, analytic KL), 2 (iwae: g w~)
 // Gradients go only to the inputs that need them, and undefined incoming gradients stay undefined
 // (materialize_grads off: no buffer is ever zero-filled).
 //
 // Second order. When the backward itself is recorded (create_graph=True: grad mode is on inside
 // it), or a gradient buffer b has a gradient of its own (the backward of a recorded backward), the
 // backward calls the op's `*_backward_differentiable` composite op instead (schema.cpp), which
-// Python implements as CompositeImplicitAutograd with the rules of fastelbo/_op_rules.py: autograd
+// Python implements as CompositeImplicitAutograd with the rules of the ops' modules: autograd
 // records what it does, so higher derivatives are exact. The Bernoulli, Gaussian and categorical
 // buffers b are differentiable outputs, which ctx->save_for_backward saves as outputs, so the b
 // unpacked in a recorded backward carries this node's graph: g b is recorded on b, and its
@@ -25,7 +25,7 @@
 // The latent, the KL, the continuous Bernoulli (b outside the graph, its logits kept) and the
 // IWAE recompute their gradient with the reference implementation under autograd.
 //
-// The backward kernels (latent_backward, kl_backward, gaussian_log_prob_backward) have an Autograd
+// The backward kernels (gaussian_latent_backward, gaussian_kl_backward, gaussian_log_prob_backward) have an Autograd
 // kernel too, so PyTorch's "not registered to the Autograd key" fallback never runs: it calls the
 // kernel below autograd, and is an error if asked to record a graph through it.
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -61,27 +61,33 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
     return handle;                                             \
   }
 
-FASTELBO_OP(latent_op, "fastelbo::latent",
+FASTELBO_OP(gaussian_latent_op, "fastelbo::gaussian_latent",
             Tensor4(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
                     const OptTensor&, int64_t, int64_t, bool))
-FASTELBO_OP(latent_backward_op, "fastelbo::latent_backward",
+FASTELBO_OP(gaussian_latent_backward_op, "fastelbo::gaussian_latent_backward",
             Tensor4(const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
                     const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, int64_t,
                     int64_t, bool))
-FASTELBO_OP(latent_backward_differentiable_op, "fastelbo::latent_backward_differentiable",
+FASTELBO_OP(gaussian_latent_backward_differentiable_op, "fastelbo::gaussian_latent_backward_differentiable",
             Tensor4(const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
                     const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, int64_t,
                     int64_t, bool, std::array<bool, 4>))
-FASTELBO_OP(kl_op, "fastelbo::kl",
+FASTELBO_OP(gaussian_kl_op, "fastelbo::gaussian_kl",
             Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, int64_t, bool))
-FASTELBO_OP(kl_backward_op, "fastelbo::kl_backward",
+FASTELBO_OP(gaussian_kl_backward_op, "fastelbo::gaussian_kl_backward",
             Tensor4(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, int64_t, bool))
-FASTELBO_OP(kl_backward_differentiable_op, "fastelbo::kl_backward_differentiable",
+FASTELBO_OP(gaussian_kl_backward_differentiable_op, "fastelbo::gaussian_kl_backward_differentiable",
             Tensor4(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, int64_t, bool,
                     std::array<bool, 4>))
-FASTELBO_OP(binary_op, "fastelbo::binary_log_prob", Tensor2(const Tensor&, const Tensor&, int64_t, bool, bool))
-FASTELBO_OP(binary_backward_differentiable_op, "fastelbo::binary_log_prob_backward_differentiable",
-            Tensor2(const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, int64_t, bool,
+FASTELBO_OP(bernoulli_op, "fastelbo::bernoulli_log_prob", Tensor2(const Tensor&, const Tensor&, int64_t, bool))
+FASTELBO_OP(continuous_bernoulli_op, "fastelbo::continuous_bernoulli_log_prob",
+            Tensor2(const Tensor&, const Tensor&, int64_t, bool))
+FASTELBO_OP(bernoulli_backward_differentiable_op, "fastelbo::bernoulli_log_prob_backward_differentiable",
+            Tensor2(const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, int64_t,
+                    at::ScalarType, std::array<bool, 2>))
+FASTELBO_OP(continuous_bernoulli_backward_differentiable_op,
+            "fastelbo::continuous_bernoulli_log_prob_backward_differentiable",
+            Tensor2(const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, int64_t,
                     at::ScalarType, std::array<bool, 2>))
 FASTELBO_OP(gaussian_op, "fastelbo::gaussian_log_prob",
             Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, int64_t, bool))
@@ -93,9 +99,9 @@ FASTELBO_OP(gaussian_backward_differentiable_op, "fastelbo::gaussian_log_prob_ba
 FASTELBO_OP(categorical_op, "fastelbo::categorical_log_prob", Tensor2(const Tensor&, const Tensor&, int64_t, bool))
 FASTELBO_OP(categorical_backward_differentiable_op, "fastelbo::categorical_log_prob_backward_differentiable",
             Tensor(const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, int64_t, at::ScalarType))
-FASTELBO_OP(estimate_op, "fastelbo::estimate",
+FASTELBO_OP(elbo_op, "fastelbo::elbo",
             Tensor2(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, double))
-FASTELBO_OP(estimate_backward_differentiable_op, "fastelbo::estimate_backward_differentiable",
+FASTELBO_OP(elbo_backward_differentiable_op, "fastelbo::elbo_backward_differentiable",
             Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, std::array<bool, 3>))
 
 #undef FASTELBO_OP
@@ -185,14 +191,14 @@ at::ScalarType saved_dtype(AutogradContext* ctx, const char* key) {
 
 // ---- latent ----
 
-struct LatentFunction : public torch::autograd::Function<LatentFunction> {
+struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                                const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed,
                                int64_t param, int64_t n_samples, bool stl) {
     Tensor4 out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
+      out = gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
     }
     ctx->set_materialize_grads(false);
     ctx->saved_data["param"] = param;
@@ -214,12 +220,12 @@ struct LatentFunction : public torch::autograd::Function<LatentFunction> {
         ctx, {true, true, prior_mu.defined(), prior_scale.defined(), eps.defined(), seed.defined()});
     Tensor4 result;
     if (at::GradMode::is_enabled()) {
-      result = latent_backward_differentiable_op().call(
+      result = gaussian_latent_backward_differentiable_op().call(
           opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu, scale, opt(prior_mu), opt(prior_scale),
           opt(eps), opt(seed), param, n_samples, stl, {needs[0], needs[1], needs[2], needs[3]});
     } else {
       at::AutoDispatchBelowADInplaceOrView guard;
-      result = latent_backward_op().call(opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu, scale,
+      result = gaussian_latent_backward_op().call(opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu, scale,
                                          opt(prior_mu), opt(prior_scale), opt(eps), opt(seed), param, n_samples, stl);
     }
     return {if_needed(needs[0], std::get<0>(result)), if_needed(needs[1], std::get<1>(result)),
@@ -228,25 +234,25 @@ struct LatentFunction : public torch::autograd::Function<LatentFunction> {
   }
 };
 
-Tensor4 latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+Tensor4 gaussian_latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
                         const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
   if (!recording(mu, scale, prior_mu, prior_scale, eps, seed)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
+    return gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
   }
-  const variable_list out = LatentFunction::apply(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
+  const variable_list out = GaussianLatentFunction::apply(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
   return {out[0], out[1], out[2], out[3]};
 }
 
 // ---- analytic KL ----
 
-struct KlFunction : public torch::autograd::Function<KlFunction> {
+struct GaussianKlFunction : public torch::autograd::Function<GaussianKlFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                                const OptTensor& prior_scale, int64_t param, bool per_dim) {
     Tensor out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
+      out = gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
     }
     ctx->set_materialize_grads(false);
     ctx->saved_data["param"] = param;
@@ -267,29 +273,34 @@ struct KlFunction : public torch::autograd::Function<KlFunction> {
     const auto needs = needs_by_argument<4>(ctx, {true, true, prior_mu.defined(), prior_scale.defined()});
     Tensor4 result;
     if (at::GradMode::is_enabled()) {
-      result = kl_backward_differentiable_op().call(grad, mu, scale, opt(prior_mu), opt(prior_scale), param, per_dim,
+      result = gaussian_kl_backward_differentiable_op().call(grad, mu, scale, opt(prior_mu), opt(prior_scale), param, per_dim,
                                                     needs);
     } else {
       at::AutoDispatchBelowADInplaceOrView guard;
-      result = kl_backward_op().call(grad, mu, scale, opt(prior_mu), opt(prior_scale), param, per_dim);
+      result = gaussian_kl_backward_op().call(grad, mu, scale, opt(prior_mu), opt(prior_scale), param, per_dim);
     }
     return {if_needed(needs[0], std::get<0>(result)), if_needed(needs[1], std::get<1>(result)),
             if_needed(needs[2], std::get<2>(result)), if_needed(needs[3], std::get<3>(result)), Tensor(), Tensor()};
   }
 };
 
-Tensor kl_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
                    int64_t param, bool per_dim) {
   if (!recording(mu, scale, prior_mu, prior_scale)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
+    return gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
   }
-  return KlFunction::apply(mu, scale, prior_mu, prior_scale, param, per_dim)[0];
+  return GaussianKlFunction::apply(mu, scale, prior_mu, prior_scale, param, per_dim)[0];
 }
 
 // ---- Bernoulli and continuous Bernoulli ----
 // out = sum x l - (softplus(l) or the continuous Bernoulli's terms); d out/d l = b (the buffer),
-// d out/d x = l.
+// d out/d x = l. One Function for the two ops (bernoulli_log_prob, continuous_bernoulli_log_prob).
+
+Tensor2 binary_op(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad) {
+  return continuous ? continuous_bernoulli_op().call(logits, x, event_dims, need_grad)
+                    : bernoulli_op().call(logits, x, event_dims, need_grad);
+}
 
 struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& x, int64_t event_dims,
@@ -297,7 +308,7 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
     Tensor2 out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = binary_op().call(logits, x, event_dims, continuous, need_grad);
+      out = binary_op(logits, x, event_dims, continuous, need_grad);
     }
     const Tensor& buffer = std::get<1>(out);
     ctx->set_materialize_grads(false);
@@ -320,9 +331,11 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
     const at::ScalarType logits_dtype = saved_dtype(ctx, "logits_dtype");
     const bool needs_logits = ctx->needs_input_grad(0), needs_x = ctx->needs_input_grad(1);
     if (second_order(grad_buffer)) {
-      auto [grad_logits, grad_x] = binary_backward_differentiable_op().call(
-          opt(grad_out), opt(grad_buffer), buffer, opt(logits), x, event_dims,
-          ctx->saved_data["continuous"].toBool(), logits_dtype, {needs_logits, needs_x});
+      const auto& op = ctx->saved_data["continuous"].toBool() ? continuous_bernoulli_backward_differentiable_op()
+                                                               : bernoulli_backward_differentiable_op();
+      auto [grad_logits, grad_x] =
+          op.call(opt(grad_out), opt(grad_buffer), buffer, opt(logits), x, event_dims, logits_dtype,
+                  {needs_logits, needs_x});
       return {grad_logits, grad_x, Tensor(), Tensor(), Tensor(), Tensor()};
     }
     Tensor grad_logits, grad_x;
@@ -342,11 +355,19 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
 Tensor2 binary_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad) {
   if (!recording(logits, x)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return binary_op().call(logits, x, event_dims, continuous, need_grad);
+    return binary_op(logits, x, event_dims, continuous, need_grad);
   }
   Tensor aside;
   const variable_list out = BinaryFunction::apply(logits, x, event_dims, continuous, need_grad, &aside);
   return with_aside(out, aside);
+}
+
+Tensor2 bernoulli_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
+  return binary_autograd(logits, x, event_dims, false, need_grad);
+}
+
+Tensor2 continuous_bernoulli_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
+  return binary_autograd(logits, x, event_dims, true, need_grad);
 }
 
 // ---- Gaussian ----
@@ -471,13 +492,13 @@ Tensor2 categorical_autograd(const Tensor& logits, const Tensor& target, int64_t
 //   mode 2: d/dlog_lik = d/dlog_p = g w~, d/dlog_q = -g w~
 // The elbo modes are linear in their inputs: their recorded backward is these same torch ops.
 
-struct EstimateFunction : public torch::autograd::Function<EstimateFunction> {
+struct ElboFunction : public torch::autograd::Function<ElboFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p,
                                const Tensor& kl, int64_t mode, double beta, Tensor* aside) {
     Tensor2 out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = estimate_op().call(log_lik, log_q, log_p, kl, mode, beta);
+      out = elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
     }
     const Tensor& weights = std::get<1>(out);
     ctx->set_materialize_grads(false);
@@ -508,7 +529,7 @@ struct EstimateFunction : public torch::autograd::Function<EstimateFunction> {
     if (mode == 2) {
       const variable_list saved = ctx->get_saved_variables();
       if (at::GradMode::is_enabled()) {
-        auto [grad_ll, grad_lq, grad_lp] = estimate_backward_differentiable_op().call(
+        auto [grad_ll, grad_lq, grad_lp] = elbo_backward_differentiable_op().call(
             grad, saved[1], saved[2], saved[3], {needs[0], needs[1], needs[2]});
         return {grad_ll, grad_lq, grad_lp, Tensor(), Tensor(), Tensor(), Tensor()};
       }
@@ -529,14 +550,14 @@ struct EstimateFunction : public torch::autograd::Function<EstimateFunction> {
   }
 };
 
-Tensor2 estimate_autograd(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl,
+Tensor2 elbo_autograd(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl,
                           int64_t mode, double beta) {
   if (!recording(log_lik, log_q, log_p, kl)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return estimate_op().call(log_lik, log_q, log_p, kl, mode, beta);
+    return elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
   }
   Tensor aside;
-  const variable_list out = EstimateFunction::apply(log_lik, log_q, log_p, kl, mode, beta, &aside);
+  const variable_list out = ElboFunction::apply(log_lik, log_q, log_p, kl, mode, beta, &aside);
   return with_aside(out, aside);
 }
 
@@ -563,14 +584,15 @@ void backward_kernel_autograd(const c10::OperatorHandle& op, torch::jit::Stack* 
 }  // namespace fastelbo
 
 TORCH_LIBRARY_IMPL(fastelbo, Autograd, m) {
-  m.impl("latent", &fastelbo::latent_autograd);
-  m.impl("kl", &fastelbo::kl_autograd);
-  m.impl("binary_log_prob", &fastelbo::binary_autograd);
+  m.impl("gaussian_latent", &fastelbo::gaussian_latent_autograd);
+  m.impl("gaussian_kl", &fastelbo::gaussian_kl_autograd);
+  m.impl("bernoulli_log_prob", &fastelbo::bernoulli_autograd);
+  m.impl("continuous_bernoulli_log_prob", &fastelbo::continuous_bernoulli_autograd);
   m.impl("gaussian_log_prob", &fastelbo::gaussian_autograd);
   m.impl("categorical_log_prob", &fastelbo::categorical_autograd);
-  m.impl("estimate", &fastelbo::estimate_autograd);
-  m.impl("latent_backward", torch::CppFunction::makeFromBoxedFunction<&fastelbo::backward_kernel_autograd>());
-  m.impl("kl_backward", torch::CppFunction::makeFromBoxedFunction<&fastelbo::backward_kernel_autograd>());
+  m.impl("elbo", &fastelbo::elbo_autograd);
+  m.impl("gaussian_latent_backward", torch::CppFunction::makeFromBoxedFunction<&fastelbo::backward_kernel_autograd>());
+  m.impl("gaussian_kl_backward", torch::CppFunction::makeFromBoxedFunction<&fastelbo::backward_kernel_autograd>());
   m.impl("gaussian_log_prob_backward",
          torch::CppFunction::makeFromBoxedFunction<&fastelbo::backward_kernel_autograd>());
 }

@@ -1,60 +1,62 @@
-// The operator schemas of the C++ backends ("cpu" and "cuda"): one definition, a CPU kernel for
-// each (csrc/cpu/register.cpp) and a CUDA kernel for each (csrc/cuda/register.cu), and the autograd
-// of each at the Autograd key (csrc/binding/autograd.cpp: device-independent, so the CUDA library
-// shares it). The Python side (fastelbo/cpp_backend/ops.py) adds register_fake, and the
-// implementations of the *_backward_differentiable ops below.
+// The operator schemas of the C++ kernels: one definition per op, named as the public function
+// (fastelbo.gaussian_latent -> fastelbo::gaussian_latent, ...), a CPU kernel for each
+// (csrc/cpu/register.cpp), a CUDA kernel for each (csrc/cuda/register.cu), and the autograd of each
+// at the Autograd key (csrc/binding/autograd.cpp: device-independent, so the CUDA library shares
+// it). The Triton backend registers its kernels as the `.triton` overload of the same ops, with the
+// same schema (fastelbo/triton_backend/); each op's module in fastelbo/ops/ holds its schema
+// string, its fake and its gradient rules, and tests/test_op_schemas.py checks that the two agree.
 //
-// Conventions (as the Triton ops, fastelbo/triton_backend/):
+// Conventions:
 //   param: 0 logvar, 1 log_std, 2 softplus.  The seed is the int64 0-dim device tensor of
 //   fastelbo.rng.draw_seed (read by the kernel, never by the host); absent optional gradients
 //   are empty tensors. Outputs that are log-densities are float32 (float64 for float64 inputs);
 //   z and gradients take their inputs' dtypes.
 //
-// latent:            (stl only matters to latent_backward; autograd reads it from here)
+// gaussian_latent:   (stl only matters to the backward; autograd reads it from here)
 //                    z (K, *mu.shape), log_q (K, *batch), log_p (K, *batch), kl (*batch)
-// latent_backward:   grad_mu, grad_scale, grad_prior_mu (prior_mu's shape), grad_prior_scale
-// kl:                (*batch) or per_dim (*mu.shape);  kl_backward: as latent_backward
-// binary_log_prob:   (out (*batch), grad_logits buffer (logits' shape, compute dtype) or empty)
+// gaussian_latent_backward: grad_mu, grad_scale, grad_prior_mu (prior_mu's shape), grad_prior_scale
+// gaussian_kl:       (*batch) or per_dim (*mu.shape);  gaussian_kl_backward: as gaussian_latent_backward
+// bernoulli_log_prob, continuous_bernoulli_log_prob:
+//                    (out (*batch), grad_logits buffer (logits' shape, compute dtype) or empty)
 // gaussian_log_prob: (out, grad_mean buffer (mean's shape, compute dtype) or empty)
 // gaussian_log_prob_backward(grad_out, grad_mean_buffer, logvar?, ...):
 //                    (grad_mean = grad_out * buffer (compute dtype, mean's shape),
 //                     grad_logvar = sum of grad_out ((buffer e^(v/2))^2 - 1)/2 in logvar's shape and dtype, or
 //                     empty without a logvar tensor or need_logvar)
 // categorical_log_prob: (out (*batch), grad_logits buffer or empty)
-// estimate:          (value (*batch), weights w~ (K, *batch) for mode 2, else empty)
+// elbo:              (value (*batch), weights w~ (K, *batch) for mode 2, else empty)
 // normal_noise:      eps (K, R, D) in float32 or float64;  philox_words: (4, n) int64 words
 //
 // The *_backward_differentiable ops are the second-order path of the autograd (autograd.cpp): its
 // backward calls them instead of the kernels when the backward itself is recorded
 // (create_graph=True: grad mode is on inside it) or a gradient buffer has a gradient of its own.
-// They are CompositeImplicitAutograd, implemented in Python (fastelbo/cpp_backend/ops.py) by the
-// rules of fastelbo/_op_rules.py in torch ops, so autograd records them and higher derivatives
-// are exact. Each returns the gradients of the op's differentiable inputs, an undefined tensor
-// (None) for those not in `needs` or without a gradient:
-//   latent_backward_differentiable:   (mu, scale, prior_mu, prior_scale), by the reference (recomputed)
-//   kl_backward_differentiable:       (mu, scale, prior_mu, prior_scale), by the reference
-//   binary_log_prob_backward_differentiable: (logits, x): g b + (d b/d l) u in b itself (Bernoulli),
-//                                     the reference from the kept logits (continuous Bernoulli)
+// They are CompositeImplicitAutograd, implemented in Python by each op's module (fastelbo/ops/) in
+// torch ops, so autograd records them and higher derivatives are exact. Each returns the gradients
+// of the op's differentiable inputs, an undefined tensor (None) for those not in `needs` or
+// without a gradient:
+//   gaussian_latent_backward_differentiable: (mu, scale, prior_mu, prior_scale), by the reference
+//   gaussian_kl_backward_differentiable:     (mu, scale, prior_mu, prior_scale), by the reference
+//   bernoulli_log_prob_backward_differentiable: (logits, x): g b + (d b/d l) u in b itself
+//   continuous_bernoulli_log_prob_backward_differentiable: (logits, x), the reference from the kept logits
 //   gaussian_log_prob_backward_differentiable: (mean, x, logvar) in torch ops on b
 //   categorical_log_prob_backward_differentiable: logits: g b + the softmax Jacobian in b
-//   estimate_backward_differentiable: (log_lik, log_q, log_p) of the IWAE (mode 2), by the reference
+//   elbo_backward_differentiable: (log_lik, log_q, log_p) of the IWAE (mode 2), by the reference
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def(
-      "latent(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
+      "gaussian_latent(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
       "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "latent_backward(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, Tensor mu, "
+      "gaussian_latent_backward(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, Tensor mu, "
       "Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, int param, int n_samples, "
       "bool stl) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("kl(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, bool per_dim) -> Tensor");
+  m.def("gaussian_kl(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, bool per_dim) -> Tensor");
   m.def(
-      "kl_backward(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, "
+      "gaussian_kl_backward(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, "
       "bool per_dim) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "binary_log_prob(Tensor logits, Tensor x, int event_dims, bool continuous, bool need_grad) "
-      "-> (Tensor, Tensor)");
+  m.def("bernoulli_log_prob(Tensor logits, Tensor x, int event_dims, bool need_grad) -> (Tensor, Tensor)");
+  m.def("continuous_bernoulli_log_prob(Tensor logits, Tensor x, int event_dims, bool need_grad) -> (Tensor, Tensor)");
   m.def(
       "gaussian_log_prob(Tensor mean, Tensor x, Tensor? logvar, float logvar_value, int event_dims, "
       "bool need_grad) -> (Tensor, Tensor)");
@@ -62,20 +64,23 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
       "gaussian_log_prob_backward(Tensor grad_out, Tensor grad_mean_buffer, Tensor? logvar, float logvar_value, "
       "int event_dims, bool need_logvar) -> (Tensor, Tensor)");
   m.def("categorical_log_prob(Tensor logits, Tensor target, int event_dims, bool need_grad) -> (Tensor, Tensor)");
-  m.def("estimate(Tensor log_lik, Tensor log_q, Tensor log_p, Tensor kl, int mode, float beta) -> (Tensor, Tensor)");
+  m.def("elbo(Tensor log_lik, Tensor log_q, Tensor log_p, Tensor kl, int mode, float beta) -> (Tensor, Tensor)");
   m.def("normal_noise(Tensor seed, int n_samples, int n_rows, int dim, bool float64) -> Tensor");
   m.def("philox_words(Tensor counter, Tensor key) -> Tensor");
 
   m.def(
-      "latent_backward_differentiable(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
+      "gaussian_latent_backward_differentiable(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
       "Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, int param, "
       "int n_samples, bool stl, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "kl_backward_differentiable(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, "
+      "gaussian_kl_backward_differentiable(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, "
       "int param, bool per_dim, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "binary_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, Tensor? logits, "
-      "Tensor x, int event_dims, bool continuous, ScalarType logits_dtype, bool[2] needs) -> (Tensor, Tensor)");
+      "bernoulli_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
+      "Tensor? logits, Tensor x, int event_dims, ScalarType logits_dtype, bool[2] needs) -> (Tensor, Tensor)");
+  m.def(
+      "continuous_bernoulli_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
+      "Tensor? logits, Tensor x, int event_dims, ScalarType logits_dtype, bool[2] needs) -> (Tensor, Tensor)");
   m.def(
       "gaussian_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
       "Tensor? logvar, float logvar_value, int event_dims, ScalarType mean_dtype, SymInt[] x_shape, "
@@ -84,6 +89,6 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
       "categorical_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
       "Tensor target, int event_dims, ScalarType logits_dtype) -> Tensor");
   m.def(
-      "estimate_backward_differentiable(Tensor grad, Tensor log_lik, Tensor log_q, Tensor log_p, bool[3] needs) "
+      "elbo_backward_differentiable(Tensor grad, Tensor log_lik, Tensor log_q, Tensor log_p, bool[3] needs) "
       "-> (Tensor, Tensor, Tensor)");
 }

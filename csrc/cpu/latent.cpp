@@ -27,7 +27,7 @@ namespace fastelbo {
 namespace {
 
 template <typename scalar_t>
-void latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param, int64_t k_samples,
+void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param, int64_t k_samples,
                            Tensor& z, Tensor& log_q, Tensor& log_p, Tensor& kl) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
@@ -92,7 +92,7 @@ struct LatentGrads {
 };
 
 template <typename scalar_t>
-void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const Tensor& eps, const Tensor& seed,
+void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const Tensor& eps, const Tensor& seed,
                             int64_t param, int64_t K, bool stl, PosteriorGrads& out) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
@@ -185,7 +185,7 @@ void latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const 
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> latent_cpu(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                                                       const OptTensor& prior_scale, const OptTensor& eps,
                                                       const OptTensor& seed, int64_t param, int64_t n_samples,
                                                       bool stl) {
@@ -204,15 +204,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> latent_cpu(const Tensor& mu, const Te
   if (log_q.numel() > 0) {
     Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute).contiguous() : Tensor();
     Tensor seed_t = defined_or_empty(seed);
-    TORCH_CHECK(eps_c.defined() || seed_t.defined(), "fastelbo::latent needs eps or a seed");
-    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_latent_cpu", [&] {
-      latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, n_samples, z, log_q, log_p, kl);
+    TORCH_CHECK(eps_c.defined() || seed_t.defined(), "fastelbo::gaussian_latent needs eps or a seed");
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_cpu", [&] {
+      gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, n_samples, z, log_q, log_p, kl);
     });
   }
   return {z.to(mu.scalar_type()), log_q, log_p, kl};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> latent_backward_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(
     const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p, const OptTensor& grad_kl,
     const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale, const OptTensor& eps,
     const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
@@ -223,8 +223,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> latent_backward_cpu(
     LatentGrads grads(grad_z, grad_log_q, grad_log_p, grad_kl, n_samples, R, D, compute_dtype(rows.dtype));
     Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute_dtype(rows.dtype)).contiguous() : Tensor();
     Tensor seed_t = defined_or_empty(seed);
-    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_latent_backward_cpu", [&] {
-      latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, n_samples, stl, out);
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_backward_cpu", [&] {
+      gaussian_latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, n_samples, stl, out);
     });
   }
   return out.finish(mu, scale, prior_mu, prior_scale);

@@ -224,10 +224,8 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
   });
 }
 
-}  // namespace
-
-std::tuple<Tensor, Tensor> binary_log_prob_cpu(const Tensor& logits, const Tensor& x, int64_t event_dims,
-                                               bool continuous, bool need_grad) {
+std::tuple<Tensor, Tensor> binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous,
+                                           bool need_grad) {
   // The compute dtype is the logits' (as the reference's); a float x of another dtype is read in it.
   const at::ScalarType dtype = logits.scalar_type(), compute = compute_dtype(dtype);
   Tensor xx = x;
@@ -251,6 +249,18 @@ std::tuple<Tensor, Tensor> binary_log_prob_cpu(const Tensor& logits, const Tenso
     }
   });
   return {out, grad};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> bernoulli_log_prob_cpu(const Tensor& logits, const Tensor& x, int64_t event_dims,
+                                                  bool need_grad) {
+  return binary_log_prob(logits, x, event_dims, false, need_grad);
+}
+
+std::tuple<Tensor, Tensor> continuous_bernoulli_log_prob_cpu(const Tensor& logits, const Tensor& x, int64_t event_dims,
+                                                             bool need_grad) {
+  return binary_log_prob(logits, x, event_dims, true, need_grad);
 }
 
 std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tensor& x, const OptTensor& logvar,

@@ -9,25 +9,27 @@ namespace fastelbo {
 
 using OptionalTensor = c10::optional<at::Tensor>;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> latent_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_latent_cpu(
     const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu, const OptionalTensor& prior_scale,
     const OptionalTensor& eps, const OptionalTensor& seed, int64_t param, int64_t n_samples, bool stl);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> latent_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_latent_backward_cpu(
     const OptionalTensor& grad_z, const OptionalTensor& grad_log_q, const OptionalTensor& grad_log_p,
     const OptionalTensor& grad_kl, const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
     const OptionalTensor& prior_scale, const OptionalTensor& eps, const OptionalTensor& seed, int64_t param,
     int64_t n_samples, bool stl);
 
-at::Tensor kl_cpu(const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
+at::Tensor gaussian_kl_cpu(const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
                   const OptionalTensor& prior_scale, int64_t param, bool per_dim);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kl_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_cpu(
     const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
     const OptionalTensor& prior_scale, int64_t param, bool per_dim);
 
-std::tuple<at::Tensor, at::Tensor> binary_log_prob_cpu(const at::Tensor& logits, const at::Tensor& x,
-                                                       int64_t event_dims, bool continuous, bool need_grad);
+std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_cpu(const at::Tensor& logits, const at::Tensor& x,
+                                                          int64_t event_dims, bool need_grad);
+std::tuple<at::Tensor, at::Tensor> continuous_bernoulli_log_prob_cpu(const at::Tensor& logits, const at::Tensor& x,
+                                                                     int64_t event_dims, bool need_grad);
 
 std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_cpu(const at::Tensor& mean, const at::Tensor& x,
                                                          const OptionalTensor& logvar, double logvar_value,
@@ -41,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(const at::Tens
 std::tuple<at::Tensor, at::Tensor> categorical_log_prob_cpu(const at::Tensor& logits, const at::Tensor& target,
                                                             int64_t event_dims, bool need_grad);
 
-std::tuple<at::Tensor, at::Tensor> estimate_cpu(const at::Tensor& log_lik, const at::Tensor& log_q,
+std::tuple<at::Tensor, at::Tensor> elbo_cpu(const at::Tensor& log_lik, const at::Tensor& log_q,
                                                 const at::Tensor& log_p, const at::Tensor& kl, int64_t mode,
                                                 double beta);
 

@@ -10,7 +10,7 @@
 namespace fastelbo {
 namespace cuda {
 
-Tensor2 estimate_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl, int64_t mode,
+Tensor2 elbo_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl, int64_t mode,
                       double beta) {
   c10::cuda::CUDAGuard device_guard(log_lik.device());
   const at::ScalarType dtype = at::promote_types(log_lik.scalar_type(), log_q.scalar_type());
@@ -30,7 +30,7 @@ Tensor2 estimate_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& 
   at::Tensor out_c = output_in(out, compute);
   at::Tensor weights_c = mode == 2 ? output_in(weights, compute) : at::Tensor();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(compute, "fastelbo_estimate_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(compute, "fastelbo_elbo_cuda", [&] {
     using T = scalar_t;
     EstimateParams<T> p;
     p.log_lik = ptr<const T>(ll);
@@ -44,7 +44,7 @@ Tensor2 estimate_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& 
     p.mode = static_cast<int>(mode);
     p.beta = beta;
     p.log_k = std::log(static_cast<double>(k));
-    estimate_kernel<T><<<grid_x(flat_blocks(rows)), kBlock, 0, stream>>>(p);
+    elbo_kernel<T><<<grid_x(flat_blocks(rows)), kBlock, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   finish_output(out, out_c);

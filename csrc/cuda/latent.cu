@@ -118,7 +118,7 @@ at::Tensor zeros_or_empty(const at::Tensor& prior, const at::Tensor& mu) {
 
 }  // namespace
 
-Tensor4 latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
+Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
                     const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
                     int64_t param, int64_t n_samples, bool stl) {
   (void)stl;  // the forward values do not depend on it
@@ -149,7 +149,7 @@ Tensor4 latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prio
   }
   at::Tensor z_out = output_in(z, s.storage);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  FE_DISPATCH_FLOAT(s.storage, "fastelbo_latent_cuda", [&] {
+  FE_DISPATCH_FLOAT(s.storage, "fastelbo_gaussian_latent_cuda", [&] {
     check_compute<T>(s);
     LatentFwdParams<S, T> p;
     p.in = latent_inputs<S>(s, param);
@@ -161,14 +161,14 @@ Tensor4 latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prio
     p.kl = ptr<T>(kl);
     p.n_samples = k;
     p.half_log_2pi_d = static_cast<double>(dim) * core::kHalfLog2Pi;
-    latent_fwd_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
+    gaussian_latent_forward_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   finish_output(z, z_out);
   return {z, log_q, log_p, kl};
 }
 
-Tensor4 latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_log_q_opt,
+Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_log_q_opt,
                              const OptTensor& grad_log_p_opt, const OptTensor& grad_kl_opt, const Tensor& mu,
                              const Tensor& scale, const OptTensor& prior_mu_opt, const OptTensor& prior_scale_opt,
                              const OptTensor& eps_opt, const OptTensor& seed_opt, int64_t param, int64_t n_samples,
@@ -199,7 +199,7 @@ Tensor4 latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_
   const at::Tensor gk = has(grad_kl_opt) ? cast(*grad_kl_opt, s.compute).reshape({rows}) : at::Tensor();
   PosteriorGradOutputs out(s, mu, scale);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  FE_DISPATCH_FLOAT(s.storage, "fastelbo_latent_backward_cuda", [&] {
+  FE_DISPATCH_FLOAT(s.storage, "fastelbo_gaussian_latent_backward_cuda", [&] {
     check_compute<T>(s);
     LatentBwdParams<S, T> p;
     p.in = latent_inputs<S>(s, param);
@@ -220,13 +220,13 @@ Tensor4 latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_
     out.fill<S, T>(p, s);
     p.n_samples = k;
     p.stl = stl;
-    latent_bwd_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
+    gaussian_latent_backward_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.finish(s, prior_mu, prior_scale, mu);
 }
 
-Tensor kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt, const OptTensor& prior_scale_opt,
+Tensor gaussian_kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt, const OptTensor& prior_scale_opt,
                int64_t param, bool per_dim) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
@@ -236,19 +236,19 @@ Tensor kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_
   if (mu.numel() == 0) return out.zero_();
   const LatentSetup s = setup_latent(mu, scale, prior_mu, prior_scale, at::Tensor());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  FE_DISPATCH_FLOAT(s.storage, "fastelbo_kl_cuda", [&] {
+  FE_DISPATCH_FLOAT(s.storage, "fastelbo_gaussian_kl_cuda", [&] {
     check_compute<T>(s);
     KlFwdParams<S, T> p;
     p.in = latent_inputs<S>(s, param);
     p.out = ptr<T>(out);
     p.per_dim = per_dim;
-    kl_fwd_kernel<S, T><<<grid_x(latent_blocks(s.rows, s.dim)), kBlock, 0, stream>>>(p);
+    gaussian_kl_forward_kernel<S, T><<<grid_x(latent_blocks(s.rows, s.dim)), kBlock, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
-Tensor4 kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
+Tensor4 gaussian_kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
                          const OptTensor& prior_scale_opt, int64_t param, bool per_dim) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
@@ -262,7 +262,7 @@ Tensor4 kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& sca
   const at::Tensor g = per_dim ? cast(grad, s.compute).reshape({rows, dim}) : cast(grad, s.compute).reshape({rows});
   PosteriorGradOutputs out(s, mu, scale);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  FE_DISPATCH_FLOAT(s.storage, "fastelbo_kl_backward_cuda", [&] {
+  FE_DISPATCH_FLOAT(s.storage, "fastelbo_gaussian_kl_backward_cuda", [&] {
     check_compute<T>(s);
     KlBwdParams<S, T> p;
     p.in = latent_inputs<S>(s, param);
@@ -271,7 +271,7 @@ Tensor4 kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& sca
     p.g_sd = per_dim ? g.stride(1) : 0;
     out.fill<S, T>(p, s);
     p.per_dim = per_dim;
-    kl_bwd_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
+    gaussian_kl_backward_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.finish(s, prior_mu, prior_scale, mu);

@@ -13,10 +13,7 @@ at::Tensor grad_buffer(bool need, const at::Tensor& like, at::ScalarType dtype) 
   return need ? at::empty(like.sizes(), like.options().dtype(dtype)) : at::empty({0}, like.options().dtype(dtype));
 }
 
-}  // namespace
-
-Tensor2 binary_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous,
-                             bool need_grad) {
+Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad) {
   c10::cuda::CUDAGuard device_guard(logits.device());
   const at::ScalarType compute = compute_dtype({logits});
   at::Tensor out = at::empty(batch_sizes(logits, event_dims), logits.options().dtype(compute));
@@ -44,6 +41,16 @@ Tensor2 binary_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t even
     });
   });
   return {out, grad};
+}
+
+}  // namespace
+
+Tensor2 bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
+  return binary_log_prob(logits, x, event_dims, false, need_grad);
+}
+
+Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
+  return binary_log_prob(logits, x, event_dims, true, need_grad);
 }
 
 Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTensor& logvar_opt, double logvar_value,

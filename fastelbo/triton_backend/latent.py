@@ -1,10 +1,6 @@
-"""The Gaussian latent and the analytic KL as torch.library custom ops on the Triton kernels.
-
-fastelbo::triton_latent(mu, scale, prior_mu?, prior_scale?, eps?, seed?, param, n_samples, stl)
-    -> (z (K, *mu.shape), log_q (K, *batch), log_p (K, *batch), kl (*batch))
-fastelbo::triton_latent_backward(...) -> (grad_mu, grad_scale, grad_prior_mu, grad_prior_scale)
-fastelbo::triton_kl(mu, scale, prior_mu?, prior_scale?, param, per_dim) -> kl
-fastelbo::triton_kl_backward(...) -> (grad_mu, grad_scale, grad_prior_mu, grad_prior_scale)
+"""The Triton kernels of fastelbo::gaussian_latent and fastelbo::gaussian_kl (and their backward
+kernels), launched on the rows of mu: registered as the `.triton` overloads of those ops by
+fastelbo/triton_backend/register.py, with the schemas, fakes and autograd of fastelbo/ops/.
 
 param is 0 (logvar), 1 (log_std) or 2 (softplus). The seed is the int64 device tensor of
 fastelbo.rng.draw_seed; backward regenerates eps from it. Absent prior gradients are empty tensors.
@@ -18,8 +14,7 @@ import torch
 import triton
 from torch import Tensor
 
-from .. import _op_rules as rules
-from ..triton_kernels.latent import kl_bwd_kernel, kl_fwd_kernel, latent_bwd_kernel, latent_fwd_kernel
+from ..triton_kernels.latent import gaussian_kl_backward_kernel, gaussian_kl_forward_kernel, gaussian_latent_backward_kernel, gaussian_latent_forward_kernel
 from ._common import block_rows, compute, split_scalar
 from ._layout import plan
 
@@ -79,8 +74,7 @@ class _Rows:
 
 # ---- forward ----
 
-@torch.library.custom_op("fastelbo::triton_latent", mutates_args=())
-def latent_op(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
+def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
               eps: Optional[Tensor], seed: Optional[Tensor], param: int, n_samples: int,
               stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
@@ -95,7 +89,7 @@ def latent_op(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale
     rows = _Rows(mu, scale, prior_mu, prior_scale)
     eps_args = _eps_args(eps, rows, mu)
     const_hi, const_lo = split_scalar(rows.dim * HALF_LOG_2PI)
-    latent_fwd_kernel[rows.grid](
+    gaussian_latent_forward_kernel[rows.grid](
         *rows.tensors, eps_args[0], seed if seed is not None else mu,
         z, log_q, log_p, kl,
         rows.rows, rows.dim, k, rows.layout.n1, rows.layout.n2,
@@ -115,9 +109,6 @@ def _eps_args(eps, rows: _Rows, mu) -> tuple:
     return (eps, rows.rows * rows.dim, *rows.contiguous_row_strides())
 
 
-latent_op.register_fake(rules.latent_fake)
-
-
 # ---- backward ----
 
 def _view(t: Optional[Tensor], *shape) -> Optional[Tensor]:
@@ -129,8 +120,7 @@ def _view(t: Optional[Tensor], *shape) -> Optional[Tensor]:
         return t.contiguous().view(*shape)
 
 
-@torch.library.custom_op("fastelbo::triton_latent_backward", mutates_args=())
-def latent_backward_op(grad_z: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
+def gaussian_latent_backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
                        grad_kl: Optional[Tensor], mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
                        prior_scale: Optional[Tensor], eps: Optional[Tensor], seed: Optional[Tensor],
                        param: int, n_samples: int, stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -147,7 +137,7 @@ def latent_backward_op(grad_z: Optional[Tensor], grad_log_q: Optional[Tensor], g
     pmu_buffer = rows.prior_grad_buffer(2, dtype) if rows.has_prior else mu
     pscale_buffer = rows.prior_grad_buffer(3, dtype) if rows.has_prior else mu
     eps_args = _eps_args(eps, rows, mu)
-    latent_bwd_kernel[rows.grid](
+    gaussian_latent_backward_kernel[rows.grid](
         *rows.tensors, eps_args[0], seed if seed is not None else mu,
         _or(gz, mu), _or(gq, mu), _or(gp, mu), _or(gk, mu),
         grad_mu, grad_scale, pmu_buffer, pscale_buffer,
@@ -173,22 +163,18 @@ def _strides(t: Optional[Tensor], n: int) -> tuple[int, ...]:
     return (0,) * n if t is None else tuple(t.stride())
 
 
-latent_backward_op.register_fake(rules.latent_backward_fake)
-_backward, _setup_context = rules.latent_autograd(latent_backward_op)
-latent_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- analytic KL alone ----
 
-@torch.library.custom_op("fastelbo::triton_kl", mutates_args=())
-def kl_op(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
+def gaussian_kl(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
           param: int, per_dim: bool) -> Tensor:
     dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
     out = torch.empty(mu.shape if per_dim else mu.shape[:-1], dtype=dtype, device=mu.device)
     if mu.numel() == 0:
         return out.zero_()
     rows = _Rows(mu, scale, prior_mu, prior_scale)
-    kl_fwd_kernel[rows.grid](
+    gaussian_kl_forward_kernel[rows.grid](
         *rows.tensors, out, rows.rows, rows.dim, rows.layout.n1, rows.layout.n2, *rows.stride_args(),
         PARAM=param, HAS_PRIOR=rows.has_prior, PER_DIM=per_dim, DTYPE=tl_dtype,
         BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,
@@ -196,11 +182,7 @@ def kl_op(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Op
     return out
 
 
-kl_op.register_fake(rules.kl_fake)
-
-
-@torch.library.custom_op("fastelbo::triton_kl_backward", mutates_args=())
-def kl_backward_op(grad: Tensor, mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
+def gaussian_kl_backward(grad: Tensor, mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
                    prior_scale: Optional[Tensor], param: int, per_dim: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
     grad_mu = mu.new_empty(mu.shape)
@@ -214,7 +196,7 @@ def kl_backward_op(grad: Tensor, mu: Tensor, scale: Tensor, prior_mu: Optional[T
     g_strides = tuple(g.stride()) if per_dim else (g.stride(0), 0)
     pmu_buffer = rows.prior_grad_buffer(2, dtype) if rows.has_prior else mu
     pscale_buffer = rows.prior_grad_buffer(3, dtype) if rows.has_prior else mu
-    kl_bwd_kernel[rows.grid](
+    gaussian_kl_backward_kernel[rows.grid](
         *rows.tensors, g, grad_mu, grad_scale, pmu_buffer, pscale_buffer,
         rows.rows, rows.dim, rows.layout.n1, rows.layout.n2, *rows.stride_args(), *g_strides,
         PARAM=param, HAS_PRIOR=rows.has_prior, PER_DIM=per_dim,
@@ -226,7 +208,3 @@ def kl_backward_op(grad: Tensor, mu: Tensor, scale: Tensor, prior_mu: Optional[T
         grad_pscale = rows.reduce_prior_grad(3, pscale_buffer, prior_scale, mu.shape[:-1])
     return grad_mu, grad_scale, grad_pmu, grad_pscale
 
-
-kl_backward_op.register_fake(rules.kl_backward_fake)
-_backward, _setup_context = rules.kl_autograd(kl_backward_op)
-kl_op.register_autograd(_backward, setup_context=_setup_context)

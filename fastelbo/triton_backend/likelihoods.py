@@ -1,14 +1,10 @@
-"""The likelihoods as torch.library custom ops on the Triton kernels.
+"""The Triton kernels of the likelihood ops (fastelbo::bernoulli_log_prob,
+continuous_bernoulli_log_prob, gaussian_log_prob and its backward kernel, categorical_log_prob),
+registered as their `.triton` overloads by fastelbo/triton_backend/register.py.
 
-Each forward op returns the per-row log-prob and, when asked (need_grad), the elementwise
-gradient in a buffer it owns, in the compute dtype (float32, float64 for float64 inputs): the
-backward pass only scales that buffer by the incoming per-row gradient (one elementwise multiply)
-and rounds once to the parameters' dtype, as the reference does. Absent buffers are empty tensors.
-
-fastelbo::triton_binary_log_prob(logits, x, event_dims, continuous, need_grad) -> (out, grad_logits)
-fastelbo::triton_gaussian_log_prob(mean, x, logvar?, logvar_value, event_dims, need_grad)
-    -> (out, grad_mean, grad_logvar)      grad_logvar per element, float32/64, only for a logvar tensor
-fastelbo::triton_categorical_log_prob(logits, target, event_dims, need_grad) -> (out, grad_logits)
+Each forward returns the per-row log-prob and, when asked (need_grad), the elementwise gradient
+buffer b in the compute dtype (float32, float64 for float64 inputs); absent buffers are empty
+tensors. The op contracts (outputs, buffers, gradients) are the C++ kernels', in fastelbo/ops/.
 """
 from __future__ import annotations
 
@@ -19,13 +15,14 @@ import torch
 import triton
 from torch import Tensor
 
-from .. import _op_rules as rules
+from ..ops._autograd import batch_shape
 from ..triton_kernels.likelihoods import (
     binary_log_prob_kernel,
     categorical_log_prob_kernel,
+    gaussian_log_prob_backward_kernel,
     gaussian_log_prob_kernel,
 )
-from ._common import block_rows, compute, split_scalar
+from ._common import TL_DTYPES, block_rows, compute, split_scalar
 from ._layout import plan
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -44,10 +41,9 @@ def _grad_buffer(need: bool, like: Tensor, dtype: torch.dtype) -> Tensor:
 
 # ---- Bernoulli and continuous Bernoulli ----
 
-@torch.library.custom_op("fastelbo::triton_binary_log_prob", mutates_args=())
-def binary_op(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_grad: bool) -> tuple[Tensor, Tensor]:
+def _binary(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_grad: bool) -> tuple[Tensor, Tensor]:
     dtype, tl_dtype = compute(logits)
-    out = torch.empty(rules.batch_shape(logits, event_dims), dtype=dtype, device=logits.device)
+    out = torch.empty(batch_shape(logits, event_dims), dtype=dtype, device=logits.device)
     grad = _grad_buffer(need_grad, logits, dtype)
     if out.numel() == 0:
         return out, grad
@@ -61,22 +57,24 @@ def binary_op(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need
     return out, grad
 
 
-binary_op.register_fake(rules.binary_fake)
-binary_op.register_autograd(rules.binary_backward, setup_context=rules.binary_setup_context)
+def bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int, need_grad: bool) -> tuple[Tensor, Tensor]:
+    return _binary(logits, x, event_dims, False, need_grad)
+
+
+def continuous_bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int,
+                                  need_grad: bool) -> tuple[Tensor, Tensor]:
+    return _binary(logits, x, event_dims, True, need_grad)
 
 
 # ---- Gaussian ----
 
-@torch.library.custom_op("fastelbo::triton_gaussian_log_prob", mutates_args=())
-def gaussian_op(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value: float, event_dims: int,
-                need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+def gaussian_log_prob(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value: float, event_dims: int,
+                      need_grad: bool) -> tuple[Tensor, Tensor]:
     dtype, tl_dtype = compute(mean, logvar)
-    out = torch.empty(rules.batch_shape(mean, event_dims), dtype=dtype, device=mean.device)
+    out = torch.empty(batch_shape(mean, event_dims), dtype=dtype, device=mean.device)
     grad_mean = _grad_buffer(need_grad, mean, dtype)
-    need_grad_v = need_grad and logvar is not None
-    grad_logvar = _grad_buffer(need_grad_v, mean, dtype)
     if out.numel() == 0:
-        return out, grad_mean, grad_logvar
+        return out, grad_mean
     tensors = [mean, x.expand(mean.shape)] + ([logvar.expand(mean.shape)] if logvar is not None else [])
     tensors, layout = plan(tensors, event_dims)
     v_tensor = tensors[2] if logvar is not None else mean
@@ -85,63 +83,38 @@ def gaussian_op(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value:
     const_hi, const_lo = split_scalar(layout.cols * HALF_LOG_2PI)
     v_hi, v_lo = split_scalar(logvar_value)
     gaussian_log_prob_kernel[grid](
-        tensors[0], tensors[1], v_tensor, out, grad_mean if need_grad else out, grad_logvar if need_grad_v else out,
+        tensors[0], tensors[1], v_tensor, out, grad_mean if need_grad else out,
         layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0), *layout.args(1), *v_strides,
         v_hi, v_lo, const_hi, const_lo,
-        V_TENSOR=logvar is not None, NEED_GRAD=need_grad, NEED_GRAD_V=need_grad_v, DTYPE=tl_dtype,
-        BLOCK_R=block_r, BLOCK_N=block_n,
+        V_TENSOR=logvar is not None, NEED_GRAD=need_grad, DTYPE=tl_dtype, BLOCK_R=block_r, BLOCK_N=block_n,
     )
-    return out, grad_mean, grad_logvar
+    return out, grad_mean
 
 
-@gaussian_op.register_fake
-def _(mean, x, logvar, logvar_value, event_dims, need_grad):
-    dtype, _ = compute(mean, logvar)
-    need_grad_v = need_grad and logvar is not None
-    return (mean.new_empty(rules.batch_shape(mean, event_dims), dtype=dtype),
-            mean.new_empty(mean.shape if need_grad else (0,), dtype=dtype),
-            mean.new_empty(mean.shape if need_grad_v else (0,), dtype=dtype))
-
-
-def _gaussian_setup_context(ctx, inputs, output):
-    mean, x, logvar, logvar_value, event_dims, need_grad = inputs
-    ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(output[2])  # the per-element logvar gradient: derived from b when differentiated
-    ctx.options = (logvar_value, event_dims)
-    ctx.meta = rules.gaussian_meta(mean, x, logvar)
-    ctx.save_for_backward(output[1], output[2], logvar)
-
-
-def _gaussian_backward(ctx, grad_out, grad_buffer, _):
-    grad_mean_buffer, grad_logvar_buffer, logvar = ctx.saved_tensors
-    logvar_value, event_dims = ctx.options
-    needs = ctx.needs_input_grad[:3]
-    if grad_buffer is not None or rules.differentiating():
-        grads = rules.gaussian_backward_differentiable(grad_out, grad_buffer, grad_mean_buffer, logvar, logvar_value,
-                                                       event_dims, needs, ctx.meta)
-        return (*grads, None, None, None)
-    if grad_out is None:
-        return None, None, None, None, None, None
-    mean_dtype, x_shape, x_dtype, logvar_meta = ctx.meta
-    grad_mean = grad_x = grad_logvar = None
-    scaled = rules.scale_buffer(grad_mean_buffer, grad_out, event_dims)
-    if needs[0]:
-        grad_mean = scaled.to(mean_dtype)
-    if needs[1]:  # d/dx = -d/dm
-        grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype)
-    if needs[2] and logvar_meta is not None:
-        shape, dtype = logvar_meta
-        grad_logvar = rules.scale_buffer(grad_logvar_buffer, grad_out, event_dims).sum_to_size(shape).to(dtype)
-    return grad_mean, grad_x, grad_logvar, None, None, None
-
-
-gaussian_op.register_autograd(_gaussian_backward, setup_context=_gaussian_setup_context)
+def gaussian_log_prob_backward(grad_out: Tensor, buffer: Tensor, logvar: Optional[Tensor], logvar_value: float,
+                               event_dims: int, need_logvar: bool) -> tuple[Tensor, Tensor]:
+    """(grad_mean = g b in the compute dtype, grad_logvar = sum of g ((b e^(v/2))^2 - 1)/2 in logvar's shape
+    and dtype, or empty) from the forward's buffer b."""
+    need_v = need_logvar and logvar is not None
+    grad_mean = torch.empty_like(buffer)
+    if buffer.numel() == 0:
+        grad_logvar = torch.zeros_like(logvar) if need_v else buffer.new_empty(0)
+        return grad_mean, grad_logvar
+    grad_v = torch.empty_like(buffer) if need_v else buffer.new_empty(0)
+    (v_tensor,), layout = plan([logvar.expand(buffer.shape) if need_v else buffer], event_dims)
+    grid, block_r, block_n = _row_grid(layout)
+    gaussian_log_prob_backward_kernel[grid](
+        grad_out.contiguous(), buffer, v_tensor, grad_mean, grad_v if need_v else grad_mean,
+        layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0),
+        NEED_GRAD_V=need_v, DTYPE=TL_DTYPES[buffer.dtype], BLOCK_R=block_r, BLOCK_N=block_n,
+    )
+    grad_logvar = grad_v.sum_to_size(logvar.shape).to(logvar.dtype) if need_v else buffer.new_empty(0)
+    return grad_mean, grad_logvar
 
 
 # ---- categorical ----
 
-@torch.library.custom_op("fastelbo::triton_categorical_log_prob", mutates_args=())
-def categorical_op(logits: Tensor, target: Tensor, event_dims: int, need_grad: bool) -> tuple[Tensor, Tensor]:
+def categorical_log_prob(logits: Tensor, target: Tensor, event_dims: int, need_grad: bool) -> tuple[Tensor, Tensor]:
     dtype, tl_dtype = compute(logits)
     elem_shape = logits.shape[:-1]
     grad = _grad_buffer(need_grad, logits, dtype)
@@ -160,6 +133,3 @@ def categorical_op(logits: Tensor, target: Tensor, event_dims: int, need_grad: b
     out = per_element.sum(dim=tuple(range(-event_dims, 0))) if event_dims else per_element
     return out, grad
 
-
-categorical_op.register_fake(rules.categorical_fake)
-categorical_op.register_autograd(rules.categorical_backward, setup_context=rules.categorical_setup_context)

@@ -31,12 +31,6 @@ def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int,
     return out
 
 
-@torch.library.custom_op("fastelbo::triton_normal_noise", mutates_args=())
 def normal_noise_op(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int, float64: bool) -> torch.Tensor:
-    """normal_noise as a custom op (DReG regenerates eps with it inside compiled regions)."""
+    """The kernel of fastelbo::normal_noise.triton (the op's schema: fastelbo/ops/gaussian_latent.py)."""
     return normal_noise(seed, n_samples, n_rows, dim, torch.float64 if float64 else torch.float32)
-
-
-@normal_noise_op.register_fake
-def _(seed, n_samples, n_rows, dim, float64):
-    return seed.new_empty((n_samples, n_rows, dim), dtype=torch.float64 if float64 else torch.float32)

@@ -16,10 +16,10 @@ namespace cuda {
 #define FE_FOR_EACH_FLOAT(X) X(float, float) X(double, double) X(__half, float) X(__nv_bfloat16, float)
 
 #define FE_LATENT(S, T)                                                        \
-  template __global__ void latent_fwd_kernel<S, T>(const LatentFwdParams<S, T>); \
-  template __global__ void latent_bwd_kernel<S, T>(const LatentBwdParams<S, T>); \
-  template __global__ void kl_fwd_kernel<S, T>(const KlFwdParams<S, T>);         \
-  template __global__ void kl_bwd_kernel<S, T>(const KlBwdParams<S, T>);
+  template __global__ void gaussian_latent_forward_kernel<S, T>(const LatentFwdParams<S, T>); \
+  template __global__ void gaussian_latent_backward_kernel<S, T>(const LatentBwdParams<S, T>); \
+  template __global__ void gaussian_kl_forward_kernel<S, T>(const KlFwdParams<S, T>);         \
+  template __global__ void gaussian_kl_backward_kernel<S, T>(const KlBwdParams<S, T>);
 FE_FOR_EACH_FLOAT(FE_LATENT)
 
 // x / data storage X of the binary and Gaussian likelihoods: uint8_t (bool, uint8), S, or float.
@@ -42,8 +42,8 @@ FE_FOR_EACH_FLOAT(FE_GAUSSIAN_BWD)
   FE_CATEGORICAL_I(S, int32_t, T) FE_CATEGORICAL_I(S, int64_t, T)
 FE_FOR_EACH_FLOAT(FE_CATEGORICAL)
 
-template __global__ void estimate_kernel<float>(const EstimateParams<float>);
-template __global__ void estimate_kernel<double>(const EstimateParams<double>);
+template __global__ void elbo_kernel<float>(const EstimateParams<float>);
+template __global__ void elbo_kernel<double>(const EstimateParams<double>);
 template __global__ void normal_noise_kernel<float>(const NormalNoiseParams<float>);
 template __global__ void normal_noise_kernel<double>(const NormalNoiseParams<double>);
 template __global__ void philox_words_kernel<int64_t>(const PhiloxWordsParams<int64_t>);

@@ -31,7 +31,7 @@ struct EstimateParams {
 //                                  the normalized weights w~_k = exp(log w_k - logsumexp).
 // Grid: flat_blocks(R) blocks of kBlock threads, grid-stride over the rows.
 template <typename T>
-__global__ void __launch_bounds__(kBlock) estimate_kernel(const EstimateParams<T> p) {
+__global__ void __launch_bounds__(kBlock) elbo_kernel(const EstimateParams<T> p) {
   const int64_t R = p.rows, K = p.n_samples;
   const T beta = static_cast<T>(p.beta);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;

@@ -214,7 +214,7 @@ __device__ __forceinline__ void store_prior_grad(T* out, const T v[4], bool vali
 //             delta = (mu - mu_p) / sigma_p      (standard prior: mu_p = 0, sigma_p = 1)
 // Grid: latent_blocks(R, D) blocks of kBlock threads; K >= 1.
 template <typename S, typename T>
-__global__ void __launch_bounds__(kBlock) latent_fwd_kernel(const LatentFwdParams<S, T> p) {
+__global__ void __launch_bounds__(kBlock) gaussian_latent_forward_kernel(const LatentFwdParams<S, T> p) {
   const int64_t R = p.in.shape.rows, D = p.in.shape.cols;
   const int lanes = latent_lanes(D);
   const int lane = threadIdx.x & (lanes - 1);
@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kBlock) latent_fwd_kernel(const LatentFwdParam
 // and dL/ds = dL/dlog sigma * d log sigma / ds (likewise for the prior's scale). eps is
 // regenerated from the seed. Grid: latent_blocks(R, D) blocks of kBlock threads.
 template <typename S, typename T>
-__global__ void __launch_bounds__(kBlock) latent_bwd_kernel(const LatentBwdParams<S, T> p) {
+__global__ void __launch_bounds__(kBlock) gaussian_latent_backward_kernel(const LatentBwdParams<S, T> p) {
   __shared__ T smem[4 * kBlock];
   const int64_t R = p.in.shape.rows, D = p.in.shape.cols;
   const int lanes = latent_lanes(D);
@@ -346,9 +346,9 @@ __global__ void __launch_bounds__(kBlock) latent_bwd_kernel(const LatentBwdParam
 }
 
 // Analytic KL(N(mu, sigma^2) || prior) per dim ((R, D) out) or summed over D ((R,) out):
-// KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2 as in latent_fwd_kernel. Grid as latent_fwd_kernel.
+// KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2 as in gaussian_latent_forward_kernel. Grid as gaussian_latent_forward_kernel.
 template <typename S, typename T>
-__global__ void __launch_bounds__(kBlock) kl_fwd_kernel(const KlFwdParams<S, T> p) {
+__global__ void __launch_bounds__(kBlock) gaussian_kl_forward_kernel(const KlFwdParams<S, T> p) {
   const int64_t R = p.in.shape.rows, D = p.in.shape.cols;
   const int lanes = latent_lanes(D);
   const int lane = threadIdx.x & (lanes - 1);
@@ -378,9 +378,9 @@ __global__ void __launch_bounds__(kBlock) kl_fwd_kernel(const KlFwdParams<S, T> 
 
 // Gradients of the analytic KL for the incoming g ((R, D) with per_dim, else (R,)):
 // dKL_d/dmu = delta/sigma_p, dKL_d/dlog sigma = expm1(2r), dKL_d/dmu_p = -delta/sigma_p,
-// dKL_d/dlog sigma_p = -(expm1(2r) + delta^2). Grid as latent_fwd_kernel.
+// dKL_d/dlog sigma_p = -(expm1(2r) + delta^2). Grid as gaussian_latent_forward_kernel.
 template <typename S, typename T>
-__global__ void __launch_bounds__(kBlock) kl_bwd_kernel(const KlBwdParams<S, T> p) {
+__global__ void __launch_bounds__(kBlock) gaussian_kl_backward_kernel(const KlBwdParams<S, T> p) {
   __shared__ T smem[4 * kBlock];
   const int64_t R = p.in.shape.rows, D = p.in.shape.cols;
   const int lanes = latent_lanes(D);

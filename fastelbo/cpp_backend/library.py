@@ -1,0 +1,31 @@
+"""The C++ kernels ("cpu" and "cuda" backends): loads the library (csrc/; built on first use by
+_build.py) and registers, on its ops, what each op's module (fastelbo/ops/) says in Python: the
+fakes that torch.compile traces, and the CompositeImplicitAutograd implementations of the
+`*_backward_differentiable` ops that the C++ autograd (csrc/binding/autograd.cpp) calls for the
+second order. The dispatcher routes each op to the CPU or the CUDA kernel by the tensors' device.
+
+Importing this module builds (if needed) and loads the CPU library; it raises ImportError with the
+reason when the library is unavailable.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from . import _build
+
+_reason = _build.cpu_library()
+if _reason is not None:
+    raise ImportError(f"fastelbo's C++ library is unavailable: {_reason}")
+
+
+def _philox_words_fake(counter, key):
+    return counter.new_empty((4, counter.shape[1]), dtype=torch.int64)
+
+
+for _op in ops.MODULES:
+    for _name, _fake in _op.FAKES.items():
+        torch.library.register_fake(f"fastelbo::{_name}", _fake)
+    for _name, _impl in _op.SECOND_ORDER.items():
+        torch.library.impl(f"fastelbo::{_name}", "CompositeImplicitAutograd")(_impl)
+torch.library.register_fake("fastelbo::philox_words", _philox_words_fake)

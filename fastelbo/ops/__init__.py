@@ -1,0 +1,23 @@
+"""The ops, one module each: `fastelbo/ops/<name>.py` holds everything op `<name>` is.
+
+    the public function fastelbo.<name>   argument checks, then the backend's kernel
+    SCHEMAS                               its torch ops' schemas: fastelbo::<name> (and its backward
+                                          kernel); the C++ kernels are the default overload
+                                          (csrc/binding/schema.cpp), Triton's the `.triton` overload
+    reference(...)                        the pure-PyTorch implementation: backend "reference", and
+                                          the oracle every kernel is tested against
+    FAKES                                 output shapes for torch.compile, per torch op
+    AUTOGRAD                              (backward, setup_context) of the Triton overload (the C++
+                                          op's autograd is C++: csrc/binding/autograd.cpp)
+    SECOND_ORDER                          the differentiable backward (create_graph=True), the C++
+                                          op's `*_backward_differentiable` composite
+
+The backends supply kernels only: fastelbo/cpp_backend/ loads the C++ library and registers these
+fakes and composites on its ops; fastelbo/triton_backend/ defines the `.triton` overloads with
+these schemas, its launchers as their kernels, and these fakes and autograd rules.
+"""
+from . import (bernoulli_log_prob, categorical_log_prob, continuous_bernoulli_log_prob, elbo, gaussian_kl,
+               gaussian_latent, gaussian_log_prob)
+
+MODULES = (gaussian_latent, gaussian_kl, bernoulli_log_prob, continuous_bernoulli_log_prob, gaussian_log_prob,
+           categorical_log_prob, elbo)

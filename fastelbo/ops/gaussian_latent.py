@@ -1,0 +1,249 @@
+"""fastelbo.gaussian_latent: the reparameterized sample of q(z|x) = N(mu, sigma^2) with log q, log p
+and the analytic KL, in one pass.
+
+    z     = mu + sigma eps,  eps ~ N(0, I) drawn in-kernel from (seed, sample, row, dim) (docs/RNG.md)
+    log q = sum_d [-eps^2/2 - log sigma - log(2 pi)/2]            (exact at that z)
+    log p = sum_d [-((z - mu_p)/sigma_p)^2/2 - log sigma_p - log(2 pi)/2]   (N(0, I) without a prior)
+    KL    = sum_d [(sigma/sigma_p)^2 - 1 - 2 log(sigma/sigma_p) + ((mu - mu_p)/sigma_p)^2] / 2
+    sigma = exp(s/2) ("logvar"), exp(s) ("log_std"), softplus(s) ("softplus")
+    stl:  log q keeps its value, its gradient flows through z only (d log q/d z = -eps/sigma).
+
+Everything this op is, in one place: the public function (argument checks, then the backend's
+kernel), its torch op schemas (`fastelbo::gaussian_latent` and its backward kernel; the C++
+kernels are the default overload, Triton's the `.triton` overload), its fakes for torch.compile,
+its reference implementation (the oracle, and backend "reference"), and its gradient rules (the
+Triton overload's Python autograd; the C++ op's autograd is csrc/binding/autograd.cpp; the
+second order, recomputed by the reference under autograd, for both).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .. import _backend
+from .. import _validate as V
+from .._backend import OVERLOAD, resolve
+from .._dtypes import compute_dtype
+from .._types import Latent, TracedLatent
+from ..rng import draw_seed, normal_noise
+from . import _checks
+from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
+from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
+
+NAME = "gaussian_latent"
+SCHEMAS = {
+    "gaussian_latent": "(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
+                       "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)",
+    "gaussian_latent_backward": "(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
+                                "Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, "
+                                "Tensor? seed, int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)",
+    "normal_noise": "(Tensor seed, int n_samples, int n_rows, int dim, bool float64) -> Tensor",
+}
+
+
+# ---- the public function ----
+
+def _check_noise(eps, generator, mu, n_samples):
+    """eps (explicit noise of z's shape, a constant) or generator (on mu's device), not both."""
+    if eps is not None:
+        if generator is not None:
+            raise ValueError("pass either eps (explicit noise) or generator, not both")
+        V.tensor("eps", eps)
+        if eps.requires_grad and torch.is_grad_enabled():
+            raise ValueError("eps must not require grad: it is noise, z is differentiable in mu and scale "
+                             "(and the prior) only; pass eps.detach()")
+        z_shape = mu.shape if n_samples is None else torch.Size((n_samples, *mu.shape))
+        if eps.shape != z_shape:
+            raise ValueError(f"eps must have z's shape {tuple(z_shape)}, got {tuple(eps.shape)}")
+        V.same_device("eps", eps, "mu", mu)
+        V.finite("eps", eps)
+    elif generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != mu.device.type or (
+            generator.device.index is not None and mu.device.index is not None
+            and generator.device.index != mu.device.index
+        ):
+            raise ValueError(f"generator must be on mu's device ({mu.device}), got {generator.device}")
+
+
+def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, stl=False,
+                    generator=None, eps=None, backend=None) -> Latent:
+    """Sample z = mu + sigma * eps from q(z|x) = N(mu, sigma^2) and return Latent(z, log_q, log_p, kl).
+
+    mu, scale: (..., D), scale encoding sigma by `param` ("logvar": exp(s/2), "log_std": exp(s),
+    "softplus": softplus(s)). n_samples=K adds a leading sample dim to z, log_q and log_p. prior:
+    None for N(0, I) or (prior_mu, prior_scale) broadcastable to mu, same `param` encoding,
+    differentiable. stl: "sticking the landing" gradient for log q. eps: explicit noise of z's shape
+    (a constant: it must not require grad); otherwise it is drawn in-kernel from `generator`
+    (default: the device's default generator).
+    """
+    _checks.posterior(mu, scale, param)
+    if n_samples is not None:
+        n_samples = V.integer("n_samples", n_samples, 1)
+    if prior is not None:
+        prior = _checks.prior(prior, mu)
+    if stl is not False and stl is not True:
+        V.flag("stl", stl)
+    if eps is not None or generator is not None:
+        _check_noise(eps, generator, mu, n_samples)
+    name = resolve(backend, mu.device)
+    seed = None if eps is not None else draw_seed(mu.device, generator)
+    if name == "reference":
+        out = reference(mu, scale, param, n_samples, prior, stl, eps, seed)
+    else:
+        prior_mu, prior_scale = prior if prior is not None else (None, None)
+        k_eps = eps.unsqueeze(0) if eps is not None and n_samples is None else eps
+        z, log_q, log_p, kl = getattr(torch.ops.fastelbo.gaussian_latent, OVERLOAD[name])(
+            mu, scale, prior_mu, prior_scale, k_eps, seed, PARAM_CODES[param], 1 if n_samples is None else n_samples,
+            stl)
+        out = (z[0], log_q[0], log_p[0], kl) if n_samples is None else (z, log_q, log_p, kl)
+    latent = TracedLatent(*out)
+    latent.backend = name
+    latent.inputs = (mu, scale, param, n_samples, prior, eps, seed)
+    return latent
+
+
+def noise(backend: str, seed, n_samples: int, n_rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """The latent's eps (n_samples, n_rows, dim) in `dtype` (float32 or float64) as `backend` draws it
+    (bit for bit the same on every backend: docs/RNG.md)."""
+    if backend == "reference":
+        return normal_noise(seed, n_samples, n_rows, dim, dtype)
+    return getattr(torch.ops.fastelbo.normal_noise, OVERLOAD[backend])(seed, n_samples, n_rows, dim,
+                                                                      dtype == torch.float64)
+
+
+# ---- the reference implementation ----
+
+def _prior_terms(prior, param: str, dtype: torch.dtype):
+    """(mu_p, sigma_p, log sigma_p) in the compute dtype, or (None, None, None) for N(0, I)."""
+    if prior is None:
+        return None, None, None
+    prior_mu, prior_scale = prior
+    prior_sigma, prior_log_sigma = sigma_and_log_sigma(prior_scale.to(dtype), param)
+    return prior_mu.to(dtype), prior_sigma, prior_log_sigma
+
+
+def log_prior(z: torch.Tensor, prior, param: str) -> torch.Tensor:
+    """log p(z) = sum_d [ -((z - mu_p) / sigma_p)^2 / 2 - log sigma_p - log(2 pi) / 2 ]."""
+    prior_mu, prior_sigma, prior_log_sigma = _prior_terms(prior, param, z.dtype)
+    if prior_mu is None:
+        return (-0.5 * z * z).sum(-1) - z.shape[-1] * HALF_LOG_2PI
+    u = (z - prior_mu) / prior_sigma
+    return (-0.5 * u * u - prior_log_sigma).sum(-1) - z.shape[-1] * HALF_LOG_2PI
+
+
+def log_q_grad_z(backend, mu, scale, param, n_samples, prior, eps, seed):
+    """d log q / d z = -eps / sigma (detached, z's shape), for DReG, from the latent's arguments:
+    eps is the explicit noise (z's shape), or None to regenerate it from `seed` as `backend` drew it,
+    in the latent's compute dtype (the prior's dtype counts, as in the forward)."""
+    dtype = compute_dtype(mu, scale, *(prior or ()))
+    with torch.no_grad():
+        if eps is None:
+            rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
+            k = 1 if n_samples is None else n_samples
+            eps = noise(backend, seed, k, rows, mu.shape[-1], dtype).view(k, *mu.shape)
+            if n_samples is None:
+                eps = eps[0]
+        sigma, _ = sigma_and_log_sigma(scale.to(dtype), param)
+        return -eps.to(dtype) / sigma
+
+
+def reference(mu, scale, param, n_samples, prior, stl, eps, seed):
+    """(z, log q, log p, kl) in torch ops (see the module docstring); z has the leading sample dim
+    only when n_samples is given. With stl, log q keeps its value but its gradient flows only
+    through z: d log q / d z = -eps / sigma (the variational parameters stopped)."""
+    dtype = compute_dtype(mu, scale, *(prior or ()))
+    # One cast of the prior: its log p and KL gradients then add up in the compute dtype (two casts
+    # of a half prior would each round their gradient to half before autograd adds them).
+    prior = None if prior is None else tuple(t.to(dtype) for t in prior)
+    k = 1 if n_samples is None else n_samples
+    mu_c = mu.to(dtype)
+    sigma, log_sigma = sigma_and_log_sigma(scale.to(dtype), param)
+    if eps is None:
+        rows = mu.numel() // mu.shape[-1] if mu.shape[-1] else 0
+        eps = normal_noise(seed, k, rows, mu.shape[-1], dtype).reshape(k, *mu.shape)
+    elif n_samples is None:
+        eps = eps.unsqueeze(0)
+    eps = eps.to(dtype)
+
+    z = mu_c + sigma * eps
+    d = mu.shape[-1]
+    log_q = (-0.5 * eps * eps - log_sigma).sum(-1) - d * HALF_LOG_2PI
+    if stl:
+        grad_z = (-eps / sigma).detach()
+        log_q = log_q.detach() + ((z - z.detach()) * grad_z).sum(-1)
+    log_p = log_prior(z, prior, param)
+    prior_mu, prior_sigma, prior_log_sigma = _prior_terms(prior, param, dtype)
+    kl = gaussian_kl_per_dim(mu_c, log_sigma, prior_mu, prior_sigma, prior_log_sigma).sum(-1)
+
+    if n_samples is None:
+        z, log_q, log_p = z[0], log_q[0], log_p[0]
+    return z.to(mu.dtype), log_q, log_p, kl
+
+
+# ---- fakes (output shapes for torch.compile) ----
+
+def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
+    dtype = compute_dtype(mu, scale, prior_mu, prior_scale)
+    batch = mu.shape[:-1]
+    z = mu.new_empty((n_samples, *mu.shape))
+    log_q = mu.new_empty((n_samples, *batch), dtype=dtype)
+    return z, log_q, torch.empty_like(log_q), mu.new_empty(batch, dtype=dtype)
+
+
+def backward_fake(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param,
+                  n_samples, stl):
+    return (mu.new_empty(mu.shape), scale.new_empty(scale.shape), like_or_empty(prior_mu, mu),
+            like_or_empty(prior_scale, mu))
+
+
+def noise_fake(seed, n_samples, n_rows, dim, float64):
+    return seed.new_empty((n_samples, n_rows, dim), dtype=torch.float64 if float64 else torch.float32)
+
+
+FAKES = {"gaussian_latent": fake, "gaussian_latent_backward": backward_fake, "normal_noise": noise_fake}
+
+
+# ---- gradients ----
+
+def _reference_outputs(param, n_samples, stl, mu, scale, prior_mu, prior_scale, eps, seed):
+    """The op's outputs (z with its sample dim) by the reference implementation."""
+    prior = None if prior_mu is None else (prior_mu, prior_scale)
+    return tuple(reference(mu, scale, PARAM_NAMES[param], n_samples, prior, stl, eps, seed))
+
+
+def backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed,
+                            param, n_samples, stl, needs):
+    """The gradients (mu, scale, prior_mu, prior_scale) for the gradients of the four outputs,
+    recomputed by the reference under autograd (differentiable; None where not `needs`): the
+    second-order backward (`fastelbo::gaussian_latent_backward_differentiable` for the C++ op)."""
+    return tuple(reference_vjp(functools.partial(_reference_outputs, param, n_samples, stl),
+                               (mu, scale, prior_mu, prior_scale, eps, seed), tuple(needs[:4]) + (False,) * 2,
+                               (grad_z, grad_log_q, grad_log_p, grad_kl))[:4])
+
+
+def setup_context(ctx, inputs, output):
+    mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl = inputs
+    ctx.save_for_backward(mu, scale, prior_mu, prior_scale, eps, seed)
+    ctx.options = (param, n_samples, stl)
+    ctx.set_materialize_grads(False)
+
+
+def backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl):
+    """The Triton overload's autograd: its backward kernel, or the second order."""
+    mu, scale, prior_mu, prior_scale, eps, seed = ctx.saved_tensors
+    if differentiating():
+        grads = backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale,
+                                        eps, seed, *ctx.options, ctx.needs_input_grad[:4])
+        return (*grads, None, None, None, None, None)
+    grads = torch.ops.fastelbo.gaussian_latent_backward.triton(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale,
+                                                               prior_mu, prior_scale, eps, seed, *ctx.options)
+    has_prior = prior_mu is not None
+    return (grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None,
+            None, None, None, None, None)
+
+
+AUTOGRAD = {"gaussian_latent": (backward, setup_context)}
+SECOND_ORDER = {"gaussian_latent_backward_differentiable": backward_differentiable}

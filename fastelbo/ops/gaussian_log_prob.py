@@ -1,0 +1,144 @@
+"""fastelbo.gaussian_log_prob: log N(x | mean, e^v) summed over the event dims, v = logvar a number
+or a tensor broadcastable to mean (e.g. one learned value per pixel).
+
+    out = sum_n -((x - m)^2 e^-v + v + log 2 pi)/2
+    b = d out/d m = (x - m) e^-v,   d out/d x = -b,   d out/d v = ((b e^(v/2))^2 - 1)/2
+
+The forward writes the per-row value and the buffer b; the backward kernel
+(`fastelbo::gaussian_log_prob_backward`) derives both gradients from b in one pass and sums the
+logvar gradient down to logvar's shape, so no per-element logvar buffer is ever written. The
+public function, the schemas, the fakes, the reference and the gradient rules, as for every op
+(see fastelbo/ops/__init__.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _validate as V
+from .._backend import OVERLOAD, resolve
+from .._dtypes import compute_dtype
+from . import _checks
+from ._autograd import add, batch_shape, differentiating, expand_events, needs_grad
+from ._math import sum_event_dims
+
+NAME = "gaussian_log_prob"
+SCHEMAS = {
+    "gaussian_log_prob": "(Tensor mean, Tensor x, Tensor? logvar, float logvar_value, int event_dims, "
+                         "bool need_grad) -> (Tensor, Tensor)",
+    "gaussian_log_prob_backward": "(Tensor grad_out, Tensor grad_mean_buffer, Tensor? logvar, float logvar_value, "
+                                  "int event_dims, bool need_logvar) -> (Tensor, Tensor)",
+}
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_log_prob(mean, x, *, logvar=0.0, event_dims=1, backend=None) -> torch.Tensor:
+    """sum over event dims of -((x - m)^2 exp(-v) + v + log(2 pi)) / 2, v = logvar (a number or a
+    tensor broadcastable to mean, differentiable)."""
+    V.tensor("mean", mean)
+    _checks.data("x", x, "mean", mean, mean.shape)
+    tensor_logvar = isinstance(logvar, torch.Tensor)
+    if tensor_logvar:
+        V.tensor("logvar", logvar)
+        V.same_device("logvar", logvar, "mean", mean)
+        V.broadcasts_to("logvar", logvar, mean.shape, "mean")
+        V.finite("logvar", logvar)
+    else:
+        logvar = V.real("logvar", logvar)
+    if V.active:
+        V.finite("mean", mean)
+        V.finite("x", x)
+    event_dims = _checks.event_dims(event_dims, mean.dim(), "mean")
+    name = resolve(backend, mean.device)
+    if name == "reference":
+        return reference(mean, x, logvar, event_dims)
+    op = getattr(torch.ops.fastelbo.gaussian_log_prob, OVERLOAD[name])
+    if tensor_logvar:
+        return op(mean, x, logvar, 0.0, event_dims, needs_grad(mean, x, logvar))[0]
+    return op(mean, x, None, logvar, event_dims, needs_grad(mean, x))[0]
+
+
+def reference(mean, x, logvar, event_dims):
+    """-((x - m)^2 e^(-v) + v + log(2 pi)) / 2, v = logvar (a number or a tensor)."""
+    if isinstance(logvar, torch.Tensor):
+        dtype = compute_dtype(mean, logvar)
+        v = logvar.to(dtype)
+        inv_var = torch.exp(-v)
+    else:
+        dtype = compute_dtype(mean)
+        v = float(logvar)
+        inv_var = math.exp(-v)
+    diff = x.to(dtype) - mean.to(dtype)
+    return sum_event_dims(-0.5 * (diff * diff * inv_var + v + LOG_2PI), event_dims)
+
+
+def fake(mean, x, logvar, logvar_value, event_dims, need_grad):
+    dtype = compute_dtype(mean, logvar)
+    return (mean.new_empty(batch_shape(mean, event_dims), dtype=dtype),
+            mean.new_empty(mean.shape if need_grad else (0,), dtype=dtype))
+
+
+def backward_fake(grad_out, buffer, logvar, logvar_value, event_dims, need_logvar):
+    with_v = need_logvar and logvar is not None
+    return buffer.new_empty(buffer.shape), (logvar.new_empty(logvar.shape) if with_v else buffer.new_empty(0))
+
+
+FAKES = {"gaussian_log_prob": fake, "gaussian_log_prob_backward": backward_fake}
+
+
+def backward_differentiable(grad_out, grad_buffer, buffer, logvar, logvar_value, event_dims, mean_dtype, x_shape,
+                            x_dtype, needs):
+    """The gradients (mean, x, logvar) in torch ops on the buffer b, so that a recorded backward
+    differentiates through b (d b/d m = -e^-v, d b/d x = e^-v, d b/d v = -b): the second order."""
+    v = logvar.to(buffer.dtype) if logvar is not None else logvar_value
+    inv_var = torch.exp(-v) if logvar is not None else math.exp(-v)
+    g = None if grad_out is None else expand_events(grad_out, event_dims)
+    grad_mean = grad_x = grad_logvar = None
+    if needs[0] or needs[1]:
+        d_mean = add(None if g is None else g * buffer, None if grad_buffer is None else -inv_var * grad_buffer)
+        if needs[0] and d_mean is not None:
+            grad_mean = d_mean.to(mean_dtype)
+        if needs[1] and d_mean is not None:
+            grad_x = (-d_mean).sum_to_size(x_shape).to(x_dtype)
+    if needs[2] and logvar is not None:
+        half_sigma = torch.exp(0.5 * v)
+        d_v = add(None if g is None else g * (0.5 * (buffer * half_sigma) ** 2 - 0.5),
+                  None if grad_buffer is None else -buffer * grad_buffer)
+        if d_v is not None:
+            grad_logvar = d_v.sum_to_size(logvar.shape).to(logvar.dtype)
+    return grad_mean, grad_x, grad_logvar
+
+
+def setup_context(ctx, inputs, output):
+    mean, x, logvar, logvar_value, event_dims, need_grad = inputs
+    ctx.set_materialize_grads(False)
+    if not need_grad:
+        ctx.mark_non_differentiable(output[1])  # an empty placeholder
+    ctx.options = (logvar_value, event_dims)
+    ctx.meta = (mean.dtype, x.shape, x.dtype)
+    ctx.save_for_backward(output[1], logvar)
+
+
+def backward(ctx, grad_out, grad_buffer):
+    """The Triton overload's autograd (the C++ op's is the same in csrc/binding/autograd.cpp)."""
+    buffer, logvar = ctx.saved_tensors
+    logvar_value, event_dims = ctx.options
+    mean_dtype, x_shape, x_dtype = ctx.meta
+    needs = ctx.needs_input_grad[:3]
+    if grad_buffer is not None or differentiating():
+        grads = backward_differentiable(grad_out, grad_buffer, buffer, logvar, logvar_value, event_dims, mean_dtype,
+                                        x_shape, x_dtype, needs)
+        return (*grads, None, None, None)
+    if grad_out is None:
+        return None, None, None, None, None, None
+    need_logvar = needs[2] and logvar is not None
+    scaled, grad_logvar = torch.ops.fastelbo.gaussian_log_prob_backward.triton(grad_out, buffer, logvar, logvar_value,
+                                                                               event_dims, need_logvar)
+    grad_mean = scaled.to(mean_dtype) if needs[0] else None
+    grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype) if needs[1] else None  # d/dx = -d/dm
+    return grad_mean, grad_x, grad_logvar if need_logvar else None, None, None, None
+
+
+AUTOGRAD = {"gaussian_log_prob": (backward, setup_context)}
+SECOND_ORDER = {"gaussian_log_prob_backward_differentiable": backward_differentiable}

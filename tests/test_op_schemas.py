@@ -1,0 +1,103 @@
+"""One name and one contract per op on every backend: each op module's SCHEMAS are exactly the C++
+library's schemas and the Triton overloads', each module's public function is fe.<its name>,
+every fused op the backends register belongs to an op module, and torch.library.opcheck passes on
+every op of both overloads (the C++ kernels' default, Triton's `.triton`) on the same cases."""
+import pytest
+import torch
+
+import fastelbo as fe
+from fastelbo import ops, rng
+from helpers import HAS_TRITON, generator, rand, randn
+
+SCHEMAS = {name: schema for op in ops.MODULES for name, schema in op.SCHEMAS.items()}
+
+
+def _parsed(name: str, schema: str) -> str:
+    return str(torch._C.parse_schema(f"fastelbo::{name}{schema}"))
+
+
+def test_each_module_is_its_op():
+    for op in ops.MODULES:
+        assert op.__name__ == f"fastelbo.ops.{op.NAME}"
+        assert getattr(fe, op.NAME) is getattr(op, op.NAME)
+        assert getattr(fe.reference, op.NAME).__wrapped__ is getattr(op, op.NAME)
+        assert set(op.FAKES) == set(op.SCHEMAS)
+        assert set(op.AUTOGRAD) <= set(op.SCHEMAS)
+        assert all(name.endswith("_backward_differentiable") for name in op.SECOND_ORDER)
+
+
+@pytest.mark.skipif(fe.backends()["cpu"] != "available", reason="the C++ library is unavailable here")
+def test_the_cpp_schemas_are_the_op_modules():
+    import fastelbo.cpp_backend.library  # noqa: F401
+
+    for name, schema in SCHEMAS.items():
+        assert str(getattr(torch.ops.fastelbo, name).default._schema) == _parsed(name, schema), name
+    second_order = {name for op in ops.MODULES for name in op.SECOND_ORDER}
+    # Every C++ op is an op module's (or its second-order composite, or the test-only philox_words).
+    cpp_ops = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+               if name.startswith("fastelbo::") and "." not in name}
+    assert cpp_ops - {"philox_words"} - second_order == set(SCHEMAS)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is unavailable here")
+def test_the_triton_overloads_have_the_same_schemas():
+    import fastelbo.triton_backend.register  # noqa: F401
+
+    for name, schema in SCHEMAS.items():
+        triton_schema = str(getattr(torch.ops.fastelbo, name).triton._schema)
+        assert triton_schema == _parsed(name, schema).replace(f"fastelbo::{name}(", f"fastelbo::{name}.triton("), name
+
+
+# ---- opcheck: schemas, fakes, autograd registration, on both overloads ----
+
+OVERLOADS = {"default": "cpu", "triton": "triton"}  # the overload -> the backend that registers it
+
+
+def _leaf(t):
+    return t.detach().requires_grad_(True)
+
+
+def _opcheck_cases(seed):
+    """(op name, arguments) covering each op's optional inputs, modes and gradient buffers."""
+    g = generator(seed)
+    f32 = dict(dtype=torch.float32)
+    mu, s = randn(g, 3, 5, **f32), rand(g, 3, 5, low=-1, high=1, **f32)
+    pm, ps = randn(g, 5, **f32), rand(g, 5, low=-1, high=1, **f32)
+    seed_t = rng.draw_seed(mu.device, g)
+    eps = randn(g, 2, 3, 5, **f32)
+    logits, x = randn(g, 2, 3, 7, **f32), (rand(g, 3, 7) < 0.5).float()
+    ll, lq, lp, kl = (randn(g, 4, 3, **f32) for _ in range(4))
+    logvar = rand(g, 7, low=-1, high=1, **f32)
+    buffer = randn(g, 2, 3, 7, **f32)
+    target = torch.randint(0, 7, (3,), generator=g, device=g.device)
+    rg = _leaf
+    return [
+        ("gaussian_latent", (rg(mu), rg(s), None, None, None, seed_t, 0, 2, False)),
+        ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), None, seed_t, 2, 1, True)),
+        ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), eps, None, 1, 2, False)),
+        ("gaussian_kl", (rg(mu), rg(s), rg(pm), rg(ps), 0, True)),
+        ("gaussian_kl", (rg(mu), rg(s), None, None, 2, False)),
+        ("bernoulli_log_prob", (rg(logits), x, 1, True)),
+        ("continuous_bernoulli_log_prob", (rg(logits), x.bool(), 2, True)),
+        ("bernoulli_log_prob", (logits, rg(x), 1, False)),  # only x's gradient: no buffer
+        ("gaussian_log_prob", (rg(logits), x, rg(logvar), 0.0, 1, True)),
+        ("gaussian_log_prob", (rg(logits), rg(x), None, -0.3, 1, True)),
+        ("gaussian_log_prob_backward", (randn(g, 2, 3, **f32), buffer, logvar, 0.0, 1, True)),
+        ("categorical_log_prob", (rg(logits), target, 1, True)),
+        ("elbo", (rg(ll), rg(lq), rg(lp), rg(kl[0]), 0, 0.7)),
+        ("elbo", (rg(ll), lq, lp, rg(kl[0]), 1, 1.0)),
+        ("elbo", (rg(ll), rg(lq), rg(lp), kl[0], 2, 1.0)),
+        ("elbo", (ll, rg(lq), lp, rg(kl[0]), 1, 0.5)),
+        ("normal_noise", (seed_t, 2, 3, 5, False)),
+    ]
+
+
+@pytest.mark.parametrize("overload", list(OVERLOADS))
+@pytest.mark.parametrize("index", range(17))
+def test_opcheck(overload, index, seed):
+    backend = OVERLOADS[overload]
+    if fe.backends()[backend] != "available":
+        pytest.skip(f"backend {backend!r} is unavailable here")
+    __import__(fe._backend._MODULES[backend])  # registers the backend's kernels
+    name, args = _opcheck_cases(seed)[index]
+    torch.library.opcheck(getattr(getattr(torch.ops.fastelbo, name), overload), args)
