@@ -22,7 +22,7 @@ using at::Tensor;
 
 template <typename T>
 void elbo_kernel(const Tensor& ll, const Tensor& lq, const Tensor& lp, const Tensor& kl, int64_t mode, double beta,
-                     Tensor& out, Tensor& weights) {
+                 Tensor& out, Tensor& weights) {
   const int64_t K = ll.size(0), R = out.numel();
   const T* ll_ptr = ll.const_data_ptr<T>();
   const T* lq_ptr = lq.const_data_ptr<T>();
@@ -69,8 +69,8 @@ void elbo_kernel(const Tensor& ll, const Tensor& lq, const Tensor& lp, const Ten
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> elbo_cpu(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p,
-                                        const Tensor& kl, int64_t mode, double beta) {
+std::tuple<Tensor, Tensor> elbo_cpu(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl,
+                                    int64_t mode, double beta) {
   const at::ScalarType dtype = at::promote_types(log_lik.scalar_type(), log_q.scalar_type());
   const at::ScalarType compute = at::promote_types(dtype, at::kFloat);
   auto batch = log_lik.sizes().slice(1);
@@ -79,9 +79,8 @@ std::tuple<Tensor, Tensor> elbo_cpu(const Tensor& log_lik, const Tensor& log_q, 
   if (out.numel() > 0) {
     auto prep = [&](const Tensor& t) { return t.to(compute).contiguous(); };
     Tensor ll = prep(log_lik), lq = prep(log_q), lp = prep(log_p), k = prep(kl);
-    AT_DISPATCH_FLOATING_TYPES(compute, "fastelbo_elbo_cpu", [&] {
-      elbo_kernel<scalar_t>(ll, lq, lp, k, mode, beta, out, weights);
-    });
+    AT_DISPATCH_FLOATING_TYPES(compute, "fastelbo_elbo_cpu",
+                               [&] { elbo_kernel<scalar_t>(ll, lq, lp, k, mode, beta, out, weights); });
   }
   return {out.to(dtype), weights.to(dtype)};
 }

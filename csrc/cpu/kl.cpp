@@ -36,7 +36,8 @@ void gaussian_kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_
 }
 
 template <typename scalar_t>
-void gaussian_kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t param, bool per_dim, PosteriorGrads& out) {
+void gaussian_kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int64_t param, bool per_dim,
+                                 PosteriorGrads& out) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
@@ -78,28 +79,29 @@ void gaussian_kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int
 }  // namespace
 
 Tensor gaussian_kl_cpu(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
-              int64_t param, bool per_dim) {
+                       int64_t param, bool per_dim) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
   Tensor out = at::empty(per_dim ? mu.sizes() : mu.sizes().slice(0, mu.dim() - 1), mu.options().dtype(compute));
   if (mu.numel() == 0) return out.zero_();  // D = 0: a sum over nothing
   {
-    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_kl_cpu", [&] { gaussian_kl_forward_kernel<scalar_t>(rows, param, per_dim, out); });
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_kl_cpu",
+                            [&] { gaussian_kl_forward_kernel<scalar_t>(rows, param, per_dim, out); });
   }
   return out;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_kl_backward_cpu(const Tensor& grad, const Tensor& mu, const Tensor& scale,
-                                                           const OptTensor& prior_mu, const OptTensor& prior_scale,
-                                                           int64_t param, bool per_dim) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_kl_backward_cpu(const Tensor& grad, const Tensor& mu,
+                                                                    const Tensor& scale, const OptTensor& prior_mu,
+                                                                    const OptTensor& prior_scale, int64_t param,
+                                                                    bool per_dim) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   PosteriorGrads out(rows, mu, grain_rows(rows.dim * 4));
   if (mu.numel() > 0) {
     const at::ScalarType compute = compute_dtype(rows.dtype);
     Tensor g = per_dim ? grad.to(compute).reshape({rows.rows(), rows.dim}) : grad.to(compute).reshape({rows.rows()});
-    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_kl_backward_cpu", [&] {
-      gaussian_kl_backward_kernel<scalar_t>(rows, g, param, per_dim, out);
-    });
+    FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_kl_backward_cpu",
+                            [&] { gaussian_kl_backward_kernel<scalar_t>(rows, g, param, per_dim, out); });
   }
   return out.finish(mu, scale, prior_mu, prior_scale);
 }

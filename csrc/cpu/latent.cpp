@@ -27,8 +27,8 @@ namespace fastelbo {
 namespace {
 
 template <typename scalar_t>
-void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param, int64_t k_samples,
-                           Tensor& z, Tensor& log_q, Tensor& log_p, Tensor& kl) {
+void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param,
+                                    int64_t k_samples, Tensor& z, Tensor& log_q, Tensor& log_p, Tensor& kl) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
@@ -92,8 +92,8 @@ struct LatentGrads {
 };
 
 template <typename scalar_t>
-void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const Tensor& eps, const Tensor& seed,
-                            int64_t param, int64_t K, bool stl, PosteriorGrads& out) {
+void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const Tensor& eps,
+                                     const Tensor& seed, int64_t param, int64_t K, bool stl, PosteriorGrads& out) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
@@ -185,10 +185,10 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
-                                                      const OptTensor& prior_scale, const OptTensor& eps,
-                                                      const OptTensor& seed, int64_t param, int64_t n_samples,
-                                                      bool stl) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu, const Tensor& scale,
+                                                               const OptTensor& prior_mu, const OptTensor& prior_scale,
+                                                               const OptTensor& eps, const OptTensor& seed,
+                                                               int64_t param, int64_t n_samples, bool stl) {
   (void)stl;  // the forward values do not depend on it
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
@@ -214,8 +214,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu,
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(
     const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p, const OptTensor& grad_kl,
-    const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale, const OptTensor& eps,
-    const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
+    const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   PosteriorGrads out(rows, mu, grain_rows(rows.dim * (n_samples + 2)));
   if (mu.numel() > 0) {

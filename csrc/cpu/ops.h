@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_latent_backw
     int64_t n_samples, bool stl);
 
 at::Tensor gaussian_kl_cpu(const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
-                  const OptionalTensor& prior_scale, int64_t param, bool per_dim);
+                           const OptionalTensor& prior_scale, int64_t param, bool per_dim);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_cpu(
     const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
@@ -35,17 +35,15 @@ std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_cpu(const at::Tensor& mean,
                                                          const OptionalTensor& logvar, double logvar_value,
                                                          int64_t event_dims, bool need_grad);
 
-std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(const at::Tensor& grad_out,
-                                                                  const at::Tensor& buffer,
+std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tensor& buffer,
                                                                   const OptionalTensor& logvar, double logvar_value,
                                                                   int64_t event_dims, bool need_logvar);
 
 std::tuple<at::Tensor, at::Tensor> categorical_log_prob_cpu(const at::Tensor& logits, const at::Tensor& target,
                                                             int64_t event_dims, bool need_grad);
 
-std::tuple<at::Tensor, at::Tensor> elbo_cpu(const at::Tensor& log_lik, const at::Tensor& log_q,
-                                                const at::Tensor& log_p, const at::Tensor& kl, int64_t mode,
-                                                double beta);
+std::tuple<at::Tensor, at::Tensor> elbo_cpu(const at::Tensor& log_lik, const at::Tensor& log_q, const at::Tensor& log_p,
+                                            const at::Tensor& kl, int64_t mode, double beta);
 
 at::Tensor normal_noise_cpu(const at::Tensor& seed, int64_t n_samples, int64_t n_rows, int64_t dim, bool float64);
 

@@ -11,7 +11,7 @@ namespace fastelbo {
 namespace cuda {
 
 Tensor2 elbo_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl, int64_t mode,
-                      double beta) {
+                  double beta) {
   c10::cuda::CUDAGuard device_guard(log_lik.device());
   const at::ScalarType dtype = at::promote_types(log_lik.scalar_type(), log_q.scalar_type());
   const at::ScalarType compute = at::promote_types(dtype, at::kFloat);

@@ -119,8 +119,8 @@ at::Tensor zeros_or_empty(const at::Tensor& prior, const at::Tensor& mu) {
 }  // namespace
 
 Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
-                    const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
-                    int64_t param, int64_t n_samples, bool stl) {
+                             const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
+                             int64_t param, int64_t n_samples, bool stl) {
   (void)stl;  // the forward values do not depend on it
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
@@ -169,10 +169,10 @@ Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
 }
 
 Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_log_q_opt,
-                             const OptTensor& grad_log_p_opt, const OptTensor& grad_kl_opt, const Tensor& mu,
-                             const Tensor& scale, const OptTensor& prior_mu_opt, const OptTensor& prior_scale_opt,
-                             const OptTensor& eps_opt, const OptTensor& seed_opt, int64_t param, int64_t n_samples,
-                             bool stl) {
+                                      const OptTensor& grad_log_p_opt, const OptTensor& grad_kl_opt, const Tensor& mu,
+                                      const Tensor& scale, const OptTensor& prior_mu_opt,
+                                      const OptTensor& prior_scale_opt, const OptTensor& eps_opt,
+                                      const OptTensor& seed_opt, int64_t param, int64_t n_samples, bool stl) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);
@@ -226,8 +226,8 @@ Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTens
   return out.finish(s, prior_mu, prior_scale, mu);
 }
 
-Tensor gaussian_kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt, const OptTensor& prior_scale_opt,
-               int64_t param, bool per_dim) {
+Tensor gaussian_kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
+                        const OptTensor& prior_scale_opt, int64_t param, bool per_dim) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::ScalarType compute = compute_dtype({mu, scale, prior_mu, prior_scale});
@@ -248,8 +248,9 @@ Tensor gaussian_kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& 
   return out;
 }
 
-Tensor4 gaussian_kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
-                         const OptTensor& prior_scale_opt, int64_t param, bool per_dim) {
+Tensor4 gaussian_kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& scale,
+                                  const OptTensor& prior_mu_opt, const OptTensor& prior_scale_opt, int64_t param,
+                                  bool per_dim) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   if (mu.numel() == 0) {

@@ -123,9 +123,9 @@ Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& bu
     return {grad_mean, grad_logvar.view(full).sum_to_size(logvar.sizes()).to(logvar.scalar_type())};
   };
   if (buffer.numel() == 0) {
-    return finish(lv.defined() ? at::zeros(shared ? std::vector<int64_t>{1, cols} : buffer.sizes().vec(),
-                                           buffer.options())
-                               : at::empty({0}, buffer.options()));
+    return finish(lv.defined()
+                      ? at::zeros(shared ? std::vector<int64_t>{1, cols} : buffer.sizes().vec(), buffer.options())
+                      : at::empty({0}, buffer.options()));
   }
   const ColumnGrid cg = column_grid(rows, cols);
   at::Tensor grad_logvar = !lv.defined() ? at::empty({0}, buffer.options())
