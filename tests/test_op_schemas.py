@@ -75,6 +75,8 @@ def _opcheck_cases(seed):
         ("gaussian_latent", (rg(mu), rg(s), None, None, None, seed_t, 0, 2, False)),
         ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), None, seed_t, 2, 1, True)),
         ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), eps, None, 1, 2, False)),
+        ("gaussian_latent", (rg(mu), rg(s), None, None, None, seed_t, 0, 0, True)),  # no sample dim
+        ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), eps[0], None, 2, 0, False)),
         ("gaussian_kl", (rg(mu), rg(s), rg(pm), rg(ps), 0, True)),
         ("gaussian_kl", (rg(mu), rg(s), None, None, 2, False)),
         ("bernoulli_log_prob", (rg(logits), x, 1, True)),
@@ -88,13 +90,16 @@ def _opcheck_cases(seed):
         ("elbo", (rg(ll), lq, lp, rg(kl[0]), 1, 1.0)),
         ("elbo", (rg(ll), rg(lq), rg(lp), kl[0], 2, 1.0)),
         ("elbo", (ll, rg(lq), lp, rg(kl[0]), 1, 0.5)),
+        ("elbo", (rg(ll[0]), rg(lq[0]), rg(lp[0]), kl[1], 0, 0.5)),  # one sample without a sample dim
+        ("elbo", (rg(ll[0]), lq[0], lp[0], rg(kl[1]), 1, 1.0)),
         ("normal_noise", (seed_t, 2, 3, 5, False)),
     ]
 
 
 @pytest.mark.parametrize("overload", list(OVERLOADS))
-@pytest.mark.parametrize("index", range(17))
+@pytest.mark.parametrize("index", range(21))
 def test_opcheck(overload, index, seed):
+    assert len(_opcheck_cases(seed)) == 21  # the parametrization covers every case
     backend = OVERLOADS[overload]
     if fe.backends()[backend] != "available":
         pytest.skip(f"backend {backend!r} is unavailable here")

@@ -504,7 +504,10 @@ struct ElboFunction : public torch::autograd::Function<ElboFunction> {
     ctx->set_materialize_grads(false);
     ctx->saved_data["mode"] = mode;
     ctx->saved_data["beta"] = beta;
-    ctx->saved_data["k"] = log_lik.sym_size(0);
+    // (K, *batch) log-weights, or (*batch) for one sample without a sample dim.
+    const bool sample_dim = log_lik.dim() == kl.dim() + 1;
+    ctx->saved_data["sample_dim"] = sample_dim;
+    ctx->saved_data["k"] = sample_dim ? log_lik.sym_size(0) : c10::SymInt(1);
     save_dtype(ctx, "ll_dtype", log_lik.scalar_type());
     save_dtype(ctx, "lq_dtype", log_q.scalar_type());
     save_dtype(ctx, "lp_dtype", log_p.scalar_type());
@@ -533,14 +536,17 @@ struct ElboFunction : public torch::autograd::Function<ElboFunction> {
             grad, saved[1], saved[2], saved[3], {needs[0], needs[1], needs[2]});
         return {grad_ll, grad_lq, grad_lp, Tensor(), Tensor(), Tensor(), Tensor()};
       }
-      const Tensor per_sample = grad.unsqueeze(0).mul(saved[0]);
+      const Tensor per_sample = (ctx->saved_data["sample_dim"].toBool() ? grad.unsqueeze(0) : grad).mul(saved[0]);
       return {needs[0] ? per_sample.to(ll_dtype) : Tensor(), needs[1] ? per_sample.neg().to(lq_dtype) : Tensor(),
               needs[2] ? per_sample.to(lp_dtype) : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     }
     const c10::SymInt k = ctx->saved_data["k"].toSymInt();
-    c10::SymDimVector shape{k};
-    shape.append(grad.sym_sizes().begin(), grad.sym_sizes().end());
-    const Tensor mean_grad = grad.div(c10::Scalar(k)).unsqueeze(0).expand_symint(shape);
+    Tensor mean_grad = grad;  // one sample without a sample dim: the mean over K is the sample
+    if (ctx->saved_data["sample_dim"].toBool()) {
+      c10::SymDimVector shape{k};
+      shape.append(grad.sym_sizes().begin(), grad.sym_sizes().end());
+      mean_grad = grad.div(c10::Scalar(k)).unsqueeze(0).expand_symint(shape);
+    }
     if (mode == 1) {
       return {needs[0] ? mean_grad.to(ll_dtype) : Tensor(), Tensor(), Tensor(),
               needs[3] ? grad.mul(-beta).to(kl_dtype) : Tensor(), Tensor(), Tensor(), Tensor()};

@@ -13,7 +13,9 @@
 //   z and gradients take their inputs' dtypes.
 //
 // gaussian_latent:   (stl only matters to the backward; autograd reads it from here)
-//                    z (K, *mu.shape), log_q (K, *batch), log_p (K, *batch), kl (*batch)
+//                    z (K, *mu.shape), log_q (K, *batch), log_p (K, *batch), kl (*batch) for
+//                    n_samples = K >= 1; n_samples = 0 is one sample without the sample dim
+//                    (z of mu's shape, log_q and log_p (*batch); eps then has mu's shape)
 // gaussian_latent_backward: grad_mu, grad_scale, grad_prior_mu (prior_mu's shape), grad_prior_scale
 // gaussian_kl:       (*batch) or per_dim (*mu.shape);  gaussian_kl_backward: as gaussian_latent_backward
 // bernoulli_log_prob, continuous_bernoulli_log_prob:
@@ -24,7 +26,8 @@
 //                     grad_logvar = sum of grad_out ((buffer e^(v/2))^2 - 1)/2 in logvar's shape and dtype, or
 //                     empty without a logvar tensor or need_logvar)
 // categorical_log_prob: (out (*batch), grad_logits buffer or empty)
-// elbo:              (value (*batch), weights w~ (K, *batch) for mode 2, else empty)
+// elbo:              (value (*batch), weights w~ (K, *batch) for mode 2, else empty); log_lik, log_q,
+//                    log_p (K, *batch), or (*batch) without a sample dim in modes 0 and 1
 // normal_noise:      eps (K, R, D) in float32 or float64;  philox_words: (4, n) int64 words
 //
 // The *_backward_differentiable ops are the second-order path of the autograd (autograd.cpp): its

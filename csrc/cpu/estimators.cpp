@@ -73,12 +73,16 @@ std::tuple<Tensor, Tensor> elbo_cpu(const Tensor& log_lik, const Tensor& log_q, 
                                     int64_t mode, double beta) {
   const at::ScalarType dtype = at::promote_types(log_lik.scalar_type(), log_q.scalar_type());
   const at::ScalarType compute = at::promote_types(dtype, at::kFloat);
-  auto batch = log_lik.sizes().slice(1);
+  // log_lik, log_q, log_p: (K, *batch), or (*batch) for one sample without a sample dim.
+  const bool sample_dim = log_lik.dim() == kl.dim() + 1;
+  TORCH_CHECK_VALUE(sample_dim || mode != 2, "fastelbo::elbo: mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)");
+  auto batch = sample_dim ? log_lik.sizes().slice(1) : log_lik.sizes();
   Tensor out = at::empty(batch, log_lik.options().dtype(compute));
   Tensor weights = at::empty(mode == 2 ? log_lik.sizes() : at::IntArrayRef{0}, log_lik.options().dtype(compute));
   if (out.numel() > 0) {
     auto prep = [&](const Tensor& t) { return t.to(compute).contiguous(); };
-    Tensor ll = prep(log_lik), lq = prep(log_q), lp = prep(log_p), k = prep(kl);
+    auto per_sample = [&](const Tensor& t) { return sample_dim ? prep(t) : prep(t).unsqueeze(0); };
+    Tensor ll = per_sample(log_lik), lq = per_sample(log_q), lp = per_sample(log_p), k = prep(kl);
     AT_DISPATCH_FLOATING_TYPES(compute, "fastelbo_elbo_cpu",
                                [&] { elbo_kernel<scalar_t>(ll, lq, lp, k, mode, beta, out, weights); });
   }

@@ -20,11 +20,19 @@
 #include "../binding/plan.h"
 #include "common.h"
 #include "latent_rows.h"
+#include "latent_flat.h"
 #include "noise.h"
 #include "ops.h"
 
 namespace fastelbo {
 namespace {
+
+// Whether the rows take the short-row path (latent_flat.h): contiguous float/double mu and scale, no prior.
+template <typename scalar_t>
+bool flat_rows(const LatentRows& rows) {
+  return std::is_same_v<scalar_t, compute_t<scalar_t>> && !rows.has_prior && rows.plan.tensors[0].is_contiguous() &&
+         rows.plan.tensors[1].is_contiguous();
+}
 
 template <typename scalar_t>
 void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param,
@@ -36,6 +44,13 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   const bool has_prior = rows.has_prior;
   const EpsSource<T> eps_source(eps, seed, R, D);
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    if (flat_rows<scalar_t>(rows)) {
+      latent_forward_flat<T>(in.ptr[0], in.ptr[1], eps_source, static_cast<int>(param), k_samples, R, D,
+                             z.data_ptr<T>(), log_q.data_ptr<T>(), log_p.data_ptr<T>(), kl.data_ptr<T>());
+      return;
+    }
+  }
   const T half_log_2pi_d = static_cast<T>(static_cast<double>(D) * core::kHalfLog2Pi);
   scalar_t* z_ptr = z.data_ptr<scalar_t>();
   T* lq_ptr = log_q.data_ptr<T>();
@@ -109,6 +124,14 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   const int64_t gq_sk = gq ? g.gq.stride(0) : 0, gq_sr = gq ? g.gq.stride(1) : 0;
   const int64_t gp_sk = gp ? g.gp.stride(0) : 0, gp_sr = gp ? g.gp.stride(1) : 0;
   const int64_t gk_sr = gk ? g.gk.stride(0) : 0;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    if (flat_rows<scalar_t>(rows) && (!gz || g.gz.is_contiguous())) {
+      const FlatGrads<T> flat{gz, gq, gq_sk, gq_sr, gp, gp_sk, gp_sr, gk, gk_sr};
+      latent_backward_flat<T>(in.ptr[0], in.ptr[1], eps_source, static_cast<int>(param), K, R, D, stl, flat,
+                              out.mu.data_ptr<T>(), out.scale.data_ptr<T>());
+      return;
+    }
+  }
   const auto grads = out.writer<scalar_t>();
   const int64_t block = out.block, blocks = out.blocks;
   // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
@@ -193,10 +216,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu,
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
   auto batch = mu.sizes().slice(0, mu.dim() - 1);
-  std::vector<int64_t> z_shape = {n_samples};
-  z_shape.insert(z_shape.end(), mu.sizes().begin(), mu.sizes().end());
-  std::vector<int64_t> lq_shape = {n_samples};
-  lq_shape.insert(lq_shape.end(), batch.begin(), batch.end());
+  const int64_t k_samples = sample_count(n_samples);
+  std::vector<int64_t> z_shape = with_samples(n_samples, mu.sizes());
+  std::vector<int64_t> lq_shape = with_samples(n_samples, batch);
   Tensor z = at::empty(z_shape, mu.options().dtype(rows.dtype));
   Tensor log_q = at::empty(lq_shape, mu.options().dtype(compute));
   Tensor log_p = at::empty(lq_shape, mu.options().dtype(compute));
@@ -206,7 +228,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu,
     Tensor seed_t = defined_or_empty(seed);
     TORCH_CHECK(eps_c.defined() || seed_t.defined(), "fastelbo::gaussian_latent needs eps or a seed");
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_cpu", [&] {
-      gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, n_samples, z, log_q, log_p, kl);
+      gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, k_samples, z, log_q, log_p, kl);
     });
   }
   return {z.to(mu.scalar_type()), log_q, log_p, kl};
@@ -217,14 +239,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(
     const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
     const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
-  PosteriorGrads out(rows, mu, grain_rows(rows.dim * (n_samples + 2)));
+  const int64_t k_samples = sample_count(n_samples);
+  PosteriorGrads out(rows, mu, grain_rows(rows.dim * (k_samples + 2)));
   if (mu.numel() > 0) {
     const int64_t R = rows.rows(), D = rows.dim;
-    LatentGrads grads(grad_z, grad_log_q, grad_log_p, grad_kl, n_samples, R, D, compute_dtype(rows.dtype));
+    LatentGrads grads(grad_z, grad_log_q, grad_log_p, grad_kl, k_samples, R, D, compute_dtype(rows.dtype));
     Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute_dtype(rows.dtype)).contiguous() : Tensor();
     Tensor seed_t = defined_or_empty(seed);
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_backward_cpu", [&] {
-      gaussian_latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, n_samples, stl, out);
+      gaussian_latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, k_samples, stl, out);
     });
   }
   return out.finish(mu, scale, prior_mu, prior_scale);

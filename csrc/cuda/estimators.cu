@@ -15,8 +15,11 @@ Tensor2 elbo_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_
   c10::cuda::CUDAGuard device_guard(log_lik.device());
   const at::ScalarType dtype = at::promote_types(log_lik.scalar_type(), log_q.scalar_type());
   const at::ScalarType compute = at::promote_types(dtype, at::kFloat);
-  const int64_t k = log_lik.size(0);
-  const std::vector<int64_t> batch(log_lik.sizes().begin() + 1, log_lik.sizes().end());
+  // log_lik, log_q, log_p: (K, *batch), or (*batch) for one sample without a sample dim.
+  const bool sample_dim = log_lik.dim() == kl.dim() + 1;
+  TORCH_CHECK_VALUE(sample_dim || mode != 2, "fastelbo::elbo: mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)");
+  const int64_t k = sample_dim ? log_lik.size(0) : 1;
+  const std::vector<int64_t> batch(log_lik.sizes().begin() + (sample_dim ? 1 : 0), log_lik.sizes().end());
   at::Tensor out = at::empty(batch, log_lik.options().dtype(dtype));
   at::Tensor weights = mode == 2 ? at::empty(log_lik.sizes(), log_lik.options().dtype(dtype))
                                  : at::empty({0}, log_lik.options().dtype(dtype));

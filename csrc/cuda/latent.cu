@@ -126,11 +126,10 @@ Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);
   const at::ScalarType compute = compute_dtype({mu, scale, prior_mu, prior_scale});
-  const int64_t k = n_samples;
+  const int64_t k = sample_count(n_samples);
   const std::vector<int64_t> batch = batch_sizes(mu, 1);
-  std::vector<int64_t> z_sizes{k}, q_sizes{k};
-  z_sizes.insert(z_sizes.end(), mu.sizes().begin(), mu.sizes().end());
-  q_sizes.insert(q_sizes.end(), batch.begin(), batch.end());
+  const std::vector<int64_t> z_sizes = with_samples(n_samples, mu.sizes().vec());
+  const std::vector<int64_t> q_sizes = with_samples(n_samples, batch);
   at::Tensor z = at::empty(z_sizes, mu.options());
   at::Tensor log_q = at::empty(q_sizes, mu.options().dtype(compute));
   at::Tensor log_p = at::empty(q_sizes, mu.options().dtype(compute));
@@ -182,7 +181,7 @@ Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTens
   }
 
   const LatentSetup s = setup_latent(mu, scale, prior_mu, prior_scale, eps);
-  const int64_t k = n_samples, rows = s.rows, dim = s.dim;
+  const int64_t k = sample_count(n_samples), rows = s.rows, dim = s.dim;
   at::Tensor eps_c;
   if (eps.defined()) {
     eps_c = cast(eps, s.storage).contiguous();

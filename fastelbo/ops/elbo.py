@@ -11,7 +11,9 @@ Backward (g the incoming gradient per data point):
     mode 2: d/dlog_lik = d/dlog_p = g w~, d/dlog_q = -g w~   (w~ = softmax_k log w, the op's weights)
 
 The kernel `fastelbo::elbo(log_lik, log_q, log_p, kl, mode, beta) -> (value, weights)` combines the
-modes 0-2 in one pass; DReG is written around the fused pieces here (`dreg`). The public function,
+modes 0-2 in one pass; log_lik, log_q and log_p are (K, *batch), or (*batch) for one sample without
+a sample dim (modes 0 and 1: what fe.gaussian_latent returns by default; mode 2 takes the sample
+dim); DReG is written around the fused pieces here (`dreg`). The public function,
 the schema, the fake, the reference and the gradient rules, as for every op
 (see fastelbo/ops/__init__.py).
 """
@@ -82,10 +84,9 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
     if name == "reference":
         return reference(log_lik, latent, kl, estimator, beta)
     op = getattr(torch.ops.fastelbo.elbo, OVERLOAD[name])
-    if latent.z.dim() == latent.kl.dim() + 2:
-        return op(log_lik, latent.log_q, latent.log_p, latent.kl, MODES[(estimator, kl)], beta)[0]
-    return op(log_lik.unsqueeze(0), latent.log_q.unsqueeze(0), latent.log_p.unsqueeze(0), latent.kl,
-              MODES[(estimator, kl)], beta)[0]
+    if estimator == "iwae" and latent.z.dim() == latent.kl.dim() + 1:  # one sample: its weight is 1
+        return op(log_lik.unsqueeze(0), latent.log_q.unsqueeze(0), latent.log_p.unsqueeze(0), latent.kl, 2, beta)[0]
+    return op(log_lik, latent.log_q, latent.log_p, latent.kl, MODES[(estimator, kl)], beta)[0]
 
 
 def _dreg(log_lik, latent):
@@ -168,7 +169,8 @@ def dreg(log_lik, latent, terms):
 
 def fake(log_lik, log_q, log_p, kl, mode, beta):
     dtype = torch.promote_types(log_lik.dtype, log_q.dtype)
-    return (log_lik.new_empty(log_lik.shape[1:], dtype=dtype),
+    sample_dim = log_lik.dim() == kl.dim() + 1  # else one sample without a sample dim
+    return (log_lik.new_empty(log_lik.shape[1:] if sample_dim else log_lik.shape, dtype=dtype),
             log_lik.new_empty(log_lik.shape if mode == 2 else (0,), dtype=dtype))
 
 
@@ -185,7 +187,8 @@ def backward_differentiable(grad, log_lik, log_q, log_p, needs):
 def setup_context(ctx, inputs, output):
     log_lik, log_q, log_p, kl, mode, beta = inputs
     no_grad_buffers(ctx, output[1])
-    ctx.options = (mode, beta, log_lik.shape[0])
+    sample_dim = log_lik.dim() == kl.dim() + 1
+    ctx.options = (mode, beta, log_lik.shape[0] if sample_dim else None)
     ctx.dtypes = (log_lik.dtype, log_q.dtype, log_p.dtype, kl.dtype)
     ctx.save_for_backward(output[1], *((log_lik, log_q, log_p) if mode == 2 else ()))
 
@@ -200,9 +203,10 @@ def backward(ctx, grad, _):
     if mode == 2:
         if differentiating():
             return (*backward_differentiable(grad, *log_weights, ctx.needs_input_grad[:3]), None, None, None)
-        per_sample = grad.unsqueeze(0) * weights
+        per_sample = (grad if k is None else grad.unsqueeze(0)) * weights
         return per_sample.to(ll_dtype), (-per_sample).to(lq_dtype), per_sample.to(lp_dtype), None, None, None
-    mean_grad = (grad / k).unsqueeze(0).expand((k, *grad.shape))
+    # k None: one sample without a sample dim, the mean over samples is that sample
+    mean_grad = grad if k is None else (grad / k).unsqueeze(0).expand((k, *grad.shape))
     if mode == 1:
         return mean_grad.to(ll_dtype), None, None, (-beta * grad).to(kl_dtype), None, None
     return (mean_grad.to(ll_dtype), (-beta * mean_grad).to(lq_dtype), (beta * mean_grad).to(lp_dtype),

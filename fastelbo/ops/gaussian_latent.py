@@ -33,6 +33,8 @@ from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 
 NAME = "gaussian_latent"
 SCHEMAS = {
+    # n_samples: K >= 1 samples with a leading sample dim on z, log q and log p, or 0 for one sample
+    # without it (outputs of mu's shape; eps then has mu's shape too).
     "gaussian_latent": "(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
                        "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)",
     "gaussian_latent_backward": "(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
@@ -94,11 +96,8 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
         out = reference(mu, scale, param, n_samples, prior, stl, eps, seed)
     else:
         prior_mu, prior_scale = prior if prior is not None else (None, None)
-        k_eps = eps.unsqueeze(0) if eps is not None and n_samples is None else eps
-        z, log_q, log_p, kl = getattr(torch.ops.fastelbo.gaussian_latent, OVERLOAD[name])(
-            mu, scale, prior_mu, prior_scale, k_eps, seed, PARAM_CODES[param], 1 if n_samples is None else n_samples,
-            stl)
-        out = (z[0], log_q[0], log_p[0], kl) if n_samples is None else (z, log_q, log_p, kl)
+        out = getattr(torch.ops.fastelbo.gaussian_latent, OVERLOAD[name])(
+            mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl)
     latent = TracedLatent(*out)
     latent.backend = name
     latent.inputs = (mu, scale, param, n_samples, prior, eps, seed)
@@ -188,8 +187,9 @@ def reference(mu, scale, param, n_samples, prior, stl, eps, seed):
 def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
     dtype = compute_dtype(mu, scale, prior_mu, prior_scale)
     batch = mu.shape[:-1]
-    z = mu.new_empty((n_samples, *mu.shape))
-    log_q = mu.new_empty((n_samples, *batch), dtype=dtype)
+    samples = (n_samples,) if n_samples else ()
+    z = mu.new_empty((*samples, *mu.shape))
+    log_q = mu.new_empty((*samples, *batch), dtype=dtype)
     return z, log_q, torch.empty_like(log_q), mu.new_empty(batch, dtype=dtype)
 
 
@@ -209,9 +209,9 @@ FAKES = {"gaussian_latent": fake, "gaussian_latent_backward": backward_fake, "no
 # ---- gradients ----
 
 def _reference_outputs(param, n_samples, stl, mu, scale, prior_mu, prior_scale, eps, seed):
-    """The op's outputs (z with its sample dim) by the reference implementation."""
+    """The op's outputs by the reference implementation (n_samples 0: no sample dim)."""
     prior = None if prior_mu is None else (prior_mu, prior_scale)
-    return tuple(reference(mu, scale, PARAM_NAMES[param], n_samples, prior, stl, eps, seed))
+    return tuple(reference(mu, scale, PARAM_NAMES[param], n_samples or None, prior, stl, eps, seed))
 
 
 def backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed,

@@ -25,8 +25,11 @@ def _dtype(log_lik: Tensor, log_q: Tensor) -> torch.dtype:
 
 def elbo(log_lik: Tensor, log_q: Tensor, log_p: Tensor, kl: Tensor, mode: int, beta: float) -> tuple[Tensor, Tensor]:
     dtype = _dtype(log_lik, log_q)
-    k = log_lik.shape[0]
-    out = torch.empty(log_lik.shape[1:], dtype=dtype, device=log_lik.device)
+    sample_dim = log_lik.dim() == kl.dim() + 1  # else one sample without a sample dim
+    if not sample_dim and mode == 2:
+        raise ValueError("fastelbo::elbo: mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)")
+    k = log_lik.shape[0] if sample_dim else 1
+    out = torch.empty(log_lik.shape[1:] if sample_dim else log_lik.shape, dtype=dtype, device=log_lik.device)
     weights = torch.empty(log_lik.shape if mode == 2 else (0,), dtype=dtype, device=log_lik.device)
     rows = out.numel()
     if rows == 0:

@@ -79,9 +79,10 @@ def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior
               stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
     batch = mu.shape[:-1]
-    k = n_samples
-    z = torch.empty((k, *mu.shape), dtype=mu.dtype, device=mu.device)
-    log_q = torch.empty((k, *batch), dtype=dtype, device=mu.device)
+    k = max(n_samples, 1)  # 0: one sample without a sample dim
+    samples = (n_samples,) if n_samples else ()
+    z = torch.empty((*samples, *mu.shape), dtype=mu.dtype, device=mu.device)
+    log_q = torch.empty((*samples, *batch), dtype=dtype, device=mu.device)
     log_p = torch.empty_like(log_q)
     kl = torch.empty(batch, dtype=dtype, device=mu.device)
     if log_q.numel() == 0:
@@ -132,7 +133,7 @@ def gaussian_latent_backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tens
     if mu.numel() == 0:
         return grad_mu.zero_(), grad_scale.zero_(), grad_pmu, grad_pscale
     rows = _Rows(mu, scale, prior_mu, prior_scale)
-    k, r, d = n_samples, rows.rows, rows.dim
+    k, r, d = max(n_samples, 1), rows.rows, rows.dim
     gz, gq, gp, gk = _view(grad_z, k, r, d), _view(grad_log_q, k, r), _view(grad_log_p, k, r), _view(grad_kl, r)
     pmu_buffer = rows.prior_grad_buffer(2, dtype) if rows.has_prior else mu
     pscale_buffer = rows.prior_grad_buffer(3, dtype) if rows.has_prior else mu
