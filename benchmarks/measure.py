@@ -1,12 +1,47 @@
-"""How one benchmark number is taken: the median time of a call (CUDA events on a GPU, perf_counter
-on CPU), the bandwidth of a device copy, and the peak memory one call allocates."""
+"""How the benchmark numbers are taken: the median times of several implementations timed in turn
+(round-robin, CUDA events on a GPU, perf_counter on CPU), the bandwidth of a device copy, and the
+peak memory one call allocates."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import statistics
 import time
 
 import torch
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 2**20  # the most glibc takes on 64-bit
+TRIM_THRESHOLD = 2**30
+
+
+def steady_malloc() -> str:
+    """Make glibc's malloc keep freed memory in the process, so that a call's time does not depend
+    on what ran before it; what was done, for the record ("steady (...)", or "default (why not)").
+
+    PyTorch's CPU tensors come from malloc. With glibc's defaults a block above the mmap threshold
+    (128 KiB, raised on the fly up to 32 MiB) is mapped afresh and unmapped when freed, and free
+    memory at the top of the heap is returned to the OS past a trim threshold; the next call then
+    faults its pages in again. On the 2-core virtual machines a page fault costs more than the
+    kernel's work on the page (W4's plain forward timed alone: 4-7 ms with the memory kept, 20 ms
+    without), and whether a call faults depends on what the calls before it allocated and freed,
+    so the same step's time changed 2x with the implementations timed beside it. Serving blocks up to 32 MiB
+    from the heap and never trimming it makes every implementation reuse its memory from call to
+    call. `fastelbo bench --malloc default` leaves glibc as it is.
+    """
+    path = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(path).mallopt if path else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return "default (no glibc mallopt here)"
+    if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        return "default (mallopt refused)"
+    return f"steady (glibc mmap threshold {MMAP_THRESHOLD // 2**20} MiB, no trim)"
 
 
 def _timer(device: torch.device):
@@ -40,6 +75,41 @@ def median_time(fn, device: torch.device, reps: int, warmup: int, before=None) -
             before()
         samples.append(timed(fn))
     return statistics.median(samples)
+
+
+def interleaved_medians(calls: dict, device: torch.device, reps: int, warmup: int,
+                        min_seconds: float = 0.0) -> dict:
+    """{name: (median seconds, timed calls)} of each `calls[name] = (fn, before)`, timed in turn.
+
+    First `warmup` untimed calls of each (a compiled function compiles in its first), then rounds:
+    each round times one call of every implementation, the first of the round moving one place on
+    each time (round r starts at the (r mod n)-th), so that a burst of load on a shared machine, or
+    the order itself, falls on all of them alike. Rounds go on until there are `reps` of them and
+    their timed calls add up to `min_seconds` (more samples for short calls; at most 100 * reps
+    rounds). `before` (or None) runs untimed ahead of each call of its fn (fresh leaves, so
+    gradients never accumulate).
+    """
+    timed = _timer(device)
+    names = list(calls)
+    for name in names:
+        fn, before = calls[name]
+        for _ in range(warmup):
+            if before:
+                before()
+            fn()
+    samples = {name: [] for name in names}
+    spent, rounds = 0.0, 0
+    while rounds < reps or (spent < min_seconds and rounds < 100 * reps):
+        start = rounds % len(names)
+        for name in names[start:] + names[:start]:
+            fn, before = calls[name]
+            if before:
+                before()
+            seconds = timed(fn)
+            samples[name].append(seconds)
+            spent += seconds
+        rounds += 1
+    return {name: (statistics.median(s), len(s)) for name, s in samples.items()}
 
 
 def copy_bandwidth(device: torch.device, reps: int) -> float:

@@ -10,10 +10,10 @@ import sys
 COLUMNS = [
     ("workload", "workload", 8, None),
     ("mode", "mode", 7, None),
-    ("impl", "impl", 8, None),
+    ("impl", "impl", 14, None),
     ("median_ms", "median ms", 10, "{:.4g}".format),
-    ("speedup_vs_eager", "vs eager", 9, "{:.2f}x".format),
-    ("speedup_vs_compile", "vs compile", 10, "{:.2f}x".format),
+    ("speedup_vs_plain", "vs plain", 9, "{:.2f}x".format),
+    ("speedup_vs_compile_plain", "vs compile(plain)", 17, "{:.2f}x".format),
     ("GB_per_s", "GB/s", 8, "{:.3g}".format),
     ("copy_fraction", "of copy", 8, "{:.1%}".format),
     ("peak_MiB", "peak MiB", 9, "{:.3g}".format),
@@ -40,16 +40,19 @@ def table_row(row: dict) -> str:
     return _line(cells(row))
 
 
-def markdown(rows, summary: str) -> str:
-    """The whole table in Markdown, under a one-line summary of the run."""
+def markdown(rows, summary: str, legend=()) -> str:
+    """The whole table in Markdown, under a one-line summary of the run, with the legend's lines
+    (what the workloads and implementations are) under it."""
     lines = [summary, "", "| " + " | ".join(name for _, name, _, _ in COLUMNS) + " |",
              "|" + "".join("---|" if fmt is None else "---:|" for _, _, _, fmt in COLUMNS)]
     lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    if legend:
+        lines += ["", *legend]
     return "\n".join(lines) + "\n"
 
 
 def bar(done: int, total: int, label: str, width: int = 20) -> str:
-    """`[#####...............] 7/28 W2 fwd+bwd cpu`: measurements done out of total, and the one running."""
+    """`[#####...............] 7/12 W2 fwd+bwd`: measurements done out of total, and the one running."""
     filled = width * done // max(total, 1)
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
 

@@ -1,20 +1,30 @@
-"""`fastelbo bench`: the workloads of workloads.py on every available fused backend
-against eager PyTorch and torch.compile of that same code, in one run.
+"""`fastelbo bench`: the workloads of workloads.py (the ELBO pieces around a stand-in decoder) on
+every available fused backend against plain PyTorch and torch.compile of that plain code, in one
+run.
 
     fastelbo bench                                   # the default workloads for the device
-    fastelbo bench --workloads W2 W5 --reps 100 --out benchmarks/results
+    fastelbo bench --workloads S1 W2 --reps 100 --out benchmarks/results
     python -m fastelbo.benchmarks.run ...            # the same, without the console script
 
-Implementations: "plain" (the step in plain PyTorch as VAE code writes it, torch.randn noise: for
-context), "eager" (fastelbo's reference path), "compile" (torch.compile of the reference path) and
-each available fused backend ("cpu", "triton", "cuda"). Speedups are over "eager" and "compile".
+Implementations (workloads.py shows the code of each):
+  plain            the step as VAE code writes it in plain PyTorch (torch.randn_like noise, BCE
+                   with logits or the Gaussian formula, the closed-form KL or MC log-weights,
+                   logsumexp for IWAE), eager: a baseline
+  compile(plain)   torch.compile(fullgraph=True) of that plain step, compiled afresh for each
+                   workload and mode: the other baseline ("compile" for short in --impls)
+  reference        fastelbo's reference path (pure PyTorch, Philox noise in int64 tensor ops):
+                   for context, never a baseline
+  cpu, triton, cuda                 each available fused backend, eager
+  cpu+compile, triton+compile, ...  the fused step inside torch.compile(fullgraph=True)
+Speedups are over plain and over compile(plain) only (above 1: faster than the baseline).
 
-Per workload, mode (fwd, fwd+bwd) and implementation: the median time (CUDA events on a GPU,
-perf_counter on CPU), the speedups, the effective bandwidth from the minimal-bytes formula of
-workloads.py, that bandwidth as a fraction of a device copy measured in the same run, and the peak
-memory of one step (measure.peak_bytes says what exactly is counted). A table on screen, row by
-row, with a progress bar on stderr; in the output folder <device>-<UTC time>.csv, .json and .md
-(the machine, versions and commit on every row) and .png (speedups, fwd+bwd; needs matplotlib).
+Per workload and mode (fwd, fwd+bwd) the implementations are timed in turn, round-robin (CUDA
+events on a GPU, perf_counter on CPU), and each gets: the median time, the speedups, the effective
+bandwidth from the minimal-bytes formula of workloads.py, that bandwidth as a fraction of a device
+copy measured in the same run, and the peak memory of one step (measure.peak_bytes says what
+exactly is counted). A table on screen, row by row, with a progress bar on stderr; in the output
+folder <device>-<UTC time>.csv, .json and .md (the machine, versions and commit on every row) and
+.png (speedups, fwd+bwd; needs matplotlib).
 """
 from __future__ import annotations
 
@@ -27,61 +37,85 @@ import os
 import platform
 import subprocess
 import sys
+from typing import NamedTuple, Optional
 
 import torch
 
 from .. import __version__
 from .._backend import NAMES, backends, runs_on
-from .measure import copy_bandwidth, median_time, peak_bytes
+from .measure import copy_bandwidth, interleaved_medians, peak_bytes, steady_malloc
 from .plot import speedup_plot
 from .report import Progress, header, markdown, table_row
-from .workloads import WORKLOADS, leaves, make_inputs, plain_step, step
+from .workloads import WORKLOADS, fused_loss, leaves, make_inputs, plain_loss
 
-IMPLS = ("plain", "eager", "compile") + tuple(name for name in NAMES if name != "reference")
+PLAIN, COMPILE_PLAIN = "plain", "compile(plain)"
+BASELINES = {PLAIN: "speedup_vs_plain", COMPILE_PLAIN: "speedup_vs_compile_plain"}  # the only baselines
+FUSED = tuple(name for name in NAMES if name != "reference")
+IMPLS = (PLAIN, COMPILE_PLAIN, "reference") + tuple(n for name in FUSED for n in (name, f"{name}+compile"))
+ALIASES = {"compile": COMPILE_PLAIN}
 MODES = ((False, "fwd"), (True, "fwd+bwd"))
 
 
+class Impl(NamedTuple):
+    backend: Optional[str]  # None: plain PyTorch
+    compiled: bool
+
+
 def available_impls(device: torch.device) -> dict:
-    """name -> (backend, compiled?) or the reason it cannot be timed on `device`, for every impl."""
-    impls = {"plain": ("plain", False), "eager": ("reference", False), "compile": ("reference", True)}
-    for name, status in backends().items():
-        if name == "reference":
-            continue
-        if status != "available":
-            impls[name] = status
+    """name -> Impl, or the reason it cannot be timed on `device`, for every implementation."""
+    impls = {PLAIN: Impl(None, False), COMPILE_PLAIN: Impl(None, True), "reference": Impl("reference", False)}
+    status = backends()
+    for name in FUSED:
+        if status.get(name, "unknown backend") != "available":
+            reason = status.get(name, "unknown backend")
         elif not runs_on(name, device.type):
-            impls[name] = f"it takes {'CPU' if name == 'cpu' else 'CUDA'} tensors, not {device.type}"
+            reason = f"it takes {'CPU' if name == 'cpu' else 'CUDA'} tensors, not {device.type}"
         elif name == "triton" and device.type == "cpu":
-            impls[name] = "on CPU tensors it runs in Triton's interpreter: a correctness tool, not timed"
+            reason = "on CPU tensors it runs in Triton's interpreter: a correctness tool, not timed"
         else:
-            impls[name] = (name, False)
+            reason = None
+        impls[name] = reason or Impl(name, False)
+        impls[f"{name}+compile"] = reason or Impl(name, True)
     return impls
 
 
-def run_one(w, impl, inputs, device, backward, reps, warmup):
-    """(median seconds, peak bytes) of one workload step on one implementation."""
-    backend, compiled = impl
-    if backend == "plain":
-        fn = lambda w, t, _, backward: plain_step(w, t, backward)  # noqa: E731
-    elif compiled:
-        # A fresh compile per workload and mode, as one training script would get: without the
-        # reset, dynamo would recompile `step` for each new workload with dynamic shapes, and give
-        # up compiling it after its recompile limit (8).
-        torch._dynamo.reset()
-        fn = torch.compile(step)
+def step_function(w, impl: Impl):
+    """inputs -> loss of one workload on one implementation; a compiled one compiles on its first call."""
+    if impl.backend is None:
+        fn = lambda t: plain_loss(w, t)  # noqa: E731
     else:
-        fn = step
-    state = {}
+        fn = lambda t: fused_loss(w, t, impl.backend)  # noqa: E731
+    return torch.compile(fn, fullgraph=True) if impl.compiled else fn
 
-    def before():  # fresh leaves, so gradients never accumulate
-        state["t"] = leaves(inputs, backward)
 
-    def call():
-        fn(w, state["t"], backend, backward)
+def block_calls(w, impls: dict, inputs: dict, backward: bool) -> tuple[dict, dict]:
+    """{name: (call, before)} for one workload and mode, and {name: why it failed} for the
+    implementations whose first call (a compiled one's compile) raised."""
+    # A fresh compile per workload and mode, as one training script would get: without the reset,
+    # dynamo would recompile for each new workload with dynamic shapes, and give up compiling
+    # after its recompile limit (8).
+    torch._dynamo.reset()
+    calls, failed = {}, {}
+    for name, impl in impls.items():
+        fn, state = step_function(w, impl), {}
 
-    seconds = median_time(call, device, reps, warmup, before)
-    before()
-    return seconds, peak_bytes(call, device)
+        def before(state=state):  # fresh leaves, so gradients never accumulate
+            state["t"] = leaves(inputs, backward)
+
+        def call(fn=fn, state=state):
+            loss = fn(state["t"])
+            if backward:
+                loss.backward()
+
+        try:
+            before()
+            call()
+        except Exception as error:  # noqa: BLE001 (reported, and the other rows still run)
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            failed[name] = f"{type(error).__name__}: {first_line}"
+            continue
+        calls[name] = (call, before)
+    return calls, failed
 
 
 def _cpu_name() -> str:
@@ -108,7 +142,7 @@ def _commit() -> str | None:
     return (commit + "-dirty" if dirty else commit) if head.returncode == 0 and commit else None
 
 
-def machine_info(device: torch.device) -> dict:
+def machine_info(device: torch.device, malloc: str) -> dict:
     """Where the numbers come from, recorded on every row."""
     try:
         import triton
@@ -118,34 +152,42 @@ def machine_info(device: torch.device) -> dict:
         triton_version = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "triton": triton_version, "fastelbo": __version__, "commit": _commit()}
+            "triton": triton_version, "fastelbo": __version__, "commit": _commit(), "malloc": malloc}
 
 
-def run(names, impls: dict, device, reps: int, warmup: int, copy: float, machine: dict) -> list:
+def run(names, impls: dict, device, reps: int, warmup: int, copy: float, machine: dict,
+        min_seconds: float = 0.0) -> list:
     """Every row of one run; prints each workload and mode's rows as they finish."""
-    progress = Progress(len(names) * len(MODES) * len(impls))
+    progress = Progress(len(names) * len(MODES))
     rows = []
     for name in names:
         w = WORKLOADS[name]
         inputs = make_inputs(w, device)
         for backward, mode in MODES:
+            progress.show(f"{name} {mode}: {len(impls)} implementations in turn")
+            calls, failed = block_calls(w, impls, inputs, backward)
+            for impl_name, why in failed.items():
+                progress.print(f"not timed: {impl_name} on {name} {mode}: {why}")
+            medians = interleaved_medians(calls, device, reps, warmup, min_seconds) if calls else {}
             block = []
-            for impl_name, impl in impls.items():
-                progress.show(f"{name} {mode} {impl_name}")
-                seconds, peak = run_one(w, impl, inputs, device, backward, reps, warmup)
-                progress.advance()
+            for impl_name, (call, before) in calls.items():
+                seconds, timed = medians[impl_name]
+                before()
+                peak = peak_bytes(call, device)
                 gbps = w.bytes_moved(backward) / seconds / 1e9
                 block.append({
                     "workload": name, "mode": mode, "impl": impl_name, "median_ms": seconds * 1e3,
-                    "speedup_vs_eager": None, "speedup_vs_compile": None, "GB_per_s": gbps,
+                    "speedup_vs_plain": None, "speedup_vs_compile_plain": None, "GB_per_s": gbps,
                     "copy_fraction": gbps * 1e9 / copy, "peak_MiB": peak / 2**20,
-                    "bytes": w.bytes_moved(backward), "copy_GB_per_s": copy / 1e9, "reps": reps, **machine,
+                    "bytes": w.bytes_moved(backward), "copy_GB_per_s": copy / 1e9, "reps": timed,
+                    "description": w.describe(), **machine,
                 })
+            progress.advance()
             base = {r["impl"]: r["median_ms"] for r in block}
             for row in block:
-                for baseline in ("eager", "compile"):
+                for baseline, key in BASELINES.items():
                     if baseline in base:
-                        row[f"speedup_vs_{baseline}"] = base[baseline] / row["median_ms"]
+                        row[key] = base[baseline] / row["median_ms"]
                 progress.print(table_row(row))
             rows += block
     progress.clear()
@@ -164,7 +206,7 @@ def write_results(rows, machine: dict, copy: float, out: str, plot: bool) -> lis
     with open(stem + ".json", "w") as f:
         json.dump({"machine": machine, "copy_GB_per_s": copy / 1e9, "rows": rows}, f, indent=1)
     with open(stem + ".md", "w") as f:
-        f.write(markdown(rows, _summary(machine, copy)))
+        f.write(markdown(rows, _summary(machine, copy), _legend(rows)))
     written = [stem + ext for ext in (".csv", ".json", ".md")]
     if not plot:
         return written
@@ -173,30 +215,56 @@ def write_results(rows, machine: dict, copy: float, out: str, plot: bool) -> lis
     elif speedup_plot(rows, stem + ".png", f"fastelbo on {machine['device']} (commit {machine['commit']})"):
         written.append(stem + ".png")
     else:
-        print("no PNG: the speedup plot needs eager or compile among --impls")
+        print(f"no PNG: the speedup plot needs {PLAIN} or {COMPILE_PLAIN} among --impls")
     return written
+
+
+def _legend(rows) -> list:
+    """The lines under the Markdown table that say what the workloads and implementations are."""
+    described = dict.fromkeys((r["workload"], r["description"]) for r in rows)
+    lines = [f"- {name}: {description}" for name, description in described]
+    lines.append("- plain: the step in plain PyTorch, eager; compile(plain): torch.compile(fullgraph=True) of it; "
+                 "reference: fastelbo's reference path (for context, not a baseline); <backend>: a fused backend; "
+                 "<backend>+compile: the fused step inside torch.compile(fullgraph=True). Speedups are over plain "
+                 "and compile(plain); the code of each is in benchmarks/workloads.py.")
+    return lines
 
 
 def _summary(machine: dict, copy: float) -> str:
     return (f"Device: {machine['device']}; torch {machine['torch']}, triton {machine['triton']}, "
-            f"fastelbo {machine['fastelbo']} ({machine['commit']}); copy bandwidth {copy / 1e9:.1f} GB/s.")
+            f"fastelbo {machine['fastelbo']} ({machine['commit']}); copy bandwidth {copy / 1e9:.1f} GB/s; "
+            f"malloc {machine['malloc']}.")
+
+
+def _impl_name(value: str) -> str:
+    return ALIASES.get(value, value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `fastelbo bench` (and of python -m fastelbo.benchmarks.run)."""
     gpu = torch.cuda.is_available()
-    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), metavar="W",
-                        help=f"workloads among {', '.join(sorted(WORKLOADS))} (default: W1-W5 on a GPU, "
-                             "W1-W4 on CPU; W5 is bandwidth-bound, for GPUs)")
+    defaults = {"cuda": [n for n in WORKLOADS], "cpu": [n for n, w in WORKLOADS.items() if not w.gpu_only]}
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), metavar="W",
+                        help=f"workloads among {', '.join(WORKLOADS)} (default: {' '.join(defaults['cuda'])} on a "
+                             f"GPU, {' '.join(defaults['cpu'])} on CPU; W5 is bandwidth-bound, for GPUs)")
     parser.add_argument("--device", default="cuda" if gpu else "cpu", help="device to run on (default: %(default)s)")
-    parser.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default: 50 GPU, 10 CPU)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default: %(default)s)")
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, metavar="IMPL",
-                        help=f"implementations among {', '.join(IMPLS)} (default: all available on the device; "
-                             "without eager or compile, the speedups over it are left out)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="rounds of timed calls per workload and mode, each implementation once a round "
+                             "(default: 50 GPU, 30 CPU)")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="more rounds until a workload and mode's timed calls add up to this many seconds "
+                             "(default: 0.5 GPU, 1 CPU; at most 100 times --reps rounds)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls of each first (default: %(default)s)")
+    parser.add_argument("--impls", nargs="+", type=_impl_name, choices=IMPLS, metavar="IMPL",
+                        help=f"implementations among {', '.join(IMPLS)} ('compile' is short for {COMPILE_PLAIN}; "
+                             "default: all available on the device; without plain or compile(plain), the speedups "
+                             "over it are left out)")
     parser.add_argument("--out", default="fastelbo-bench",
                         help="folder for the CSV, JSON, Markdown and PNG (default: ./%(default)s; the "
                              "repository records its runs with --out benchmarks/results)")
+    parser.add_argument("--malloc", choices=["steady", "default"], default="steady",
+                        help="steady: glibc's malloc keeps freed memory (no page faults that depend on the calls "
+                             "before; measure.steady_malloc says why); default: glibc as it is (default: %(default)s)")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
 
 
@@ -205,10 +273,11 @@ def main_from_args(args) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return _refuse(f"--device {args.device}: no CUDA device here")
-    if (args.reps is not None and args.reps < 1) or args.warmup < 0:
-        return _refuse("--reps must be at least 1 and --warmup at least 0")
+    if (args.reps is not None and args.reps < 1) or args.warmup < 0 or (args.min_time or 0) < 0:
+        return _refuse("--reps must be at least 1, --warmup and --min-time at least 0")
     names = args.workloads or [n for n, w in WORKLOADS.items() if device.type == "cuda" or not w.gpu_only]
-    reps = args.reps or (50 if device.type == "cuda" else 10)
+    reps = args.reps or (50 if device.type == "cuda" else 30)
+    min_seconds = args.min_time if args.min_time is not None else (0.5 if device.type == "cuda" else 1.0)
     known = available_impls(device)
     wanted = list(dict.fromkeys(args.impls or known))
     refused = [f"{name}: {known[name]}" for name in wanted if isinstance(known[name], str)]
@@ -216,15 +285,17 @@ def main_from_args(args) -> int:
         return _refuse("cannot time " + "; ".join(refused))
     impls = {name: known[name] for name in wanted if not isinstance(known[name], str)}
 
-    machine = machine_info(device)
+    malloc = steady_malloc() if args.malloc == "steady" else "default"
+    machine = machine_info(device, malloc)
     copy = copy_bandwidth(device, reps)
     print(_summary(machine, copy))
     for reason in refused:
         print(f"not timed: {reason}")
-    print(f"{len(names)} workloads x {len(MODES)} modes x {len(impls)} implementations; "
-          f"median of {reps} calls after {args.warmup} warmup calls")
+    print(f"{len(names)} workloads x {len(MODES)} modes x {len(impls)} implementations, timed in turn; median "
+          f"of at least {reps} calls each (and {min_seconds:g} s of calls per workload and mode) after "
+          f"{args.warmup} warmup calls")
     print(header(), flush=True)
-    rows = run(names, impls, device, reps, args.warmup, copy, machine)
+    rows = run(names, impls, device, reps, args.warmup, copy, machine, min_seconds)
     print("wrote " + "\n      ".join(write_results(rows, machine, copy, args.out, not args.no_plot)))
     return 0
 

@@ -1,24 +1,69 @@
-"""The benchmark workloads: the ELBO pieces only (no encoder/decoder matmuls), fwd and fwd+bwd.
+"""The benchmark workloads: the ELBO pieces around a stand-in decoder, fwd and fwd+bwd.
 
-Each workload draws mu, scale (B, D), the decoder's output (K, B, Dx) or (B, Dx), the data x
-(B, Dx), and, for the backward pass, the gradient the decoder would send back to z. One step is
+Each workload draws mu, scale (B, D) (scale is the log-variance), the decoder's base output `base`
+((K, B, Dx), or (B, Dx) when K = 1), the data x (B, Dx) and, for the Gaussian, its learned
+log-variance (Dx,). The stand-in decoder, the same in every implementation, is
 
-    lat = gaussian_latent(mu, scale, n_samples=K)            # z, log q, log p, KL
-    ll  = <likelihood>_log_prob(decoder_out, x)              # K samples of log p(x|z)
-    loss = -elbo(ll, lat, kl=..., estimator=...).mean()
-    backward: loss.backward() together with z.backward(grad_z)   (the decoder's share)
+    logits = base + z.mean(-1, keepdim=True)                               # decoder(base, z)
 
-Minimal bytes moved (each input read once, each output written once; s = bytes per element):
+so that z's gradient flows back through a real op (the decoder's matmuls themselves are left
+out). The leaves that get gradients in fwd+bwd: mu, scale, base (and logvar).
+
+The implementations time one step, loss = <step>(inputs) (fwd), then loss.backward() (fwd+bwd):
+
+"plain": the step as VAE code writes it in plain PyTorch (pytorch/examples' VAE: torch.randn_like
+noise, BCE with logits, the closed-form KL), `plain_loss` below:
+
+    std = torch.exp(0.5 * logvar)
+    eps = torch.randn_like(std)            # K > 1: torch.randn(K, B, D)
+    z = mu + eps * std
+    out = base + z.mean(-1, keepdim=True)
+    # kl="analytic", estimator="elbo" (S1, S2, W1, W4): pytorch/examples' loss_function, per data point
+    rec = F.binary_cross_entropy_with_logits(out, x, reduction="sum")                       # Bernoulli
+    rec = 0.5 * ((x - out) ** 2 * torch.exp(-x_logvar) + x_logvar + log(2 pi)).sum()          # Gaussian
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    loss = (rec / K + kld) / B
+    # kl="mc" (W2; W3 with estimator="iwae"): MC log-weights, torch.distributions' Normal formulas
+    log_lik = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+    log_q = (-(z - mu) ** 2 / (2 * std ** 2) - 0.5 * logvar - 0.5 log(2 pi)).sum(-1)    # Normal(mu, std).log_prob(z)
+    log_p = (-0.5 * z ** 2 - 0.5 log(2 pi)).sum(-1)                                     # Normal(0, 1).log_prob(z)
+    log_w = log_lik + log_p - log_q
+    loss = -log_w.mean()                                          # elbo (K = 1)
+    loss = -(torch.logsumexp(log_w, 0) - log(K)).mean()           # iwae
+
+"compile(plain)": torch.compile(plain_loss, fullgraph=True), compiled afresh for each workload
+and mode (the backward is AOTAutograd's compiled backward).
+
+A fused backend ("cpu", "triton", "cuda") and "reference" (fastelbo's reference path, pure
+PyTorch: shown for context, never a baseline; its noise is Philox in int64 tensor ops, slow in
+eager mode) run `fused_loss`, the same step through fastelbo's public API:
+
+    lat = fe.gaussian_latent(mu, logvar, n_samples=K or None, backend=backend)
+    out = base + lat.z.mean(-1, keepdim=True)
+    log_lik = fe.bernoulli_log_prob(out, x, backend=backend)        # or fe.gaussian_log_prob(out, x, logvar=x_logvar)
+    loss = -fe.elbo(log_lik, lat, kl=kl, estimator=estimator, backend=backend).mean()
+
+"<backend>+compile": torch.compile(fused_loss, fullgraph=True) on that backend: the fused ops
+inside a compiled step, which is what a user compiling a model gets.
+
+Given the same noise, plain_loss and fused_loss are the same function of the inputs (value and
+gradients; tests/test_bench.py checks it on every workload, shrunk).
+
+Minimal bytes moved by the ELBO pieces (each input read once, each output written once; s =
+bytes per element). The stand-in decoder's output stands for the decoder's; the stand-in's own
+traffic (base read and the logits written in fwd; the logits' gradient summed per row for z in
+bwd) is the decoder's, not counted:
     fwd     = s (2 B D          [mu, scale]
                  + K B D        [z]
                  + K B Dx       [decoder output]
                  + B Dx         [x]
                  + 2 Dx         [logvar, Gaussian only])
-    fwd+bwd = fwd + s (K B D    [grad_z in]
+    fwd+bwd = fwd + s (K B D    [grad of z in, from the decoder]
                  + 2 B D        [grad mu, grad scale out]
                  + K B Dx       [grad of the decoder output]
                  + Dx           [grad logvar, Gaussian only])
-The per-row scalars (log q, log p, KL, the ELBO: O(K B)) are left out: they are < 1% of the bytes.
+The per-row scalars (log q, log p, KL, the ELBO: O(K B)) are left out: they are < 1% of the bytes
+(at S1 and S2, D = 8: about 3%).
 """
 from __future__ import annotations
 
@@ -29,6 +74,8 @@ import torch
 import torch.nn.functional as F
 
 import fastelbo as fe  # by its public name: the step reads as user code does
+
+LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -50,8 +97,19 @@ class Workload:
         bwd = k * b * d + 2 * b * d + k * b * dx + (dx if gaussian else 0)
         return elem_size * (fwd + (bwd if backward else 0))
 
+    def describe(self) -> str:
+        """e.g. "B=256 D=64 Dx=784 K=16, Bernoulli, MC KL, IWAE"."""
+        shape = f"B={self.batch} D={self.latent_dim} Dx={self.data_dim}"
+        if self.n_samples > 1:
+            shape += f" K={self.n_samples}"
+        likelihood = "Bernoulli" if self.likelihood == "bernoulli" else "Gaussian (learned logvar (Dx,))"
+        kl = "analytic KL" if self.kl == "analytic" else "MC KL"
+        return f"{shape}, {likelihood}, {kl}, {self.estimator.upper()}"
+
 
 WORKLOADS = {
+    "S1": Workload("S1", 256, 8, 64, 1, "bernoulli", "analytic", "elbo"),  # the demo's digits VAE
+    "S2": Workload("S2", 4096, 8, 64, 1, "bernoulli", "analytic", "elbo"),
     "W1": Workload("W1", 128, 32, 784, 1, "bernoulli", "analytic", "elbo"),
     "W2": Workload("W2", 1024, 64, 784, 1, "bernoulli", "mc", "elbo"),
     "W3": Workload("W3", 256, 64, 784, 16, "bernoulli", "mc", "iwae"),
@@ -59,9 +117,11 @@ WORKLOADS = {
     "W5": Workload("W5", 4096, 256, 12288, 1, "bernoulli", "mc", "elbo", gpu_only=True),
 }
 
+GRAD_LEAVES = ("mu", "scale", "base", "logvar")
+
 
 def make_inputs(w: Workload, device, dtype=torch.float32, seed: int = 0) -> dict:
-    """Fresh leaves for one workload (the decoder output has the sample dim when K > 1)."""
+    """Fresh inputs for one workload (the decoder's base output has the sample dim when K > 1)."""
     g = torch.Generator(device).manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -71,8 +131,7 @@ def make_inputs(w: Workload, device, dtype=torch.float32, seed: int = 0) -> dict
     inputs = {
         "mu": randn(w.batch, w.latent_dim),
         "scale": randn(w.batch, w.latent_dim, scale=0.3),
-        "decoder_out": randn(*k_dims, w.batch, w.data_dim, scale=2.0),
-        "grad_z": randn(*k_dims, w.batch, w.latent_dim, scale=0.1),
+        "base": randn(*k_dims, w.batch, w.data_dim, scale=2.0),
     }
     if w.likelihood == "bernoulli":
         inputs["x"] = (torch.rand(w.batch, w.data_dim, generator=g, device=device) < 0.5).to(dtype)
@@ -82,57 +141,58 @@ def make_inputs(w: Workload, device, dtype=torch.float32, seed: int = 0) -> dict
     return inputs
 
 
-def step(w: Workload, inputs: dict, backend: str, backward: bool):
-    """One ELBO step as users write it with fastelbo, on `backend`; returns the loss."""
+def decoder(base: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The stand-in decoder of every implementation: z's gradient flows back through a real op."""
+    return base + z.mean(-1, keepdim=True)
+
+
+def fused_loss(w: Workload, t: dict, backend: str, eps=None) -> torch.Tensor:
+    """One step's loss through fastelbo's public API on `backend` (eps: explicit noise, for tests)."""
     n_samples = w.n_samples if w.n_samples > 1 else None
-    lat = fe.gaussian_latent(inputs["mu"], inputs["scale"], n_samples=n_samples, backend=backend)
+    lat = fe.gaussian_latent(t["mu"], t["scale"], n_samples=n_samples, eps=eps, backend=backend)
+    out = decoder(t["base"], lat.z)
     if w.likelihood == "bernoulli":
-        log_lik = fe.bernoulli_log_prob(inputs["decoder_out"], inputs["x"], backend=backend)
+        log_lik = fe.bernoulli_log_prob(out, t["x"], backend=backend)
     else:
-        log_lik = fe.gaussian_log_prob(inputs["decoder_out"], inputs["x"], logvar=inputs["logvar"], backend=backend)
-    with fe.use_backend(backend):
-        loss = -fe.elbo(log_lik, lat, kl=w.kl, estimator=w.estimator).mean()
-    if backward:
-        torch.autograd.backward((loss, lat.z), (torch.ones_like(loss), inputs["grad_z"]))
-    return loss
+        log_lik = fe.gaussian_log_prob(out, t["x"], logvar=t["logvar"], backend=backend)
+    return -fe.elbo(log_lik, lat, kl=w.kl, estimator=w.estimator, backend=backend).mean()
 
 
-def plain_step(w: Workload, inputs: dict, backward: bool):
-    """The same step as a VAE user writes it in plain PyTorch (torch.randn noise, BCE-with-logits):
-    the "plain" baseline, shown beside the reference path, whose noise is Philox in int64 torch ops."""
-    mu, s = inputs["mu"], inputs["scale"]
+def plain_loss(w: Workload, t: dict, eps=None) -> torch.Tensor:
+    """The same step as VAE code writes it in plain PyTorch (the module docstring shows it; eps:
+    explicit noise, for tests)."""
+    mu, logvar, x = t["mu"], t["scale"], t["x"]
     k = w.n_samples
-    std = torch.exp(0.5 * s)
-    eps = torch.randn((k, *mu.shape) if k > 1 else mu.shape, device=mu.device, dtype=mu.dtype)
-    z = mu + std * eps
-    out, x = inputs["decoder_out"], inputs["x"]
+    std = torch.exp(0.5 * logvar)
+    if eps is None:
+        eps = torch.randn_like(std) if k == 1 else torch.randn((k, *std.shape), dtype=std.dtype, device=std.device)
+    z = mu + eps * std
+    out = decoder(t["base"], z)
+    if w.kl == "analytic" and w.estimator == "elbo":  # pytorch/examples' loss_function, per data point
+        if w.likelihood == "bernoulli":
+            rec = F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="sum")
+        else:
+            x_logvar = t["logvar"]
+            rec = 0.5 * ((x - out) ** 2 * torch.exp(-x_logvar) + x_logvar + LOG_2PI).sum()
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return (rec / k + kld) / mu.shape[0]
     if w.likelihood == "bernoulli":
         log_lik = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
     else:
-        v = inputs["logvar"]
-        log_lik = -0.5 * ((x - out) ** 2 * torch.exp(-v) + v + math.log(2 * math.pi)).sum(-1)
-    c = 0.5 * math.log(2 * math.pi) * mu.shape[-1]
-    if w.kl == "analytic":
-        kl = 0.5 * (mu**2 + torch.exp(s) - 1 - s).sum(-1)
-        objective = log_lik.mean(0) - kl if k > 1 else log_lik - kl
-    else:
-        log_q = (-0.5 * eps**2 - 0.5 * s).sum(-1) - c
-        log_p = (-0.5 * z**2).sum(-1) - c
-        log_w = log_lik + log_p - log_q
-        if w.estimator == "iwae":
-            objective = torch.logsumexp(log_w, 0) - math.log(k)
-        else:
-            objective = log_w.mean(0) if k > 1 else log_w
-    loss = -objective.mean()
-    if backward:
-        torch.autograd.backward((loss, z), (torch.ones_like(loss), inputs["grad_z"]))
-    return loss
+        x_logvar = t["logvar"]
+        log_lik = -0.5 * ((x - out) ** 2 * torch.exp(-x_logvar) + x_logvar + LOG_2PI).sum(-1)
+    log_q = (-((z - mu) ** 2) / (2 * std**2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
+    log_p = (-0.5 * z**2 - 0.5 * LOG_2PI).sum(-1)
+    log_w = log_lik + log_p - log_q
+    if w.estimator == "iwae":
+        return -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    return -log_w.mean()
 
 
 def leaves(inputs: dict, backward: bool) -> dict:
     """The inputs, with the differentiable ones as fresh leaves when timing the backward pass."""
     out = {}
     for name, t in inputs.items():
-        grad = backward and name in ("mu", "scale", "decoder_out", "logvar")
+        grad = backward and name in GRAD_LEAVES
         out[name] = t.detach().requires_grad_(True) if grad else t
     return out

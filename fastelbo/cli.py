@@ -123,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .demo import command as demo
 
-    demo_parser = sub.add_parser("demo", help="train a small VAE on built-in digits, fused against the reference",
+    demo_parser = sub.add_parser("demo", help="train a small VAE on built-in digits, fused against plain PyTorch",
                                  description=demo.__doc__)
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(func=demo.run)
 
     from .benchmarks import run as bench_run
 
-    bench = sub.add_parser("bench", help="time the benchmark workloads on every backend against eager and torch.compile",
+    bench = sub.add_parser("bench", help="time the workloads on every backend against plain PyTorch and torch.compile",
                            description=bench_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_run.add_arguments(bench)
     bench.set_defaults(func=bench_run.main_from_args)

@@ -1,18 +1,22 @@
-"""`fastelbo bench` (fastelbo.benchmarks): a short run end to end on CPU, and its parts: the peak
-memory of a call, the progress bar and the table."""
+"""`fastelbo bench` (fastelbo.benchmarks): a short run end to end on CPU, and its parts: the plain
+baseline computing what the fused step computes, the interleaved timing, the peak memory of a call,
+the progress bar and the table."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import fastelbo as fe
 from fastelbo.benchmarks import report, run
-from fastelbo.benchmarks.measure import peak_bytes
-from fastelbo.benchmarks.workloads import WORKLOADS
+from fastelbo.benchmarks.measure import interleaved_medians, peak_bytes
+from fastelbo.benchmarks.workloads import GRAD_LEAVES, WORKLOADS, fused_loss, leaves, make_inputs, plain_loss
 from helpers import DEVICE
 
 MiB = 2**20
@@ -21,8 +25,10 @@ needs_cpu_backend = pytest.mark.skipif(fe.backends()["cpu"] != "available", reas
 
 
 def bench(tmp_path, *options) -> dict:
-    """Run the benchmark on W1 (CPU, 2 timed calls) into tmp_path; {extension: path} of what it wrote."""
-    argv = ["--device", "cpu", "--workloads", "W1", "--reps", "2", "--warmup", "1", "--out", str(tmp_path), *options]
+    """Run the benchmark on S1 (CPU, 2 rounds of timed calls) into tmp_path; {extension: path} of what it
+    wrote. glibc's malloc is left as it is: `--malloc steady` would change it for the rest of the test process."""
+    argv = ["--device", "cpu", "--workloads", "S1", "--reps", "2", "--min-time", "0", "--warmup", "1",
+            "--malloc", "default", "--out", str(tmp_path), *options]
     assert run.main(argv) == 0
     return {p.suffix: p for p in tmp_path.iterdir()}
 
@@ -34,28 +40,34 @@ def read_csv(path) -> list:
 
 @needs_cpu_backend
 def test_bench_writes_every_file_with_provenance(tmp_path, capsys):
-    files = bench(tmp_path, "--impls", "eager", "cpu")
+    files = bench(tmp_path, "--impls", "plain", "reference", "cpu")
     assert sorted(files) == [".csv", ".json", ".md", ".png"]
     rows = read_csv(files[".csv"])
-    assert {(r["mode"], r["impl"]) for r in rows} == {(m, i) for m in ("fwd", "fwd+bwd") for i in ("eager", "cpu")}
+    impls = ("plain", "reference", "cpu")
+    assert {(r["mode"], r["impl"]) for r in rows} == {(m, i) for m in ("fwd", "fwd+bwd") for i in impls}
     for row in rows:
-        assert row["commit"] and row["device"] and row["torch"] == torch.__version__
-        assert int(row["bytes"]) == WORKLOADS["W1"].bytes_moved(row["mode"] == "fwd+bwd")
-        assert float(row["peak_MiB"]) >= 0 and float(row["median_ms"]) > 0
-        assert row["speedup_vs_compile"] == ""  # compile was not measured
-        if row["impl"] == "eager":
-            assert float(row["speedup_vs_eager"]) == 1.0
+        assert row["commit"] and row["device"] and row["torch"] == torch.__version__ and row["malloc"] == "default"
+        assert int(row["bytes"]) == WORKLOADS["S1"].bytes_moved(row["mode"] == "fwd+bwd")
+        assert float(row["peak_MiB"]) >= 0 and float(row["median_ms"]) > 0 and int(row["reps"]) >= 2
+        assert row["speedup_vs_compile_plain"] == ""  # compile(plain) was not measured
+        if row["impl"] == "plain":
+            assert float(row["speedup_vs_plain"]) == 1.0
     assert len(json.loads(files[".json"].read_text())["rows"]) == len(rows)
-    assert "| W1 | fwd+bwd | cpu |" in files[".md"].read_text()
+    md = files[".md"].read_text()
+    assert "| S1 | fwd+bwd | cpu |" in md and "- S1: B=256 D=8 Dx=64, Bernoulli, analytic KL, ELBO" in md
     assert files[".png"].read_bytes().startswith(PNG_SIGNATURE)
     table = capsys.readouterr().out
-    assert report.header() in table and sum(line.startswith("W1 ") for line in table.splitlines()) == 4
+    assert report.header() in table and sum(line.startswith("S1 ") for line in table.splitlines()) == 6
 
 
 def test_bench_against_torch_compile(tmp_path):
-    files = bench(tmp_path, "--impls", "eager", "compile")
+    """compile(plain) ("compile" for short) and, with the cpu backend, the fused step inside torch.compile."""
+    fused = ["cpu+compile"] if fe.backends()["cpu"] == "available" else []
+    files = bench(tmp_path, "--impls", "compile", *fused)
     rows = read_csv(files[".csv"])
-    assert [float(r["speedup_vs_compile"]) for r in rows if r["impl"] == "compile"] == [1.0, 1.0]
+    assert {r["impl"] for r in rows} == {"compile(plain)", *fused}
+    assert [float(r["speedup_vs_compile_plain"]) for r in rows if r["impl"] == "compile(plain)"] == [1.0, 1.0]
+    assert all(r["speedup_vs_plain"] == "" and float(r["speedup_vs_compile_plain"]) > 0 for r in rows)
     assert files[".png"].read_bytes().startswith(PNG_SIGNATURE)
 
 
@@ -63,15 +75,56 @@ def test_bench_against_torch_compile(tmp_path):
 def test_bench_without_baselines_or_plot(tmp_path, capsys):
     files = bench(tmp_path, "--impls", "cpu", "--no-plot")
     assert sorted(files) == [".csv", ".json", ".md"]
-    assert all(r["speedup_vs_eager"] == r["speedup_vs_compile"] == "" for r in read_csv(files[".csv"]))
+    assert all(r["speedup_vs_plain"] == r["speedup_vs_compile_plain"] == "" for r in read_csv(files[".csv"]))
     assert "| - | - |" in files[".md"].read_text()
 
 
 def test_bench_refuses_an_implementation_it_cannot_time(tmp_path, capsys):
-    argv = ["--device", "cpu", "--workloads", "W1", "--impls", "triton", "--out", str(tmp_path)]
+    argv = ["--device", "cpu", "--workloads", "S1", "--impls", "triton", "--out", str(tmp_path)]
     assert run.main(argv) == 2
     assert "cannot time triton" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_default_workloads_and_baselines():
+    assert [name for name, w in WORKLOADS.items() if not w.gpu_only] == ["S1", "S2", "W1", "W2", "W3", "W4"]
+    assert list(WORKLOADS) == ["S1", "S2", "W1", "W2", "W3", "W4", "W5"]
+    assert list(run.BASELINES) == ["plain", "compile(plain)"]  # never the reference path
+
+
+@pytest.mark.parametrize("backend", [name for name in ("reference", "cpu") if fe.backends()[name] == "available"])
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_plain_step_is_the_fused_step(name, backend):
+    """Given the same noise, the plain baseline and the fastelbo step are the same function of the
+    inputs: the same loss and the same gradients (float64, each workload shrunk)."""
+    w = dataclasses.replace(WORKLOADS[name], batch=min(WORKLOADS[name].batch, 12),
+                            data_dim=min(WORKLOADS[name].data_dim, 40))
+    inputs = make_inputs(w, "cpu", torch.float64, seed=3)
+    eps = torch.randn(*((w.n_samples,) if w.n_samples > 1 else ()), w.batch, w.latent_dim, dtype=torch.float64)
+    results = []
+    for step in (lambda t: plain_loss(w, t, eps=eps), lambda t: fused_loss(w, t, backend, eps=eps)):
+        t = leaves(inputs, backward=True)
+        loss = step(t)
+        loss.backward()
+        results.append([loss.detach()] + [t[n].grad for n in GRAD_LEAVES if n in t])
+    for plain, fused in zip(*results):
+        torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_steady_malloc_on_glibc():
+    """--malloc steady (the default) sets glibc's thresholds; in a process of its own, as it lasts."""
+    code = "from fastelbo.benchmarks.measure import steady_malloc; print(steady_malloc())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("steady (glibc mmap threshold 32 MiB, no trim)") or "no glibc" in out
+
+
+def test_interleaved_timing_takes_turns():
+    order = []
+    calls = {name: (lambda name=name: order.append(name), None) for name in "abc"}
+    medians = interleaved_medians(calls, torch.device("cpu"), reps=3, warmup=1)
+    assert order == list("abc") + list("abc") + list("bca") + list("cab")  # warmup, then rounds in turn
+    assert all(timed == 3 and seconds >= 0 for seconds, timed in medians.values())
 
 
 DEVICES = ["cpu"] + (["cuda"] if DEVICE == "cuda" else [])
@@ -106,9 +159,9 @@ def test_peak_bytes_counts_the_backward_pass(device):
 
 
 def test_progress_bar_format():
-    assert report.bar(7, 40, "W2 fwd+bwd cpu", width=10) == "[#.........] 7/40 W2 fwd+bwd cpu"
-    assert report.bar(0, 4, "W1 fwd eager", width=4) == "[....] 0/4 W1 fwd eager"
-    assert report.bar(4, 4, "W1 fwd+bwd cpu", width=4) == "[####] 4/4 W1 fwd+bwd cpu"
+    assert report.bar(7, 40, "W2 fwd+bwd", width=10) == "[#.........] 7/40 W2 fwd+bwd"
+    assert report.bar(0, 4, "W1 fwd", width=4) == "[....] 0/4 W1 fwd"
+    assert report.bar(4, 4, "W1 fwd+bwd", width=4) == "[####] 4/4 W1 fwd+bwd"
 
 
 class FakeTerminal(io.StringIO):
@@ -119,29 +172,30 @@ class FakeTerminal(io.StringIO):
 def test_progress_redraws_on_a_terminal_and_clears_before_a_table_row(capsys):
     stream = FakeTerminal()
     progress = report.Progress(2, stream)
-    progress.show("W1 fwd eager")
+    progress.show("W1 fwd")
     progress.advance()
-    progress.show("W1 fwd cpu")
-    assert stream.getvalue().startswith("\r[") and "\r[##########..........] 1/2 W1 fwd cpu" in stream.getvalue()
+    progress.show("W1 fwd+bwd")
+    assert stream.getvalue().startswith("\r[") and "\r[##########..........] 1/2 W1 fwd+bwd" in stream.getvalue()
     drawn = len(stream.getvalue())
     progress.print("a table row")
-    assert stream.getvalue()[drawn:] == "\r" + " " * len("[##########..........] 1/2 W1 fwd cpu") + "\r"
+    assert stream.getvalue()[drawn:] == "\r" + " " * len("[##########..........] 1/2 W1 fwd+bwd") + "\r"
     assert capsys.readouterr().out == "a table row\n"
 
 
 def test_progress_is_silent_off_a_terminal(capsys):
     stream = io.StringIO()
     progress = report.Progress(1, stream)
-    progress.show("W1 fwd eager")
+    progress.show("W1 fwd")
     progress.print("a table row")
     progress.clear()
     assert stream.getvalue() == "" and capsys.readouterr().out == "a table row\n"
 
 
 def test_table_columns_line_up():
-    row = {"workload": "W1", "mode": "fwd+bwd", "impl": "cpu", "median_ms": 0.974, "speedup_vs_eager": 4.84,
-           "speedup_vs_compile": None, "GB_per_s": 1.34, "copy_fraction": 0.0472, "peak_MiB": 0.8}
+    row = {"workload": "W1", "mode": "fwd+bwd", "impl": "triton+compile", "median_ms": 0.974,
+           "speedup_vs_plain": 4.84, "speedup_vs_compile_plain": None, "GB_per_s": 1.34, "copy_fraction": 0.0472,
+           "peak_MiB": 0.8}
     heading = report.header().splitlines()[0]
     line = report.table_row(row)
     assert len(line) == len(heading)
-    assert line.split() == ["W1", "fwd+bwd", "cpu", "0.974", "4.84x", "-", "1.34", "4.7%", "0.8"]
+    assert line.split() == ["W1", "fwd+bwd", "triton+compile", "0.974", "4.84x", "-", "1.34", "4.7%", "0.8"]

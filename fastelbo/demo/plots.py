@@ -3,8 +3,9 @@
     reconstructions.png  rows: test images; their reconstructions by the fused run and by the
                          reference run (the likelihood's mean at z = mu); samples from the prior
                          decoded by each run (the same z for both)
-    curves.png           the training ELBO per epoch of both runs, their absolute difference,
-                         and the seconds per epoch of both runs
+    curves.png           the training ELBO per epoch of the fused, reference and plain runs, the
+                         fused and reference curves' absolute difference, and the seconds per
+                         epoch of each run
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def _pyplot():
 
 
 def run_label(run) -> str:
-    """How a run is named in the plots: "reference", or "fused (backend 'cpu')"."""
+    """How a run is named in the plots: "reference", "plain PyTorch", or "fused (backend 'cpu')"."""
+    if run.backend == "plain":
+        return "plain PyTorch"
     return run.name if run.name == run.backend else f"{run.name} (backend {run.backend!r})"
 
 
@@ -65,11 +68,14 @@ def save_reconstructions(path: str, fused, reference, data) -> None:
     plt.close(fig)
 
 
-def save_curves(path: str, fused, reference, title: str) -> None:
+def save_curves(path: str, fused, reference, title: str, plain=None) -> None:
     plt = _pyplot()
     epochs = list(range(1, len(fused.train_elbo) + 1))
     fig, (elbo_ax, diff_ax, time_ax) = plt.subplots(1, 3, figsize=(14, 4))
-    for run, style in ((fused, dict(lw=2.5, alpha=0.6)), (reference, dict(ls="--", lw=1.2, color="k"))):
+    styles = [(fused, dict(lw=2.5, alpha=0.6)), (reference, dict(ls="--", lw=1.2, color="k"))]
+    if plain is not None:
+        styles.append((plain, dict(ls=":", lw=1.8, color="C3")))
+    for run, style in styles:
         elbo_ax.plot(epochs, run.train_elbo, label=run_label(run), **style)
         time_ax.plot(epochs, run.seconds, marker="o", ms=3, label=run_label(run), **style)
     elbo_ax.set(xlabel="epoch", ylabel="training ELBO (nats per image)", title="ELBO per epoch")

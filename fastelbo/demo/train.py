@@ -1,11 +1,13 @@
-"""Two training runs of the demo VAE from the same seed, one epoch of each in turn: one with the
-fused ELBO ops, one with the reference path.
+"""Training runs of the demo VAE from the same seed, one epoch of each in turn: one with the fused
+ELBO ops, one with the reference path (the agreement check) and one with plain PyTorch loss code
+(plain.py: the speed baseline).
 
-Both runs start from the same weights, see the same batches in the same order and draw their
+The runs start from the same weights, see the same batches in the same order and draw their
 noise from the same generator states (each run owns a copy of torch's RNG state, swapped in for
-its epochs), so their ELBO curves differ only by floating-point rounding. Interleaving the epochs
-exposes both runs to the same machine load, which keeps their time ratio honest on a shared
-machine.
+its epochs), so the fused and reference curves differ only by floating-point rounding. The plain
+run draws its noise with torch.randn_like, so its curve is the same model's on other noise.
+Interleaving the epochs exposes every run to the same machine load, which keeps their time ratio
+honest on a shared machine.
 
 Under torch.distributed (`fastelbo demo --nproc N`) each process wraps the model in
 DistributedDataParallel and trains on its 1/N of every batch (rank r takes the r-th of N nearly
@@ -26,6 +28,9 @@ import fastelbo as fe
 
 from .data import Digits
 from .model import DigitsVAE
+from .plain import PlainELBO
+
+PLAIN = "plain"  # the backend name of the plain-PyTorch run (no fastelbo op in its loss)
 
 
 @dataclass(frozen=True)
@@ -52,11 +57,11 @@ class Run:
     """One training run: its model, optimizer, objective, RNG state and per-epoch record."""
 
     name: str
-    backend: str
+    backend: str  # a fastelbo backend, or PLAIN
     model: DigitsVAE
     trained: torch.nn.Module  # what the training steps call: the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
-    objective: fe.ELBO
+    objective: torch.nn.Module  # fe.ELBO, or PlainELBO for the plain run
     rng_state: torch.Tensor
     shuffle: torch.Generator
     train_elbo: list[float] = field(default_factory=list)
@@ -67,8 +72,11 @@ def make_run(name: str, backend: str, config: DemoConfig) -> Run:
     device = torch.device(config.device)
     torch.manual_seed(config.seed)  # the same initial weights and noise stream for every run
     model = DigitsVAE(config.likelihood, latent_dim=config.latent_dim, hidden=config.hidden).to(device)
-    objective = fe.ELBO(config.likelihood, n_samples=config.n_samples, kl=config.kl,
-                        estimator=config.estimator, backend=backend)
+    if backend == PLAIN:
+        objective = PlainELBO(config.likelihood, n_samples=config.n_samples, estimator=config.estimator)
+    else:
+        objective = fe.ELBO(config.likelihood, n_samples=config.n_samples, kl=config.kl,
+                            estimator=config.estimator, backend=backend)
     trained = model
     if _distributed():
         trained = torch.nn.parallel.DistributedDataParallel(
@@ -153,13 +161,27 @@ def test_elbo(run: Run, data: Digits, config: DemoConfig) -> float:
         return objective_value(run, data, data.test, module=run.model).elbo.double().mean().item()
 
 
-def train_pair(config: DemoConfig, data: Digits, fused_backend: str, on_epoch=None) -> tuple[Run, Run]:
-    """Train a fused and a reference run side by side; `on_epoch(epoch, fused, reference)` after each epoch."""
-    fused = make_run("fused", fused_backend, config)
-    reference = make_run("reference", "reference", config)
+def train_runs(config: DemoConfig, data: Digits, runs: list, on_epoch=None) -> list:
+    """Train `runs` side by side, one epoch of each in turn; `on_epoch(epoch, *runs)` after each epoch."""
     for epoch in range(1, config.epochs + 1):
-        for run in (fused, reference):
+        for run in runs:
             train_epoch(run, data, config)
         if on_epoch is not None:
-            on_epoch(epoch, fused, reference)
+            on_epoch(epoch, *runs)
+    return runs
+
+
+def train_pair(config: DemoConfig, data: Digits, fused_backend: str, on_epoch=None) -> tuple[Run, Run]:
+    """Train a fused and a reference run side by side; `on_epoch(epoch, fused, reference)` after each epoch."""
+    fused, reference = train_runs(config, data, [make_run("fused", fused_backend, config),
+                                                 make_run("reference", "reference", config)], on_epoch)
     return fused, reference
+
+
+def train_three(config: DemoConfig, data: Digits, fused_backend: str, on_epoch=None) -> tuple[Run, Run, Run]:
+    """The demo's runs side by side: fused, reference (for the agreement check) and plain (for the
+    speed comparison); `on_epoch(epoch, fused, reference, plain)` after each epoch."""
+    fused, reference, plain = train_runs(config, data, [make_run("fused", fused_backend, config),
+                                                        make_run("reference", "reference", config),
+                                                        make_run(PLAIN, PLAIN, config)], on_epoch)
+    return fused, reference, plain
