@@ -24,12 +24,24 @@ namespace fastelbo {
 
 constexpr int64_t kFlatBlockRows = 64;
 
-// out[i * out_stride] = sum_d terms[i * D + d] + offset for each of n_rows rows.
+// out[i * out_stride] = sum_d terms[i * D + d] + offset for each of n_rows rows: D scalar adds for
+// rows shorter than a vector, else vector adds along the row and one horizontal sum.
 template <typename T>
 inline void row_sums(const T* terms, int64_t n_rows, int64_t dim, T offset, T* out, int64_t out_stride) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
   for (int64_t i = 0; i < n_rows; ++i) {
+    const T* row = terms + i * dim;
     T acc = T(0);
-    for (int64_t d = 0; d < dim; ++d) acc += terms[i * dim + d];
+    if (dim < W) {
+      for (int64_t d = 0; d < dim; ++d) acc += row[d];
+    } else {
+      V vacc = V::loadu(row);
+      int64_t d = W;
+      for (; d + W <= dim; d += W) vacc += V::loadu(row + d);
+      if (d < dim) vacc += V::loadu(row + d, dim - d);
+      acc = hsum(vacc);
+    }
     out[i * out_stride] = acc + offset;
   }
 }
