@@ -146,11 +146,12 @@ def decoder(base: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return base + z.mean(-1, keepdim=True)
 
 
-def fused_loss(w: Workload, t: dict, backend: str, eps=None) -> torch.Tensor:
-    """One step's loss through fastelbo's public API on `backend` (eps: explicit noise, for tests)."""
+def fused_loss(w: Workload, t: dict, backend: str, eps=None, decode=decoder) -> torch.Tensor:
+    """One step's loss through fastelbo's public API on `backend` (eps: explicit noise, for tests;
+    decode: the stand-in decoder, replaced by decoder_share.py)."""
     n_samples = w.n_samples if w.n_samples > 1 else None
     lat = fe.gaussian_latent(t["mu"], t["scale"], n_samples=n_samples, eps=eps, backend=backend)
-    out = decoder(t["base"], lat.z)
+    out = decode(t["base"], lat.z)
     if w.likelihood == "bernoulli":
         log_lik = fe.bernoulli_log_prob(out, t["x"], backend=backend)
     else:
@@ -158,16 +159,16 @@ def fused_loss(w: Workload, t: dict, backend: str, eps=None) -> torch.Tensor:
     return -fe.elbo(log_lik, lat, kl=w.kl, estimator=w.estimator, backend=backend).mean()
 
 
-def plain_loss(w: Workload, t: dict, eps=None) -> torch.Tensor:
+def plain_loss(w: Workload, t: dict, eps=None, decode=decoder) -> torch.Tensor:
     """The same step as VAE code writes it in plain PyTorch (the module docstring shows it; eps:
-    explicit noise, for tests)."""
+    explicit noise, for tests; decode as in fused_loss)."""
     mu, logvar, x = t["mu"], t["scale"], t["x"]
     k = w.n_samples
     std = torch.exp(0.5 * logvar)
     if eps is None:
         eps = torch.randn_like(std) if k == 1 else torch.randn((k, *std.shape), dtype=std.dtype, device=std.device)
     z = mu + eps * std
-    out = decoder(t["base"], z)
+    out = decode(t["base"], z)
     if w.kl == "analytic" and w.estimator == "elbo":  # pytorch/examples' loss_function, per data point
         if w.likelihood == "bernoulli":
             rec = F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="sum")

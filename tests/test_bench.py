@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import fastelbo as fe
-from fastelbo.benchmarks import report, run
+from fastelbo.benchmarks import decoder_share, report, run
 from fastelbo.benchmarks.measure import interleaved_medians, peak_bytes
-from fastelbo.benchmarks.workloads import GRAD_LEAVES, WORKLOADS, fused_loss, leaves, make_inputs, plain_loss
+from fastelbo.benchmarks.workloads import GRAD_LEAVES, WORKLOADS, decoder, fused_loss, leaves, make_inputs, plain_loss
 from helpers import DEVICE
 
 MiB = 2**20
@@ -94,15 +94,18 @@ def test_default_workloads_and_baselines():
 
 @pytest.mark.parametrize("backend", [name for name in ("reference", "cpu") if fe.backends()[name] == "available"])
 @pytest.mark.parametrize("name", list(WORKLOADS))
-def test_plain_step_is_the_fused_step(name, backend):
+@pytest.mark.parametrize("decode", [decoder, decoder_share._logits_given], ids=["decoder", "logits_given"])
+def test_plain_step_is_the_fused_step(name, backend, decode):
     """Given the same noise, the plain baseline and the fastelbo step are the same function of the
-    inputs: the same loss and the same gradients (float64, each workload shrunk)."""
+    inputs: the same loss and the same gradients (float64, each workload shrunk), with the stand-in
+    decoder and without it (decoder_share.py's second case)."""
     w = dataclasses.replace(WORKLOADS[name], batch=min(WORKLOADS[name].batch, 12),
                             data_dim=min(WORKLOADS[name].data_dim, 40))
     inputs = make_inputs(w, "cpu", torch.float64, seed=3)
     eps = torch.randn(*((w.n_samples,) if w.n_samples > 1 else ()), w.batch, w.latent_dim, dtype=torch.float64)
     results = []
-    for step in (lambda t: plain_loss(w, t, eps=eps), lambda t: fused_loss(w, t, backend, eps=eps)):
+    for step in (lambda t: plain_loss(w, t, eps=eps, decode=decode),
+                 lambda t: fused_loss(w, t, backend, eps=eps, decode=decode)):
         t = leaves(inputs, backward=True)
         loss = step(t)
         loss.backward()
@@ -199,3 +202,16 @@ def test_table_columns_line_up():
     line = report.table_row(row)
     assert len(line) == len(heading)
     assert line.split() == ["W1", "fwd+bwd", "triton+compile", "0.974", "4.84x", "-", "1.34", "4.7%", "0.8"]
+
+
+@pytest.mark.skipif(fe.backends()["cpu"] != "available", reason="the cpu backend is unavailable")
+def test_decoder_share_reports_each_implementation(monkeypatch, capsys):
+    """python -m fastelbo.benchmarks.decoder_share runs both cases and prints the op's cost for each
+    implementation (torch.compile stubbed out here: the compiled rows' compile is tested above)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(decoder_share, "steady_malloc", lambda: "default (test)")
+    decoder_share.main(["--workloads", "S1", "--reps", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "with the decoder op" in out and "logits given" in out
+    for impl in ("plain", "cpu", "compile(plain)", "cpu+compile"):
+        assert f"{impl} +" in out or f"{impl} -" in out, out
