@@ -142,6 +142,12 @@ inline int64_t grain_rows(int64_t elements_per_row, int64_t work = 32768) {
   return std::max<int64_t>(1, work / std::max<int64_t>(1, elements_per_row));
 }
 
+// t in `dtype`: t itself when it already is (no dispatcher call: the ops run once per step at
+// every size, so their fixed cost counts), else a converted copy.
+inline at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
 // All float inputs of one dtype, or upcast to the compute dtype (a copy, only for mixed dtypes).
 inline at::ScalarType common_float_dtype(std::initializer_list<const at::Tensor*> tensors) {
   at::ScalarType first_dtype = at::ScalarType::Undefined;

@@ -21,9 +21,9 @@ namespace {
 using at::Tensor;
 
 template <typename T>
-void elbo_kernel(const Tensor& ll, const Tensor& lq, const Tensor& lp, const Tensor& kl, int64_t mode, double beta,
-                 Tensor& out, Tensor& weights) {
-  const int64_t K = ll.size(0), R = out.numel();
+void elbo_kernel(const Tensor& ll, const Tensor& lq, const Tensor& lp, const Tensor& kl, int64_t K, int64_t mode,
+                 double beta, Tensor& out, Tensor& weights) {
+  const int64_t R = out.numel();
   const T* ll_ptr = ll.const_data_ptr<T>();
   const T* lq_ptr = lq.const_data_ptr<T>();
   const T* lp_ptr = lp.const_data_ptr<T>();
@@ -80,12 +80,20 @@ std::tuple<Tensor, Tensor> elbo_cpu(const Tensor& log_lik, const Tensor& log_q, 
   Tensor out = at::empty(batch, log_lik.options().dtype(compute));
   Tensor weights = at::empty(mode == 2 ? log_lik.sizes() : at::IntArrayRef{0}, log_lik.options().dtype(compute));
   if (out.numel() > 0) {
-    auto prep = [&](const Tensor& t) { return t.to(compute).contiguous(); };
-    auto per_sample = [&](const Tensor& t) { return sample_dim ? prep(t) : prep(t).unsqueeze(0); };
-    Tensor ll = per_sample(log_lik), lq = per_sample(log_q), lp = per_sample(log_p), k = prep(kl);
+    // Each term the mode reads, flat (K, R) / (R,) in the compute dtype: as given when it already is
+    // (no dispatcher call: this op runs once per step at every size), else converted; the others
+    // stand in for the pointer the kernel does not read.
+    auto prep = [&](const Tensor& t) {
+      return t.scalar_type() == compute && t.is_contiguous() ? t : t.to(compute).contiguous();
+    };
+    const Tensor ll = prep(log_lik);
+    const Tensor lq = mode != 1 ? prep(log_q) : ll, lp = mode != 1 ? prep(log_p) : ll;
+    const Tensor k = mode == 1 ? prep(kl) : ll;
+    const int64_t samples = sample_dim ? log_lik.size(0) : 1;
     AT_DISPATCH_FLOATING_TYPES(compute, "fastelbo_elbo_cpu",
-                               [&] { elbo_kernel<scalar_t>(ll, lq, lp, k, mode, beta, out, weights); });
+                               [&] { elbo_kernel<scalar_t>(ll, lq, lp, k, samples, mode, beta, out, weights); });
   }
+  if (dtype == compute) return {out, weights};
   return {out.to(dtype), weights.to(dtype)};
 }
 

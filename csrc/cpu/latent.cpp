@@ -97,7 +97,7 @@ struct LatentGrads {
               const OptTensor& grad_kl, int64_t K, int64_t R, int64_t D, at::ScalarType compute) {
     auto view = [&](const OptTensor& g, at::IntArrayRef shape) -> Tensor {
       if (!g.has_value() || !g->defined()) return Tensor();
-      return g->to(compute).reshape(shape);
+      return as_dtype(*g, compute).reshape(shape);
     };
     gz = view(grad_z, {K, R, D});
     gq = view(grad_log_q, {K, R});
@@ -231,7 +231,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu,
       gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, k_samples, z, log_q, log_p, kl);
     });
   }
-  return {z.to(mu.scalar_type()), log_q, log_p, kl};
+  return {as_dtype(z, mu.scalar_type()), log_q, log_p, kl};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(

@@ -39,7 +39,7 @@ struct LatentRows {
   LatentRows(const Tensor& mu, const Tensor& scale, const OptTensor& pm, const OptTensor& ps) {
     has_prior = pm.has_value() && pm->defined();
     dtype = common_float_dtype({&mu, &scale, has_prior ? &*pm : nullptr, has_prior ? &*ps : nullptr});
-    std::vector<Tensor> tensors = {mu.to(dtype), scale.to(dtype)};
+    std::vector<Tensor> tensors = {as_dtype(mu, dtype), as_dtype(scale, dtype)};
     if (has_prior) {
       tensors.push_back(pm->to(dtype).expand(mu.sizes()));
       tensors.push_back(ps->to(dtype).expand(mu.sizes()));
@@ -149,7 +149,7 @@ struct PosteriorGrads {
   std::tuple<Tensor, Tensor, Tensor, Tensor> finish(const Tensor& mu_in, const Tensor& scale_in, const OptTensor& pm,
                                                     const OptTensor& ps) const {
     const bool has_prior = pm.has_value() && pm->defined();
-    return {mu.to(mu_in.scalar_type()), scale.to(scale_in.scalar_type()),
+    return {as_dtype(mu, mu_in.scalar_type()), as_dtype(scale, scale_in.scalar_type()),
             has_prior ? reduce(prior_mu, pm_shared, mu_in, *pm) : at::empty({0}, mu_in.options()),
             has_prior ? reduce(prior_scale, ps_shared, mu_in, *ps) : at::empty({0}, mu_in.options())};
   }

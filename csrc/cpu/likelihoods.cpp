@@ -274,7 +274,7 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tenso
   Tensor out = at::empty(batch_shape(mean, event_dims), mean.options().dtype(compute));
   Tensor grad = grad_buffer(need_grad, mean, compute);
   if (out.numel() == 0) return {out, grad};
-  std::vector<Tensor> tensors = {mean.to(dtype), x.to(dtype).expand(mean.sizes())};
+  std::vector<Tensor> tensors = {as_dtype(mean, dtype), as_dtype(x, dtype).expand(mean.sizes())};
   if (has_logvar) tensors.push_back(logvar->to(dtype).expand(mean.sizes()));
   RowPlan plan = plan_rows(tensors, event_dims);
   FASTELBO_DISPATCH_FLOAT(dtype, "fastelbo_gaussian_cpu", [&] {
@@ -293,7 +293,7 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_backward_cpu(const Tensor& grad_out
   const int64_t R = grad_out.numel();
   int64_t N = 1;
   for (int64_t i = buffer.dim() - event_dims; i < buffer.dim(); ++i) N *= buffer.size(i);
-  Tensor g = grad_out.to(compute).contiguous();
+  Tensor g = as_dtype(grad_out, compute).contiguous();
   RowPlan v_plan;
   bool v_shared = false;
   if (with_v) {
