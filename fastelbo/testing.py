@@ -267,6 +267,7 @@ CASES: tuple[OpCase, ...] = (
     _latent_case("gaussian_latent[eps,prior,stl]", prior=True, stl=True, explicit_eps=True),
     _kl_case("gaussian_kl[logvar]", "logvar", prior=False, per_dim=False),
     _kl_case("gaussian_kl[softplus,prior,per_dim]", "softplus", prior=True, per_dim=True),
+    _kl_case("gaussian_kl[log_std,per_dim]", "log_std", prior=False, per_dim=True),
     _bernoulli_case(),
     _gaussian_case(),
     _continuous_bernoulli_case(),

@@ -3,6 +3,7 @@
 //     dKL_d/dmu = delta/sigma_p,  dKL_d/dlog sigma = expm1(2r),
 //     dKL_d/dmu_p = -delta/sigma_p,  dKL_d/dlog sigma_p = -(expm1(2r) + delta^2)
 // (standard prior: mu_p = 0, sigma_p = 1).
+#include "latent_flat.h"
 #include "latent_rows.h"
 #include "ops.h"
 
@@ -17,6 +18,12 @@ void gaussian_kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   T* out_ptr = out.data_ptr<T>();
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    if (flat_rows<scalar_t>(rows)) {
+      kl_forward_flat<T>(in.ptr[0], in.ptr[1], static_cast<int>(param), R, D, per_dim, out_ptr);
+      return;
+    }
+  }
   at::parallel_for(0, R, grain_rows(D * 4), [&](int64_t begin, int64_t end) {
     RowTerms<T> t(P);
     for (int64_t r = begin; r < end; ++r) {
@@ -46,6 +53,13 @@ void gaussian_kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int
   const bool has_prior = rows.has_prior;
   const T* g_ptr = grad.const_data_ptr<T>();
   const int64_t g_sr = grad.stride(0), g_sd = per_dim ? grad.stride(1) : 0;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    if (flat_rows<scalar_t>(rows) && (!per_dim || grad.is_contiguous())) {
+      kl_backward_flat<T>(in.ptr[0], in.ptr[1], static_cast<int>(param), R, D, per_dim, g_ptr, g_sr,
+                          out.mu.data_ptr<T>(), out.scale.data_ptr<T>());
+      return;
+    }
+  }
   const auto grads = out.writer<scalar_t>();
   const int64_t block = out.block, blocks = out.blocks;
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {

@@ -27,13 +27,6 @@
 namespace fastelbo {
 namespace {
 
-// Whether the rows take the short-row path (latent_flat.h): contiguous float/double mu and scale, no prior.
-template <typename scalar_t>
-bool flat_rows(const LatentRows& rows) {
-  return std::is_same_v<scalar_t, compute_t<scalar_t>> && !rows.has_prior && rows.plan.tensors[0].is_contiguous() &&
-         rows.plan.tensors[1].is_contiguous();
-}
-
 template <typename scalar_t>
 void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param,
                                     int64_t k_samples, Tensor& z, Tensor& log_q, Tensor& log_p, Tensor& kl) {

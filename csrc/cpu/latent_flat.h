@@ -24,6 +24,13 @@ namespace fastelbo {
 
 constexpr int64_t kFlatBlockRows = 64;
 
+// Whether the rows take this path: contiguous float/double mu and scale, no prior.
+template <typename scalar_t>
+bool flat_rows(const LatentRows& rows) {
+  return std::is_same_v<scalar_t, compute_t<scalar_t>> && !rows.has_prior && rows.plan.tensors[0].is_contiguous() &&
+         rows.plan.tensors[1].is_contiguous();
+}
+
 // out[i * out_stride] = sum_d terms[i * D + d] + offset for each of n_rows rows: D scalar adds for
 // rows shorter than a vector, else vector adds along the row and one horizontal sum.
 template <typename T>
@@ -182,6 +189,51 @@ void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_s
         }
         g_mu.store(grad_mu + r0 * D + j, c);
         (g_lsig * V::loadu(dlog.data() + j, c)).store(grad_scale + r0 * D + j, c);
+      });
+    }
+  });
+}
+
+// The analytic KL alone (gaussian_kl) on the same flat rows:
+//     KL_d = (e^(2 log sigma) - 1 - 2 log sigma)/2 + mu^2/2,  per dim or summed over the row;
+//     dKL_d/dmu = mu,  dKL_d/dlog sigma = expm1(2 log sigma).
+template <typename T>
+void kl_forward_flat(const T* mu, const T* scale, int param, int64_t R, int64_t D, bool per_dim, T* out) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  at::parallel_for(0, R, grain_rows(D * 4), [&](int64_t begin, int64_t end) {
+    std::vector<T> terms(per_dim ? 0 : std::min(kFlatBlockRows, end - begin) * D);
+    for (int64_t r0 = begin; r0 < end; r0 += kFlatBlockRows) {
+      const int64_t n_rows = std::min(kFlatBlockRows, end - r0), n = n_rows * D;
+      T* dst = per_dim ? out + r0 * D : terms.data();
+      for_flat<W>(n, [&](int64_t j, int64_t c) {
+        const V mv = V::loadu(mu + r0 * D + j, c);
+        const V log_sigma = core::sigma_terms<V>(V::loadu(scale + r0 * D + j, c), param, false).log_sigma;
+        const V half(T(0.5));
+        (half * core::expm1_minus_x<V>(V(T(2)) * log_sigma) + half * mv * mv).store(dst + j, c);
+      });
+      if (!per_dim) row_sums(terms.data(), n_rows, D, T(0), out + r0, 1);
+    }
+  });
+}
+
+// grad: (R,) through its row stride, or per_dim a contiguous (R, D).
+template <typename T>
+void kl_backward_flat(const T* mu, const T* scale, int param, int64_t R, int64_t D, bool per_dim, const T* grad,
+                      int64_t g_sr, T* grad_mu, T* grad_scale) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  at::parallel_for(0, R, grain_rows(D * 4), [&](int64_t begin, int64_t end) {
+    std::vector<T> spread(per_dim ? 0 : std::min(kFlatBlockRows, end - begin) * D);
+    for (int64_t r0 = begin; r0 < end; r0 += kFlatBlockRows) {
+      const int64_t n_rows = std::min(kFlatBlockRows, end - r0), n = n_rows * D;
+      const T* g = per_dim ? grad + r0 * D : spread.data();
+      if (!per_dim) spread_rows(grad + r0 * g_sr, g_sr, n_rows, D, spread.data());
+      for_flat<W>(n, [&](int64_t j, int64_t c) {
+        const V gv = V::loadu(g + j, c);
+        const auto t = core::sigma_terms<V>(V::loadu(scale + r0 * D + j, c), param, true);
+        (gv * V::loadu(mu + r0 * D + j, c)).store(grad_mu + r0 * D + j, c);
+        (gv * (V(T(2)) * t.log_sigma).expm1() * t.dlog).store(grad_scale + r0 * D + j, c);
       });
     }
   });
