@@ -68,10 +68,13 @@ struct RowInputs {
   const scalar_t* row(int i, int64_t r) const { return ptr[i] + core::row_offset(r, shape, st[i]); }
 };
 
-// Per-row posterior and prior terms in the compute type, one vector-padded buffer each.
+// Per-row posterior and prior terms in the compute type, one vector-padded buffer each. The prior's
+// terms are kept while the next row reads the same prior row (a prior shared by every row, or by
+// a run of rows: its sigma terms are computed once, not once per row).
 template <typename T>
 struct RowTerms {
   std::vector<T> mu, sigma, log_sigma, dlog, pmu, inv_psigma, plog_sigma, pdlog;
+  const void* prior_read[2] = {nullptr, nullptr};  // the prior rows the prior terms hold
   explicit RowTerms(int64_t padded)
       : mu(padded), sigma(padded), log_sigma(padded), dlog(padded), pmu(padded), inv_psigma(padded),
         plog_sigma(padded), pdlog(padded) {}
@@ -82,6 +85,13 @@ struct RowTerms {
     constexpr int64_t W = V::size();
     const scalar_t* m = in.row(0, r);
     const scalar_t* s = in.row(1, r);
+    if (has_prior) {
+      const scalar_t* pm = in.row(2, r);
+      const scalar_t* ps = in.row(3, r);
+      has_prior = pm != prior_read[0] || ps != prior_read[1];  // else the terms already held
+      prior_read[0] = pm;
+      prior_read[1] = ps;
+    }
     for_vectors<W>(dim, [&](int64_t j, auto n) {
       load<T>(m + j * in.st[0].sc, in.st[0].sc, n).store(mu.data() + j);
       auto t = core::sigma_terms<V>(load<T>(s + j * in.st[1].sc, in.st[1].sc, n), param, need_dlog);
