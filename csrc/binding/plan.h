@@ -12,6 +12,18 @@
 
 namespace fastelbo {
 
+// The latent op's n_samples: K >= 1 samples with a leading sample dim on z, log q and log p, or 0
+// for one sample without it (outputs of mu's shape: what fe.gaussian_latent returns by default).
+// Shared by the CPU and CUDA bindings of the latent op.
+inline int64_t sample_count(int64_t n_samples) { return n_samples == 0 ? 1 : n_samples; }
+
+inline std::vector<int64_t> with_samples(int64_t n_samples, at::IntArrayRef shape) {
+  std::vector<int64_t> out;
+  if (n_samples != 0) out.push_back(n_samples);
+  out.insert(out.end(), shape.begin(), shape.end());
+  return out;
+}
+
 struct RowPlan {
   core::RowShape shape;
   std::vector<at::Tensor> tensors;  // the inputs, copied (made contiguous) only where needed

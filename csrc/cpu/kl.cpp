@@ -113,7 +113,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_kl_backward_cpu(const Tensor
   PosteriorGrads out(rows, mu, grain_rows(rows.dim * 4));
   if (mu.numel() > 0) {
     const at::ScalarType compute = compute_dtype(rows.dtype);
-    Tensor g = per_dim ? grad.to(compute).reshape({rows.rows(), rows.dim}) : grad.to(compute).reshape({rows.rows()});
+    Tensor g = per_dim ? as_dtype(grad, compute).reshape({rows.rows(), rows.dim})
+                       : as_dtype(grad, compute).reshape({rows.rows()});
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_kl_backward_cpu",
                             [&] { gaussian_kl_backward_kernel<scalar_t>(rows, g, param, per_dim, out); });
   }

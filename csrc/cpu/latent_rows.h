@@ -16,17 +16,6 @@ using OptTensor = c10::optional<Tensor>;
 
 inline Tensor defined_or_empty(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
 
-// The latent op's n_samples: K >= 1 samples with a leading sample dim on z, log q and log p, or 0
-// for one sample without it (outputs of mu's shape: what fe.gaussian_latent returns by default).
-inline int64_t sample_count(int64_t n_samples) { return n_samples == 0 ? 1 : n_samples; }
-
-inline std::vector<int64_t> with_samples(int64_t n_samples, at::IntArrayRef shape) {
-  std::vector<int64_t> out;
-  if (n_samples != 0) out.push_back(n_samples);
-  out.insert(out.end(), shape.begin(), shape.end());
-  return out;
-}
-
 // mu, scale and (optionally) the prior, broadcast to mu and planned as rows; float inputs of
 // mixed dtypes are upcast to the compute dtype first.
 struct LatentRows {

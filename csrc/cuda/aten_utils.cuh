@@ -126,17 +126,6 @@ void dispatch_data(DataKind kind, F&& f) {
   }
 }
 
-// The latent op's n_samples: K >= 1 samples with a leading sample dim on z, log q and log p, or 0
-// for one sample without it (outputs of mu's shape).
-inline int64_t sample_count(int64_t n_samples) { return n_samples == 0 ? 1 : n_samples; }
-
-inline std::vector<int64_t> with_samples(int64_t n_samples, const std::vector<int64_t>& shape) {
-  std::vector<int64_t> out;
-  if (n_samples != 0) out.push_back(n_samples);
-  out.insert(out.end(), shape.begin(), shape.end());
-  return out;
-}
-
 inline std::vector<int64_t> batch_sizes(const at::Tensor& t, int64_t event_dims) {
   auto sizes = t.sizes().vec();
   sizes.resize(sizes.size() - static_cast<size_t>(event_dims));

@@ -128,7 +128,7 @@ Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
   const at::ScalarType compute = compute_dtype({mu, scale, prior_mu, prior_scale});
   const int64_t k = sample_count(n_samples);
   const std::vector<int64_t> batch = batch_sizes(mu, 1);
-  const std::vector<int64_t> z_sizes = with_samples(n_samples, mu.sizes().vec());
+  const std::vector<int64_t> z_sizes = with_samples(n_samples, mu.sizes());
   const std::vector<int64_t> q_sizes = with_samples(n_samples, batch);
   at::Tensor z = at::empty(z_sizes, mu.options());
   at::Tensor log_q = at::empty(q_sizes, mu.options().dtype(compute));
