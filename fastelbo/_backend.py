@@ -47,7 +47,9 @@ _MODULES = {
     "cuda": "fastelbo.cpp_backend.library",
 }
 
-# The overload of torch.ops.fastelbo.<op> that holds a fused backend's kernels.
+# The overload of torch.ops.fastelbo.<op> that holds a fused backend's kernels. The C++ kernels
+# (the default overload) check their own arguments before they run (csrc/binding/checks.h): the
+# public functions call them without checking in Python first.
 OVERLOAD = {"cpu": "default", "cuda": "default", "triton": "triton"}
 
 

@@ -322,3 +322,77 @@ def test_float32_bernoulli_to_a_few_ulps_at_every_logit(x):
     got = fe.bernoulli_log_prob(logits, xs, backend=CPP)
     exact = fe.bernoulli_log_prob(logits.double(), xs.double(), backend="reference")
     assert _ulps(got, exact).max() <= 4.0
+
+
+def _bad_kernel_calls(ops, device):
+    """Op-level calls that the C++ kernels must refuse before they run (csrc/binding/checks.h): the
+    public functions skip their Python checks on the way to these kernels."""
+    mu = torch.zeros(3, 4, device=device)
+    seed = torch.zeros((), dtype=torch.int64, device=device)
+    logits = torch.zeros(3, 5, device=device)
+    latent, binary = ops.gaussian_latent.default, ops.bernoulli_log_prob.default
+    return [
+        (lambda: latent(mu.long(), mu, None, None, None, seed, 0, 0, False), TypeError, "mu must be a floating"),
+        (lambda: latent(mu, mu[:, :3], None, None, None, seed, 0, 0, False), ValueError, "scale must have mu's shape"),
+        (lambda: latent(mu[0, 0], mu[0, 0], None, None, None, seed, 0, 0, False), ValueError, "at least 1 dim"),
+        (lambda: latent(mu, mu, None, None, None, seed, 3, 0, False), ValueError, "param code 3"),
+        (lambda: latent(mu, mu, None, None, None, None, 0, 0, False), ValueError, "needs eps or a seed"),
+        (lambda: latent(mu, mu, None, None, None, seed.float(), 0, 0, False), TypeError, "seed must be a 0-dim int64"),
+        (lambda: latent(mu, mu, None, None, mu[:2], None, 0, 0, False), ValueError, "eps must have z's shape"),
+        (lambda: latent(mu, mu, None, None, mu, None, 0, 2, False), ValueError, "eps must have z's shape"),
+        (lambda: latent(mu, mu, mu[:, :2], mu[:, :2], None, seed, 0, 0, False), ValueError, "prior_mu of shape"),
+        (lambda: latent(mu, mu, mu, None, None, seed, 0, 0, False), ValueError, "needs both prior_mu and prior_scale"),
+        (lambda: binary(logits.long(), logits, 1, False), TypeError, "logits must be a floating"),
+        (lambda: binary(logits, logits.long(), 1, False), TypeError, "x must be a floating-point, bool or uint8"),
+        (lambda: binary(logits, logits[:, :2], 1, False), ValueError, "x of shape"),
+        (lambda: binary(logits, logits, 3, False), ValueError, "event_dims=3"),
+        (lambda: binary(logits, logits, -1, False), ValueError, "event_dims=-1"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(15))
+def test_kernels_check_their_arguments(index):
+    call, error, pattern = _bad_kernel_calls(_ops(), DEVICE)[index]
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_public_functions_name_the_argument_the_kernel_refused():
+    """The public functions call the C++ kernels unchecked, and on a refusal re-check in Python, so
+    the error is the public one (the argument's name, its type) and nothing ran."""
+    mu = torch.zeros(3, 4, device=DEVICE)
+    with pytest.raises(ValueError, match=r"scale must have mu's shape \(3, 4\)"):
+        fe.gaussian_latent(mu, mu[:, :3], backend=CPP)
+    with pytest.raises(TypeError, match="mu must be a torch.Tensor"):
+        fe.gaussian_latent([0.0], mu, backend=CPP)
+    with pytest.raises(ValueError, match="x of shape"):
+        fe.bernoulli_log_prob(mu, mu[:, :3], backend=CPP)
+    with pytest.raises(ValueError, match="event_dims=3 is more than"):
+        fe.bernoulli_log_prob(mu, mu, event_dims=3, backend=CPP)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("classes", [16, 33, 64])
+def test_gradient_buffers_of_whole_vectors(dtype, classes):
+    """The likelihood kernels' gradient buffers over rows of whole vectors and a partial one, in
+    every dtype, against their float64 formulas (a bfloat16 categorical once lost lanes 1-15 of
+    every whole vector to a miscompiled inline exp while its value stayed right)."""
+    ops = _ops()
+    g = generator(7, DEVICE)
+    logits = randn(g, 3, classes, scale=3.0).to(dtype)
+    x = rand(g, 3, classes).to(dtype)
+    target = torch.randint(0, classes, (3,), generator=g, device=DEVICE)
+    logvar = randn(g, classes).to(dtype).expand(3, classes)
+    l, xd = logits.double(), x.double()
+    want = {
+        "categorical": torch.nn.functional.one_hot(target, classes).double() - torch.softmax(l, -1),
+        "bernoulli": xd - torch.sigmoid(l),
+        "gaussian": (xd - l) * torch.exp(-logvar.double()),
+    }
+    got = {
+        "categorical": ops.categorical_log_prob.default(logits, target, 0, True)[1],
+        "bernoulli": ops.bernoulli_log_prob.default(logits, x, 1, True)[1],
+        "gaussian": ops.gaussian_log_prob.default(logits, x, logvar, 0.0, 1, True)[1],
+    }
+    for name in want:
+        torch.testing.assert_close(got[name].double(), want[name], rtol=1e-5, atol=1e-5, msg=name)

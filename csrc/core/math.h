@@ -92,24 +92,29 @@ constexpr double kCbSeries[9] = {cb_series(0), cb_series(1), cb_series(2), cb_se
 constexpr double kLog2 = 0.6931471805599453;
 constexpr double kHalfLog2Pi = 0.91893853320467274178;
 
+// log1p(t) = 2 atanh(s) = 2 s (1 + s^2/3 + ... + s^12/13) for s = t / (2 + t) in [0, 1/3] (t in
+// [0, 1]): the omitted terms are below 2e-8 relative, and no log is evaluated (single precision).
+template <typename V, typename M = Ops<V>>
+FE_HD V log1p_atanh(V s) {
+  const V z = s * s;
+  V p = M::c(1.0 / 13.0);
+  p = p * z + M::c(1.0 / 11.0);
+  p = p * z + M::c(1.0 / 9.0);
+  p = p * z + M::c(1.0 / 7.0);
+  p = p * z + M::c(1.0 / 5.0);
+  p = p * z + M::c(1.0 / 3.0);
+  p = p * z + M::c(1.0);
+  return M::c(2.0) * s * p;
+}
+
 // log1p(t) for t in [0, 1], given u = fl(1 + t) and its reciprocal (which callers reuse).
-//   single precision: log1p(t) = 2 atanh(s) = 2 s (1 + s^2/3 + ... + s^12/13), s = t / (2 + t) in
-//     [0, 1/3]: the omitted terms are below 2e-8 relative, and no log is evaluated;
+//   single precision: log1p_atanh of t / (2 + t);
 //   double precision: log(u) - ((u - 1) - t)/u, the log corrected for the rounding of u to first
 //     order (t itself where u rounds to 1).
 template <typename V, typename M = Ops<V>>
 FE_HD V log1p_unit(V t, V u, V inv_u) {
   if constexpr (M::kSingle) {
-    const V s = t / (M::c(2.0) + t);
-    const V z = s * s;
-    V p = M::c(1.0 / 13.0);
-    p = p * z + M::c(1.0 / 11.0);
-    p = p * z + M::c(1.0 / 9.0);
-    p = p * z + M::c(1.0 / 7.0);
-    p = p * z + M::c(1.0 / 5.0);
-    p = p * z + M::c(1.0 / 3.0);
-    p = p * z + M::c(1.0);
-    return M::c(2.0) * s * p;
+    return log1p_atanh<V, M>(t / (M::c(2.0) + t));
   } else {
     return M::log(u) - ((u - M::c(1.0)) - t) * inv_u;
   }
@@ -194,10 +199,20 @@ FE_HD ValueGrad<V> bernoulli_terms(V l, V x) {
   V one = M::c(1.0);
   V e = M::exp(M::c(0.0) - M::abs(l));
   V u = one + e;
-  V inv_u = one / u;
   V linear = M::select(M::gt(l, M::c(0.0)), (x - one) * l, x * l);
+  V inv_u, log1p_e;
+  if constexpr (M::kSingle) {
+    // One division for both 1/(1 + e) and the atanh argument e/(2 + e): r = 1/((1 + e)(2 + e)).
+    V v = M::c(2.0) + e;
+    V r = one / (u * v);
+    inv_u = v * r;
+    log1p_e = log1p_atanh<V, M>(e * u * r);
+  } else {
+    inv_u = one / u;
+    log1p_e = log1p_unit<V, M>(e, u, inv_u);
+  }
   V sig = M::select(M::ge(l, M::c(0.0)), one, e) * inv_u;
-  return ValueGrad<V>{linear - log1p_unit<V, M>(e, u, inv_u), x - sig};
+  return ValueGrad<V>{linear - log1p_e, x - sig};
 }
 
 // log C(l) of the continuous Bernoulli (C = l / tanh(l/2)) and d log C / dl:

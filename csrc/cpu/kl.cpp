@@ -74,13 +74,13 @@ void gaussian_kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int
           if (has_prior) {
             const V inv_ps = V::loadu(t.inv_psigma.data() + j);
             const V delta = (mu - V::loadu(t.pmu.data() + j)) * inv_ps;
-            em = (V(T(2)) * (log_sigma - V::loadu(t.plog_sigma.data() + j))).expm1();
+            em = vexpm1(V(T(2)) * (log_sigma - V::loadu(t.plog_sigma.data() + j)));
             g_mu = g * delta * inv_ps;
             const V pm_grad = V(T(0)) - g_mu;
             const V ps_grad = V(T(0)) - g * (em + delta * delta) * V::loadu(t.pdlog.data() + j);
             grads.write_prior(b, r, j, n, pm_grad, ps_grad);
           } else {
-            em = (V(T(2)) * log_sigma).expm1();
+            em = vexpm1(V(T(2)) * log_sigma);
             g_mu = g * mu;
           }
           grads.write(r, j, n, g_mu, g * em * V::loadu(t.dlog.data() + j));

@@ -17,6 +17,7 @@
 // from the seed in backward, never stored.
 #include <vector>
 
+#include "../binding/checks.h"
 #include "../binding/plan.h"
 #include "common.h"
 #include "latent_rows.h"
@@ -177,14 +178,14 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
             if (has_prior) {
               const V inv_ps = V::loadu(t.inv_psigma.data() + j);
               const V delta = (mu - V::loadu(t.pmu.data() + j)) * inv_ps;
-              const V em = (V(T(2)) * (log_sigma - V::loadu(t.plog_sigma.data() + j))).expm1();
+              const V em = vexpm1(V(T(2)) * (log_sigma - V::loadu(t.plog_sigma.data() + j)));
               g_pmu = g_pmu - gkv * delta;
               g_plog = g_plog - gkv * (em + delta * delta);
               g_mu = g_mu + gkv * delta * inv_ps;
               g_lsig = g_lsig + gkv * em;
             } else {
               g_mu = g_mu + gkv * mu;
-              g_lsig = g_lsig + gkv * (V(T(2)) * log_sigma).expm1();
+              g_lsig = g_lsig + gkv * vexpm1(V(T(2)) * log_sigma);
             }
           }
           grads.write(r, j, n, g_mu, g_lsig * V::loadu(t.dlog.data() + j));
@@ -206,6 +207,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu,
                                                                const OptTensor& eps, const OptTensor& seed,
                                                                int64_t param, int64_t n_samples, bool stl) {
   (void)stl;  // the forward values do not depend on it
+  checks::posterior(mu, scale, prior_mu, prior_scale, param, "fastelbo.gaussian_latent");
+  checks::noise(mu, eps, seed, n_samples, "fastelbo.gaussian_latent");
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
   auto batch = mu.sizes().slice(0, mu.dim() - 1);
@@ -219,7 +222,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu,
   if (log_q.numel() > 0) {
     Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute).contiguous() : Tensor();
     Tensor seed_t = defined_or_empty(seed);
-    TORCH_CHECK(eps_c.defined() || seed_t.defined(), "fastelbo::gaussian_latent needs eps or a seed");
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_cpu", [&] {
       gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, k_samples, z, log_q, log_p, kl);
     });

@@ -185,7 +185,7 @@ void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_s
         if (g.gk) {
           const V gkv = V::loadu(row_b.data() + j, c);
           g_mu = g_mu + gkv * mv;
-          g_lsig = g_lsig + gkv * (V(T(2)) * V::loadu(log_sigma.data() + j, c)).expm1();
+          g_lsig = g_lsig + gkv * vexpm1(V(T(2)) * V::loadu(log_sigma.data() + j, c));
         }
         g_mu.store(grad_mu + r0 * D + j, c);
         (g_lsig * V::loadu(dlog.data() + j, c)).store(grad_scale + r0 * D + j, c);
@@ -233,7 +233,7 @@ void kl_backward_flat(const T* mu, const T* scale, int param, int64_t R, int64_t
         const V gv = V::loadu(g + j, c);
         const auto t = core::sigma_terms<V>(V::loadu(scale + r0 * D + j, c), param, true);
         (gv * V::loadu(mu + r0 * D + j, c)).store(grad_mu + r0 * D + j, c);
-        (gv * (V(T(2)) * t.log_sigma).expm1() * t.dlog).store(grad_scale + r0 * D + j, c);
+        (gv * vexpm1(V(T(2)) * t.log_sigma) * t.dlog).store(grad_scale + r0 * D + j, c);
       });
     }
   });

@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "../binding/checks.h"
 #include "../binding/plan.h"
 #include "common.h"
 #include "ops.h"
@@ -76,7 +77,7 @@ struct SharedLogvar {
     for (int64_t j = 0; j < N; ++j) v[j] = static_cast<T>(v_row[j * sc]);
     for (int64_t j = 0; j < N; j += Vec<T>::size()) {
       const int64_t n = std::min<int64_t>(Vec<T>::size(), N - j);
-      (Vec<T>(T(0)) - Vec<T>::loadu(v.data() + j, n)).exp().store(inv_var.data() + j, n);
+      vexp(Vec<T>(T(0)) - Vec<T>::loadu(v.data() + j, n)).store(inv_var.data() + j, n);
     }
   }
 };
@@ -96,7 +97,7 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
   const bool unit_strides = ms.sc == 1 && xs.sc == 1;
   const int64_t R = plan.shape.rows, N = plan.shape.cols;
   const T v_scalar = static_cast<T>(logvar_value);
-  const V inv_var_scalar = V(v_scalar * T(-1)).exp();
+  const V inv_var_scalar = vexp(V(v_scalar * T(-1)));
   const T half_log_2pi_n = static_cast<T>(static_cast<double>(N) * core::kHalfLog2Pi);
   T* out_ptr = out.data_ptr<T>();
   T* g_ptr = need_grad ? grad.data_ptr<T>() : nullptr;
@@ -118,7 +119,7 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
               inv_var = V::loadu(shared.inv_var.data() + j, n);
             } else if (has_logvar) {
               v = load<T>(v_row + j * vs.sc, vs.sc, n);
-              inv_var = (V(T(0)) - v).exp();
+              inv_var = vexp(V(T(0)) - v);
             }
             acc += first(diff * diff * inv_var + v, n);
             if (need_grad) (diff * inv_var).store(g_ptr + r * N + j, n);
@@ -152,7 +153,7 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
         std::vector<T> exp_half_v(shared_v ? N : 0);  // e^(v/2) per column of a shared logvar
         if constexpr (decltype(shared_v)::value) {
           for_vectors<W>(N, [&](int64_t j, auto n) {
-            (V(T(0.5)) * load<T>(v_ptr + j * vs.sc, vs.sc, n)).exp().store(exp_half_v.data() + j, n);
+            vexp(V(T(0.5)) * load<T>(v_ptr + j * vs.sc, vs.sc, n)).store(exp_half_v.data() + j, n);
           });
         }
         for (int64_t b = b_begin; b < b_end; ++b) {
@@ -168,7 +169,7 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
                 if constexpr (decltype(shared_v)::value) {
                   scaled = buf * V::loadu(exp_half_v.data() + j, n);
                 } else {
-                  scaled = buf * (V(T(0.5)) * load<T>(v_row + j * vs.sc, vs.sc, n)).exp();
+                  scaled = buf * vexp(V(T(0.5)) * load<T>(v_row + j * vs.sc, vs.sc, n));
                 }
                 const V dv = V(T(0.5)) * gr * (scaled * scaled - V(T(1)));
                 (shared_v ? V::loadu(dv_row + j, n) + dv : dv).store(dv_row + j, n);
@@ -204,6 +205,9 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
         vmax = at::vec::maximum(vmax, n == W ? l : V::set(V(neg_inf), l, n));
       });
       const T row_max = at::vec::vec_reduce_all<T>([](V& a, V& b) { return at::vec::maximum(a, b); }, vmax);
+      // Sleef's exp in this kernel, not vexp: with exp_f32 inlined into its gradient loop, gcc 12 -O3
+      // gave wrong lanes 1-15 of whole bfloat16 vectors (tests/test_cpp_backend.py:
+      // test_gradient_buffers_of_whole_vectors caught it).
       V vsum(T(0));
       for_vectors<W>(C, [&](int64_t j, auto n) {
         vsum += first((load<T>(l_row + j * ls.sc, ls.sc, n) - V(row_max)).exp(), n);
@@ -226,6 +230,8 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
 
 std::tuple<Tensor, Tensor> binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous,
                                            bool need_grad) {
+  checks::logits_and_data(logits, x, event_dims,
+                          continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob");
   // The compute dtype is the logits' (as the reference's); a float x of another dtype is read in it.
   const at::ScalarType dtype = logits.scalar_type(), compute = compute_dtype(dtype);
   Tensor xx = x;

@@ -19,9 +19,9 @@ template <typename T>
 struct NoiseBlock {
   static constexpr int64_t kTargetGroups = 64;  // Philox calls per block when rows are short
   int64_t dim;
-  int64_t groups;      // ceil(D / 4) Philox calls per row
-  int64_t max_rows;    // rows per block
-  int64_t padded;      // max_rows * groups rounded up to whole vectors
+  int64_t groups;               // ceil(D / 4) Philox calls per row
+  int64_t max_rows;             // rows per block
+  int64_t padded;               // max_rows * groups rounded up to whole vectors
   std::vector<uint32_t> words;  // 4 x padded words
   std::vector<T> lanes;         // 4 x padded normals, lane-major
 
@@ -77,6 +77,20 @@ struct NoiseBlock {
       (rad_a * ta.sin()).store(normals + padded + g0);
       (rad_b * tb.cos()).store(normals + 2 * padded + g0);
       (rad_b * tb.sin()).store(normals + 3 * padded + g0);
+    }
+    if (dim % 4 == 0 && stride == dim) {
+      // Whole rows back to back: call c's four lanes are out[4 c .. 4 c + 3], a 4-way interleave.
+      const T* n0 = normals;
+      const T* n1 = n0 + padded;
+      const T* n2 = n1 + padded;
+      const T* n3 = n2 + padded;
+      for (int64_t c = 0; c < n; ++c) {
+        out[4 * c] = n0[c];
+        out[4 * c + 1] = n1[c];
+        out[4 * c + 2] = n2[c];
+        out[4 * c + 3] = n3[c];
+      }
+      return;
     }
     for (int64_t i = 0; i < n_rows; ++i) {
       T* row = out + i * stride;

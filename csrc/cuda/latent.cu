@@ -1,5 +1,6 @@
 // ATen binding of the latent kernels (kernels/latent.cuh): latent, latent_backward, kl,
 // kl_backward. Output shapes and dtypes as fastelbo/triton_backend/latent.py.
+#include "../binding/checks.h"
 #include "aten_utils.cuh"
 #include "kernels/latent.cuh"
 #include "ops.h"
@@ -122,6 +123,8 @@ Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
                              const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
                              int64_t param, int64_t n_samples, bool stl) {
   (void)stl;  // the forward values do not depend on it
+  checks::posterior(mu, scale, prior_mu_opt, prior_scale_opt, param, "fastelbo.gaussian_latent");
+  checks::noise(mu, eps_opt, seed_opt, n_samples, "fastelbo.gaussian_latent");
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);

@@ -1,6 +1,7 @@
 // ATen binding of the likelihood kernels (kernels/likelihoods.cuh): binary (Bernoulli and
 // continuous Bernoulli), Gaussian (+ its backward), categorical. Output shapes and dtypes as
 // fastelbo/triton_backend/likelihoods.py; gaussian_log_prob_backward as csrc/binding/schema.cpp.
+#include "../binding/checks.h"
 #include "aten_utils.cuh"
 #include "kernels/likelihoods.cuh"
 #include "ops.h"
@@ -14,6 +15,8 @@ at::Tensor grad_buffer(bool need, const at::Tensor& like, at::ScalarType dtype) 
 }
 
 Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad) {
+  checks::logits_and_data(logits, x, event_dims,
+                          continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob");
   c10::cuda::CUDAGuard device_guard(logits.device());
   const at::ScalarType compute = compute_dtype({logits});
   at::Tensor out = at::empty(batch_sizes(logits, event_dims), logits.options().dtype(compute));

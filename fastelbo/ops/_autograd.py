@@ -63,7 +63,11 @@ def no_grad_buffers(ctx, *buffers) -> None:
 
 def needs_grad(*tensors) -> bool:
     """Whether autograd will ask for a gradient of one of `tensors` (the kernels' need_grad)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return True
+    return False
 
 
 def reference_vjp(forward, inputs, needs, grads) -> list:

@@ -3,14 +3,18 @@ checks and validation mode are fastelbo/_validate.py). Written for the per-call 
 batches: the common path makes few Python calls, and value checks run only in validation mode."""
 from __future__ import annotations
 
+import torch
+
 from .. import _validate as V
 from ._autograd import PARAM_NAMES
 
 
 def posterior(mu, scale, param) -> None:
     """mu, scale: float tensors of one shape (at least 1 dim, D last) on one device; param a name."""
-    V.tensor("mu", mu, min_dim=1)
-    V.tensor("scale", scale, min_dim=1)
+    if not isinstance(mu, torch.Tensor) or mu.dtype not in V.FLOAT_DTYPES or mu.dim() < 1:
+        V.tensor("mu", mu, min_dim=1)
+    if not isinstance(scale, torch.Tensor) or scale.dtype not in V.FLOAT_DTYPES:
+        V.tensor("scale", scale, min_dim=1)
     if scale.shape != mu.shape:
         raise ValueError(f"scale must have mu's shape {tuple(mu.shape)}, got {tuple(scale.shape)}")
     if scale.device != mu.device:
@@ -36,10 +40,12 @@ def prior(value, mu) -> tuple:
 
 def data(name, x, params_name, params, shape, dtypes=V.DATA_DTYPES) -> None:
     """x (or target): a tensor of `dtypes` on the parameters' device, broadcasting to `shape`."""
-    V.tensor(name, x, dtypes)
+    if not isinstance(x, torch.Tensor) or x.dtype not in dtypes:
+        V.tensor(name, x, dtypes)
     if x.device != params.device:
         V.same_device(name, x, params_name, params)
-    V.broadcasts_to(name, x, shape, params_name)
+    if x.shape != shape:
+        V.broadcasts_to(name, x, shape, params_name)
 
 
 def event_dims(value, limit: int, params_name: str) -> int:
@@ -50,7 +56,8 @@ def event_dims(value, limit: int, params_name: str) -> int:
 
 def logits_and_unit_data(logits, x, event_dims_value) -> int:
     """The Bernoulli-type likelihoods: float logits, x in [0, 1] broadcasting to them."""
-    V.tensor("logits", logits)
+    if not isinstance(logits, torch.Tensor) or logits.dtype not in V.FLOAT_DTYPES:
+        V.tensor("logits", logits)
     data("x", x, "logits", logits, logits.shape)
     if V.active:
         V.finite("logits", logits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _validate as V
 from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype
 from . import _checks
@@ -24,6 +25,16 @@ SCHEMAS = {"bernoulli_log_prob": BINARY_SCHEMA}
 
 def bernoulli_log_prob(logits, x, *, event_dims=1, backend=None) -> torch.Tensor:
     """sum over event dims of x l - softplus(l); x in [0, 1] (float, bool or uint8)."""
+    if type(event_dims) is int and not V.active:
+        # The C++ kernels check their arguments (csrc/binding/checks.h); only when they refuse does
+        # the Python check run, for the message that names the argument.
+        try:
+            if OVERLOAD.get(resolve(backend, logits.device)) == "default":
+                return torch.ops.fastelbo.bernoulli_log_prob.default(
+                    logits, x, event_dims, logits.requires_grad and torch.is_grad_enabled())[0]
+        except Exception:
+            _checks.logits_and_unit_data(logits, x, event_dims)
+            raise
     event_dims = _checks.logits_and_unit_data(logits, x, event_dims)
     name = resolve(backend, logits.device)
     if name == "reference":
@@ -48,6 +59,8 @@ def continuous_reference(logits, x, event_dims):
 # ---- what the Bernoulli and the continuous Bernoulli share: fake and gradient rules ----
 
 def binary_fake(logits, x, event_dims, need_grad):
+    V.same_device("x", x, "logits", logits)  # as the C++ kernels check (meta tensors reach only this)
+    V.broadcasts_to("x", x, logits.shape, "logits")
     dtype = compute_dtype(logits)
     return (logits.new_empty(batch_shape(logits, event_dims), dtype=dtype),
             logits.new_empty(logits.shape if need_grad else (0,), dtype=dtype))

@@ -13,7 +13,9 @@ Backward (g the incoming gradient per data point):
 The kernel `fastelbo::elbo(log_lik, log_q, log_p, kl, mode, beta) -> (value, weights)` combines the
 modes 0-2 in one pass; log_lik, log_q and log_p are (K, *batch), or (*batch) for one sample without
 a sample dim (modes 0 and 1: what fe.gaussian_latent returns by default; mode 2 takes the sample
-dim); DReG is written around the fused pieces here (`dreg`). The public function,
+dim); DReG is written around the fused pieces here (`dreg`). Mode 1 with one sample and no sample
+dim, log p(x|z) - beta KL, is not a kernel call: `elbo` computes it as one native op,
+torch.sub(log_lik, kl, alpha=beta), on every backend. The public function,
 the schema, the fake, the reference and the gradient rules, as for every op
 (see fastelbo/ops/__init__.py).
 """
@@ -24,7 +26,7 @@ import math
 import torch
 
 from .. import _validate as V
-from .._backend import OVERLOAD, check_backend_name, resolve
+from .._backend import CHOICES, OVERLOAD, check_backend_name, resolve
 from .._types import DregTerms, Latent, TracedLatent
 from ._autograd import differentiating, no_grad_buffers, reference_vjp
 from .gaussian_latent import log_prior, log_q_grad_z
@@ -34,6 +36,7 @@ SCHEMAS = {"elbo": "(Tensor log_lik, Tensor log_q, Tensor log_p, Tensor kl, int 
 KL_MODES = ("mc", "analytic")
 ESTIMATORS = ("elbo", "iwae", "dreg")
 MODES = {("elbo", "mc"): 0, ("elbo", "analytic"): 1, ("iwae", "mc"): 2}
+_INF = float("inf")
 
 
 # ---- the public function ----
@@ -41,7 +44,8 @@ MODES = {("elbo", "mc"): 0, ("elbo", "analytic"): 1, ("iwae", "mc"): 2}
 def _check(log_lik, latent, kl, estimator, beta) -> float:
     if not isinstance(latent, Latent):
         raise TypeError(f"latent must be a fastelbo Latent (from gaussian_latent), got {type(latent).__name__}")
-    V.tensor("log_lik", log_lik)
+    if not isinstance(log_lik, torch.Tensor) or log_lik.dtype not in V.FLOAT_DTYPES:
+        V.tensor("log_lik", log_lik)
     if log_lik.shape != latent.z.shape[:-1]:
         raise ValueError(
             f"log_lik must have z's shape without D, {tuple(latent.z.shape[:-1])}; got {tuple(log_lik.shape)}"
@@ -73,6 +77,19 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
     backend; by default the backend that made the latent (fe.gaussian_latent's), else the current
     choice.
     """
+    if (kl == "analytic" and estimator == "elbo" and (backend is None or backend in CHOICES) and type(latent) is TracedLatent
+            and type(beta) is float and 0.0 <= beta < _INF and not V.active):
+        # The common call: one sample without a sample dim, log p(x|z) - beta KL, a single native op
+        # on every backend (a kernel call would cost more than the subtraction). The checks that
+        # guard it are the shape and device comparisons; _check names what is wrong otherwise.
+        try:
+            kl_value = latent.kl
+            if (log_lik.shape == kl_value.shape and log_lik.dtype in V.FLOAT_DTYPES
+                    and log_lik.device == kl_value.device and latent.z.dim() == kl_value.dim() + 1):
+                return torch.sub(log_lik, kl_value, alpha=beta)
+        except Exception:
+            _check(log_lik, latent, kl, estimator, beta)
+            raise
     beta = _check(log_lik, latent, kl, estimator, beta)
     if backend is not None:
         check_backend_name(backend)
@@ -80,6 +97,8 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
         backend = latent.backend
     if estimator == "dreg":
         return _dreg(log_lik, latent)
+    if kl == "analytic" and estimator == "elbo" and log_lik.dim() == latent.kl.dim():
+        return torch.sub(log_lik, latent.kl, alpha=beta)  # one sample without a sample dim, as above
     name = resolve(backend, log_lik.device)
     if name == "reference":
         return reference(log_lik, latent, kl, estimator, beta)

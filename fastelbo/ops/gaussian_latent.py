@@ -81,6 +81,43 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
     (a constant: it must not require grad); otherwise it is drawn in-kernel from `generator`
     (default: the device's default generator).
     """
+    if (n_samples is None and prior is None and eps is None and generator is None and (stl is False or stl is True)
+            and not V.active):
+        # The common call on the C++ kernels: they check their arguments (csrc/binding/checks.h),
+        # and only when they refuse does _check_all say which argument is wrong, by its name here.
+        try:
+            name = resolve(backend, mu.device)
+            if OVERLOAD.get(name) == "default":
+                seed = draw_seed(mu.device)
+                out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, None, None, None, seed, PARAM_CODES[param],
+                                                                 0, stl)
+                return _traced(out, name, (mu, scale, param, None, None, None, seed))
+        except Exception:
+            _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
+            raise
+    prior = _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
+    n_samples = None if n_samples is None else int(n_samples)
+    name = resolve(backend, mu.device)
+    seed = None if eps is not None else draw_seed(mu.device, generator)
+    if name == "reference":
+        out = reference(mu, scale, param, n_samples, prior, stl, eps, seed)
+    else:
+        prior_mu, prior_scale = prior if prior is not None else (None, None)
+        out = getattr(torch.ops.fastelbo.gaussian_latent, OVERLOAD[name])(
+            mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl)
+    return _traced(out, name, (mu, scale, param, n_samples, prior, eps, seed))
+
+
+def _traced(out, name: str, inputs: tuple) -> TracedLatent:
+    latent = TracedLatent(*out)
+    latent.backend = name
+    latent.inputs = inputs
+    return latent
+
+
+def _check_all(mu, scale, param, n_samples, prior, stl, generator, eps):
+    """Every structural check of gaussian_latent's arguments (ValueError / TypeError naming the
+    argument); returns the prior as a tuple."""
     _checks.posterior(mu, scale, param)
     if n_samples is not None:
         n_samples = V.integer("n_samples", n_samples, 1)
@@ -90,18 +127,7 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
         V.flag("stl", stl)
     if eps is not None or generator is not None:
         _check_noise(eps, generator, mu, n_samples)
-    name = resolve(backend, mu.device)
-    seed = None if eps is not None else draw_seed(mu.device, generator)
-    if name == "reference":
-        out = reference(mu, scale, param, n_samples, prior, stl, eps, seed)
-    else:
-        prior_mu, prior_scale = prior if prior is not None else (None, None)
-        out = getattr(torch.ops.fastelbo.gaussian_latent, OVERLOAD[name])(
-            mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl)
-    latent = TracedLatent(*out)
-    latent.backend = name
-    latent.inputs = (mu, scale, param, n_samples, prior, eps, seed)
-    return latent
+    return prior
 
 
 def noise(backend: str, seed, n_samples: int, n_rows: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -185,6 +211,13 @@ def reference(mu, scale, param, n_samples, prior, stl, eps, seed):
 # ---- fakes (output shapes for torch.compile) ----
 
 def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
+    # The structural checks of the C++ kernels (csrc/binding/checks.h), which a meta tensor or a
+    # traced call never reaches.
+    if scale.shape != mu.shape:
+        raise ValueError(f"scale must have mu's shape {tuple(mu.shape)}, got {tuple(scale.shape)}")
+    for name, t in (("scale", scale), ("prior_mu", prior_mu), ("prior_scale", prior_scale), ("eps", eps)):
+        if t is not None:
+            V.same_device(name, t, "mu", mu)
     dtype = compute_dtype(mu, scale, prior_mu, prior_scale)
     batch = mu.shape[:-1]
     samples = (n_samples,) if n_samples else ()

@@ -1,0 +1,101 @@
+// Argument checks at the ops' entry points, shared by the CPU and CUDA bindings: what a kernel
+// needs to hold before it runs (dtypes, shapes, devices, option codes), checked in C++ where it
+// costs nanoseconds. TORCH_CHECK_TYPE / TORCH_CHECK_VALUE reach Python as TypeError / ValueError.
+// The public functions (fastelbo/ops/) call these ops without checking in Python first; when one
+// of these checks fails they run their own checks, whose messages name the public arguments.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace fastelbo {
+namespace checks {
+
+inline bool is_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline void floating(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_TYPE(is_float(t.scalar_type()), op, ": ", name, " must be a floating-point tensor, got ",
+                   t.scalar_type());
+}
+
+inline void same_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
+                        const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " must be on ", ref_name, "'s device ", ref.device(),
+                    ", got ", t.device());
+}
+
+// t broadcasts to `shape` without enlarging it: each of its trailing sizes 1 or equal to shape's.
+inline void broadcasts_to(const at::Tensor& t, at::IntArrayRef shape, const char* op, const char* name,
+                          const char* ref_name) {
+  const int64_t n = t.dim(), m = static_cast<int64_t>(shape.size());
+  bool fits = n <= m;
+  for (int64_t i = 1; fits && i <= n; ++i) {
+    fits = t.size(n - i) == 1 || t.size(n - i) == shape[m - i];
+  }
+  TORCH_CHECK_VALUE(fits, op, ": ", name, " of shape ", t.sizes(), " must broadcast to ", ref_name, "'s shape ", shape);
+}
+
+inline void event_dims(int64_t event_dims, const at::Tensor& params, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(event_dims >= 0 && event_dims <= params.dim(), op, ": event_dims=", event_dims, " must be in [0, ",
+                    params.dim(), "] (", name, "'s dims)");
+}
+
+// gaussian_latent / gaussian_kl: mu, scale of one shape (D last), the prior broadcasting to mu,
+// eps of z's shape, a seed where eps is absent, a known param code.
+inline void posterior(const at::Tensor& mu, const at::Tensor& scale, const c10::optional<at::Tensor>& prior_mu,
+                      const c10::optional<at::Tensor>& prior_scale, int64_t param, const char* op) {
+  floating(mu, op, "mu");
+  floating(scale, op, "scale");
+  TORCH_CHECK_VALUE(mu.dim() >= 1, op, ": mu must have at least 1 dim (D last), got a 0-dim tensor");
+  TORCH_CHECK_VALUE(scale.sizes() == mu.sizes(), op, ": scale must have mu's shape ", mu.sizes(), ", got ",
+                    scale.sizes());
+  same_device(scale, mu, op, "scale", "mu");
+  TORCH_CHECK_VALUE(param >= 0 && param <= 2, op, ": param code ", param,
+                    " is not 0 (logvar), 1 (log_std) or 2 (softplus)");
+  const bool has_mu = prior_mu.has_value() && prior_mu->defined();
+  const bool has_scale = prior_scale.has_value() && prior_scale->defined();
+  TORCH_CHECK_VALUE(has_mu == has_scale, op, ": the prior needs both prior_mu and prior_scale");
+  if (has_mu) {
+    const char* names[2] = {"prior_mu", "prior_scale"};
+    const at::Tensor* prior[2] = {&*prior_mu, &*prior_scale};
+    for (int i = 0; i < 2; ++i) {
+      floating(*prior[i], op, names[i]);
+      same_device(*prior[i], mu, op, names[i], "mu");
+      broadcasts_to(*prior[i], mu.sizes(), op, names[i], "mu");
+    }
+  }
+}
+
+inline void noise(const at::Tensor& mu, const c10::optional<at::Tensor>& eps, const c10::optional<at::Tensor>& seed,
+                  int64_t n_samples, const char* op) {
+  TORCH_CHECK_VALUE(n_samples >= 0, op, ": n_samples must be >= 0 (0: one sample without a sample dim), got ",
+                    n_samples);
+  if (eps.has_value() && eps->defined()) {
+    floating(*eps, op, "eps");
+    same_device(*eps, mu, op, "eps", "mu");
+    const bool shaped =
+        n_samples == 0 ? eps->sizes() == mu.sizes()
+                       : eps->dim() == mu.dim() + 1 && eps->size(0) == n_samples && eps->sizes().slice(1) == mu.sizes();
+    TORCH_CHECK_VALUE(shaped, op, ": eps must have z's shape, got ", eps->sizes());
+  } else {
+    TORCH_CHECK_VALUE(seed.has_value() && seed->defined(), op, ": needs eps or a seed");
+    TORCH_CHECK_TYPE(seed->scalar_type() == at::kLong && seed->dim() == 0, op,
+                     ": seed must be a 0-dim int64 tensor, got ", seed->scalar_type(), " of shape ", seed->sizes());
+    same_device(*seed, mu, op, "seed", "mu");
+  }
+}
+
+// The Bernoulli-type likelihoods: float logits, x (float, bool or uint8) broadcasting to them.
+inline void logits_and_data(const at::Tensor& logits, const at::Tensor& x, int64_t event_dims_value, const char* op) {
+  floating(logits, op, "logits");
+  const auto xt = x.scalar_type();
+  TORCH_CHECK_TYPE(is_float(xt) || xt == at::kBool || xt == at::kByte, op,
+                   ": x must be a floating-point, bool or uint8 tensor, got ", xt);
+  same_device(x, logits, op, "x", "logits");
+  broadcasts_to(x, logits.sizes(), op, "x", "logits");
+  event_dims(event_dims_value, logits, op, "logits");
+}
+
+}  // namespace checks
+}  // namespace fastelbo
