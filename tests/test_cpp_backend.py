@@ -359,16 +359,37 @@ def test_kernels_check_their_arguments(index):
 
 def test_public_functions_name_the_argument_the_kernel_refused():
     """The public functions call the C++ kernels unchecked, and on a refusal re-check in Python, so
-    the error is the public one (the argument's name, its type) and nothing ran."""
+    the error is the public one (the argument's name, its type), raised on its own (not chained to
+    the kernel's)."""
     mu = torch.zeros(3, 4, device=DEVICE)
-    with pytest.raises(ValueError, match=r"scale must have mu's shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"scale must have mu's shape \(3, 4\)") as info:
         fe.gaussian_latent(mu, mu[:, :3], backend=CPP)
+    assert info.value.__context__ is None and info.value.__cause__ is None
     with pytest.raises(TypeError, match="mu must be a torch.Tensor"):
         fe.gaussian_latent([0.0], mu, backend=CPP)
     with pytest.raises(ValueError, match="x of shape"):
         fe.bernoulli_log_prob(mu, mu[:, :3], backend=CPP)
-    with pytest.raises(ValueError, match="event_dims=3 is more than"):
+    with pytest.raises(ValueError, match="event_dims=3 is more than") as info:
         fe.bernoulli_log_prob(mu, mu, event_dims=3, backend=CPP)
+    assert info.value.__context__ is None
+
+
+def test_the_analytic_elbo_shortcut_still_resolves_an_explicit_backend():
+    """fe.elbo(kl="analytic") with one sample is a native subtraction, but an explicit backend that
+    is unknown, unavailable or on another device is still the error it is on the other paths."""
+    mu = torch.zeros(3, 4, device=DEVICE)
+    lat = fe.gaussian_latent(mu, mu, backend=CPP)
+    log_lik = torch.zeros(3, device=DEVICE)
+    torch.testing.assert_close(fe.elbo(log_lik, lat, kl="analytic", backend=CPP), -lat.kl)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fe.elbo(log_lik, lat, kl="analytic", backend="gpu")
+    other = "cuda" if DEVICE == "cpu" else "cpu"  # a backend for the other device type
+    with pytest.raises((RuntimeError, ValueError), match=other):
+        fe.elbo(log_lik, lat, kl="analytic", backend=other)
+    with pytest.raises((RuntimeError, ValueError), match=other):
+        fe.elbo(log_lik, fe.Latent(*lat), kl="analytic", beta=1, backend=other)
+    with pytest.raises(ValueError, match="kl must be one of"):
+        fe.elbo(log_lik, lat, kl=__import__("numpy").array(["analytic"]))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -396,3 +417,33 @@ def test_gradient_buffers_of_whole_vectors(dtype, classes):
     }
     for name in want:
         torch.testing.assert_close(got[name].double(), want[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def _wide_latent_case(dim: int, prior: bool):
+    """The latent and the KL over rows of `dim` (whole vectors and a partial one in every dtype; the
+    op-case suite's latents have D = 5), with no prior or one prior row shared by every row."""
+    from fastelbo import testing
+
+    def make(g):
+        inputs = {"mu": testing._normal(g, 5, dim), "scale": testing._uniform(g, 5, dim, low=-1.5, high=1.0)}
+        if prior:
+            inputs["prior_mu"] = testing._normal(g, dim, scale=0.5)
+            inputs["prior_scale"] = testing._uniform(g, dim, low=-0.5, high=0.5)
+        return inputs
+
+    def run(t, backend, g):
+        p = (t["prior_mu"], t["prior_scale"]) if prior else None
+        lat = fe.gaussian_latent(t["mu"], t["scale"], prior=p, generator=g, backend=backend)
+        return tuple(lat) + (fe.gaussian_kl(t["mu"], t["scale"], prior=p, backend=backend),)
+
+    return testing.OpCase(f"latent_d{dim}", make, run, ("mu", "scale") + (("prior_mu", "prior_scale") if prior else ()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [16, 33, 64])
+@pytest.mark.parametrize("prior", [False, True])
+def test_latent_rows_of_whole_vectors(dtype, dim, prior, seed):
+    from fastelbo.testing import compare
+
+    result = compare(_wide_latent_case(dim, prior), CPP, dtype, device=DEVICE, seed=seed)
+    assert result.passed, result

@@ -27,14 +27,18 @@ def bernoulli_log_prob(logits, x, *, event_dims=1, backend=None) -> torch.Tensor
     """sum over event dims of x l - softplus(l); x in [0, 1] (float, bool or uint8)."""
     if type(event_dims) is int and not V.active:
         # The C++ kernels check their arguments (csrc/binding/checks.h); only when they refuse does
-        # the Python check run, for the message that names the argument.
+        # the Python check run, for the message that names the argument (outside the except block:
+        # not chained to the kernel's error).
+        refused = None
         try:
             if OVERLOAD.get(resolve(backend, logits.device)) == "default":
                 return torch.ops.fastelbo.bernoulli_log_prob.default(
                     logits, x, event_dims, logits.requires_grad and torch.is_grad_enabled())[0]
-        except Exception:
+        except Exception as error:
+            refused = error
+        if refused is not None:
             _checks.logits_and_unit_data(logits, x, event_dims)
-            raise
+            raise refused
     event_dims = _checks.logits_and_unit_data(logits, x, event_dims)
     name = resolve(backend, logits.device)
     if name == "reference":

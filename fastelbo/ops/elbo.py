@@ -26,7 +26,7 @@ import math
 import torch
 
 from .. import _validate as V
-from .._backend import CHOICES, OVERLOAD, check_backend_name, resolve
+from .._backend import OVERLOAD, check_backend_name, resolve
 from .._types import DregTerms, Latent, TracedLatent
 from ._autograd import differentiating, no_grad_buffers, reference_vjp
 from .gaussian_latent import log_prior, log_q_grad_z
@@ -77,19 +77,26 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
     backend; by default the backend that made the latent (fe.gaussian_latent's), else the current
     choice.
     """
-    if (kl == "analytic" and estimator == "elbo" and (backend is None or backend in CHOICES) and type(latent) is TracedLatent
-            and type(beta) is float and 0.0 <= beta < _INF and not V.active):
+    if (type(kl) is str and kl == "analytic" and type(estimator) is str and estimator == "elbo"
+            and type(latent) is TracedLatent and type(beta) is float and 0.0 <= beta < _INF and not V.active):
         # The common call: one sample without a sample dim, log p(x|z) - beta KL, a single native op
         # on every backend (a kernel call would cost more than the subtraction). The checks that
-        # guard it are the shape and device comparisons; _check names what is wrong otherwise.
+        # guard it are the shape, dtype and device comparisons and, for an explicit backend,
+        # resolve (unknown, unavailable or on the wrong device: an error, as on the other paths);
+        # _check names what is wrong otherwise, outside the except block (no chained traceback).
+        refused = None
         try:
             kl_value = latent.kl
             if (log_lik.shape == kl_value.shape and log_lik.dtype in V.FLOAT_DTYPES
                     and log_lik.device == kl_value.device and latent.z.dim() == kl_value.dim() + 1):
+                if backend is not None:
+                    resolve(backend, log_lik.device)
                 return torch.sub(log_lik, kl_value, alpha=beta)
-        except Exception:
+        except Exception as error:
+            refused = error
+        if refused is not None:
             _check(log_lik, latent, kl, estimator, beta)
-            raise
+            raise refused
     beta = _check(log_lik, latent, kl, estimator, beta)
     if backend is not None:
         check_backend_name(backend)
@@ -97,9 +104,9 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
         backend = latent.backend
     if estimator == "dreg":
         return _dreg(log_lik, latent)
+    name = resolve(backend, log_lik.device)
     if kl == "analytic" and estimator == "elbo" and log_lik.dim() == latent.kl.dim():
         return torch.sub(log_lik, latent.kl, alpha=beta)  # one sample without a sample dim, as above
-    name = resolve(backend, log_lik.device)
     if name == "reference":
         return reference(log_lik, latent, kl, estimator, beta)
     op = getattr(torch.ops.fastelbo.elbo, OVERLOAD[name])

@@ -84,7 +84,10 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
     if (n_samples is None and prior is None and eps is None and generator is None and (stl is False or stl is True)
             and not V.active):
         # The common call on the C++ kernels: they check their arguments (csrc/binding/checks.h),
-        # and only when they refuse does _check_all say which argument is wrong, by its name here.
+        # and only when they refuse does _check_all say which argument is wrong, by its name here
+        # (outside the except block: its error is not chained to the kernel's). A refused call has
+        # drawn its seed: the generator has moved on, as it does for a call that succeeds.
+        refused = None
         try:
             name = resolve(backend, mu.device)
             if OVERLOAD.get(name) == "default":
@@ -92,9 +95,11 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
                 out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, None, None, None, seed, PARAM_CODES[param],
                                                                  0, stl)
                 return _traced(out, name, (mu, scale, param, None, None, None, seed))
-        except Exception:
+        except Exception as error:
+            refused = error
+        if refused is not None:
             _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
-            raise
+            raise refused
     prior = _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
     n_samples = None if n_samples is None else int(n_samples)
     name = resolve(backend, mu.device)
