@@ -240,3 +240,19 @@ def test_nan_in_nan_out_of_the_estimators(backend, estimator):
         want = fe.elbo(log_lik, lat, kl="mc", estimator=estimator)
     assert torch.isnan(value[0]) and torch.isnan(want[0])
     torch.testing.assert_close(value, want, equal_nan=True)
+
+
+def test_gaussian_logvar_gradient_at_infinite_logvar(backend):
+    """d/dv of -((x - m)^2 e^-v + v + log 2 pi)/2 at v = +inf is -1/2 (the reference's), not the NaN
+    of 0 * inf in ((b e^(v/2))^2 - 1)/2 with b = (x - m) e^-v = 0; at v = -inf it is inf (and NaN
+    where x = m, as the reference)."""
+    mean = torch.tensor([[0.5, -1.0, 2.0, 0.0]], device=DEVICE, requires_grad=True)
+    x = torch.tensor([[1.0, 1.0, 1.0, 0.0]], device=DEVICE)
+    grads = []
+    for name in ("reference", backend):
+        logvar = torch.tensor([[math.inf, 0.3, -math.inf, -math.inf]], device=DEVICE, requires_grad=True)
+        out = fe.gaussian_log_prob(mean, x, logvar=logvar, backend=name)
+        grads.append(torch.autograd.grad(out.sum(), logvar)[0])
+    want, got = grads
+    assert want[0, 0] == -0.5 and got[0, 0] == -0.5
+    torch.testing.assert_close(got, want, equal_nan=True)

@@ -103,7 +103,9 @@ def gaussian_log_prob_backward_kernel(
         tl.store(gm_ptr + offs, (g * b).to(gm_ptr.dtype.element_ty), mask=mask)
         if NEED_GRAD_V:
             v = tl.load(v_ptr + v_rows + cols[None, :] * v_sc, mask=mask, other=0.0).to(DTYPE)
-            scaled = b * tl.exp(0.5 * v)
+            # b = 0 gives 0 and an infinite b itself, also where e^(v/2) is inf or 0 (v = +inf: the
+            # reference's -1/2; v = -inf: its inf; not the NaN of 0 * inf).
+            scaled = tl.where(b == 0.0, 0.0, tl.where(tl.abs(b) == float("inf"), b, b * tl.exp(0.5 * v)))
             tl.store(gv_ptr + offs, (g * (0.5 * (scaled * scaled - 1.0))).to(gv_ptr.dtype.element_ty), mask=mask)
 
 

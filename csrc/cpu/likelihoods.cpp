@@ -171,6 +171,10 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
                 } else {
                   scaled = buf * vexp(V(T(0.5)) * load<T>(v_row + j * vs.sc, vs.sc, n));
                 }
+                // b = 0 gives 0 and an infinite b itself, also where e^(v/2) is inf or 0 (v = +inf:
+                // the reference's -1/2; v = -inf: its inf; not the NaN of 0 * inf).
+                scaled = V::blendv(scaled, buf, buf.abs() == V(std::numeric_limits<T>::infinity()));
+                scaled = V::blendv(scaled, V(T(0)), buf == V(T(0)));
                 const V dv = V(T(0.5)) * gr * (scaled * scaled - V(T(1)));
                 (shared_v ? V::loadu(dv_row + j, n) + dv : dv).store(dv_row + j, n);
               }

@@ -161,7 +161,9 @@ __global__ void __launch_bounds__(kBlock) gaussian_log_prob_bwd_kernel(const Gau
       if (p.logvar != nullptr) {
         const int64_t vo = p.v_shared ? 0 : core::row_offset(r, p.shape, p.v_st);
         const T v = load<T>(p.logvar, vo + c * p.v_st.sc);
-        const T t = b * core::Ops<T>::exp(T(0.5) * v);
+        // b = 0 gives 0 and an infinite b itself, also where e^(v/2) is inf or 0 (v = +inf: the
+        // reference's -1/2; v = -inf: its inf; not the NaN of 0 * inf).
+        const T t = b == T(0) ? T(0) : (isinf(b) ? b : b * core::Ops<T>::exp(T(0.5) * v));
         const T gv = g * (T(0.5) * (t * t - T(1)));
         if (p.v_shared) {
           acc += gv;
