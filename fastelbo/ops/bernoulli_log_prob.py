@@ -32,8 +32,7 @@ def bernoulli_log_prob(logits, x, *, event_dims=1, backend=None) -> torch.Tensor
         refused = None
         try:
             if OVERLOAD.get(resolve(backend, logits.device)) == "default":
-                return torch.ops.fastelbo.bernoulli_log_prob.default(
-                    logits, x, event_dims, logits.requires_grad and torch.is_grad_enabled())[0]
+                return torch.ops.fastelbo.bernoulli_log_prob.default(logits, x, event_dims, needs_grad(logits))[0]
         except Exception as error:
             refused = error
         if refused is not None:
