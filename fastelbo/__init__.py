@@ -11,6 +11,8 @@ from .functional import (
     gaussian_kl,
     gaussian_latent,
     gaussian_log_prob,
+    linear_bernoulli_log_prob,
+    linear_gaussian_log_prob,
 )
 from .module import ELBO
 from . import reference  # noqa: E402  (needs the names above)
@@ -19,7 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "gaussian_log_prob",
-    "continuous_bernoulli_log_prob", "categorical_log_prob", "elbo", "ELBO", "ELBOOutput",
+    "continuous_bernoulli_log_prob", "categorical_log_prob", "elbo", "linear_bernoulli_log_prob",
+    "linear_gaussian_log_prob", "ELBO", "ELBOOutput",
     "Latent", "reparameterize", "vae_loss", "backends", "set_backend", "use_backend",
     "set_validation", "validation_enabled", "reference",
 ]

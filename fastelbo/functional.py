@@ -8,6 +8,9 @@ from .ops.elbo import ESTIMATORS, KL_MODES, elbo
 from .ops.gaussian_kl import gaussian_kl
 from .ops.gaussian_latent import gaussian_latent
 from .ops.gaussian_log_prob import gaussian_log_prob
+from .ops.linear_bernoulli_log_prob import linear_bernoulli_log_prob
+from .ops.linear_gaussian_log_prob import linear_gaussian_log_prob
 
 __all__ = ["gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "continuous_bernoulli_log_prob",
-           "gaussian_log_prob", "categorical_log_prob", "elbo"]
+           "gaussian_log_prob", "categorical_log_prob", "elbo", "linear_bernoulli_log_prob",
+           "linear_gaussian_log_prob"]

@@ -88,6 +88,12 @@ def _uniform(g, *shape, low=0.0, high=1.0):
     return low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64, device=g.device)
 
 
+def _grid(g, shape, steps, denominator):
+    """Random multiples of 1/denominator in [-steps, steps] / denominator, as float64."""
+    k = torch.randint(-steps, steps + 1, shape, generator=g, device=g.device)
+    return k.to(torch.float64) / denominator
+
+
 def _posterior(g, batch=(2, 3), dim=5):
     return {"mu": _normal(g, *batch, dim), "scale": _uniform(g, *batch, dim, low=-1.5, high=1.0)}
 
@@ -186,6 +192,43 @@ def _categorical_case():
     return OpCase("categorical_log_prob", make, run, ("logits",))
 
 
+def _linear_head_case(likelihood, reduction, chunk_size, bias=True, tensor_logvar=False):
+    """A decoder's last linear layer and its likelihood: input (2, 3, 6) (two samples of three rows),
+    weight (7, 6), x (3, 7) broadcast over the samples; chunk_size 3 makes blocks of 3, 3 and 1.
+    input, weight and bias are random points of a grid (multiples of 1/4, 1/8, 1/4) on which the
+    logits are exact in every dtype: the float64 truth then has the same logits as a half-precision
+    run, and the comparison judges the fused likelihood and gradients, not the rounding of torch's
+    half GEMM (common to the op and the reference, and larger than either's own error)."""
+    name = f"linear_{likelihood}_log_prob[{reduction},chunk={chunk_size}" + (",no bias" if not bias else "") + \
+        (",logvar" if tensor_logvar else "") + "]"
+
+    def make(g):
+        inputs = {"input": _grid(g, (2, 3, 6), 4, 4), "weight": _grid(g, (7, 6), 4, 8)}
+        if bias:
+            inputs["bias"] = _grid(g, (7,), 4, 4)
+        if likelihood == "bernoulli":
+            inputs["x"] = (_uniform(g, 3, 7) < 0.5).to(torch.float64)
+        else:
+            inputs["x"] = _normal(g, 3, 7)
+        if tensor_logvar:
+            inputs["logvar"] = _uniform(g, 7, low=-1, high=1)
+        return inputs
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        options = dict(reduction=reduction, chunk_size=chunk_size, backend=backend)
+        if likelihood == "bernoulli":
+            fn = fe.linear_bernoulli_log_prob
+        else:
+            fn = fe.linear_gaussian_log_prob
+            options["logvar"] = t["logvar"] if tensor_logvar else -0.4
+        return (fn(t["input"], t["weight"], t.get("bias"), t["x"], **options),)
+
+    grads = ("input", "weight") + (("bias",) if bias else ()) + (("logvar",) if tensor_logvar else ())
+    return OpCase(name, make, run, grads)
+
+
 def _decoder_inputs(g, batch=3, dim=5, dx=7):
     inputs = _posterior(g, batch=(batch,), dim=dim)
     inputs["weight"] = _normal(g, dim, dx, scale=0.5)
@@ -272,6 +315,10 @@ CASES: tuple[OpCase, ...] = (
     _gaussian_case(),
     _continuous_bernoulli_case(),
     _categorical_case(),
+    _linear_head_case("bernoulli", "none", 3),
+    _linear_head_case("bernoulli", "mean", None, bias=False),
+    _linear_head_case("gaussian", "sum", 3, tensor_logvar=True),
+    _linear_head_case("gaussian", "none", 2),
     _elbo_case("elbo[mc,beta=0.5,K=2]", "mc", "elbo", 2, beta=0.5),
     _elbo_case("elbo[analytic]", "analytic", "elbo", None),
     _elbo_case("elbo[iwae,K=4]", "mc", "iwae", 4),

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastelbo as fe
-from fastelbo.benchmarks import decoder_share, report, run
+from fastelbo.benchmarks import decoder_share, linear_head, report, run
 from fastelbo.benchmarks.measure import interleaved_medians, peak_bytes
 from fastelbo.benchmarks.workloads import GRAD_LEAVES, WORKLOADS, decoder, fused_loss, leaves, make_inputs, plain_loss
 from helpers import DEVICE
@@ -215,3 +215,28 @@ def test_decoder_share_reports_each_implementation(monkeypatch, capsys):
     assert "with the decoder op" in out and "logits given" in out
     for impl in ("plain", "cpu", "compile(plain)", "cpu+compile"):
         assert f"{impl} +" in out or f"{impl} -" in out, out
+
+
+@pytest.mark.skipif(fe.backends()["cpu"] != "available", reason="the cpu backend is unavailable")
+def test_linear_head_bench_reports_each_implementation(monkeypatch, capsys):
+    """python -m fastelbo.benchmarks.linear_head times every implementation and measures its peak
+    (torch.compile stubbed out); its plain and fused losses agree in value and gradients."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(linear_head, "steady_malloc", lambda: "default (test)")
+    linear_head.main(["--rows", "6", "--hidden", "5", "--dx", "40", "--reps", "1", "--chunk-sizes", "16",
+                      "--device", "cpu"])
+    out = capsys.readouterr().out
+    for impl in ("plain", "compile(plain)", "fused[sum]", "fused[sum,chunk=16]", "fused[none]", "fused[sum]+compile"):
+        assert f"  {impl} " in out, out
+    for likelihood in linear_head.LIKELIHOODS:
+        t = linear_head._leaves(linear_head.make_inputs(likelihood, 6, 5, 40, torch.device("cpu")))
+        grads = {}
+        for name, loss in (("plain", linear_head.plain_loss(likelihood, t)),
+                           ("sum", linear_head.fused_loss(likelihood, t, "sum", 16)),
+                           ("none", linear_head.fused_loss(likelihood, t, "none", 16))):
+            leaves = [v for k, v in t.items() if k != "x"]
+            grads[name] = (loss.detach(), torch.autograd.grad(loss, leaves))
+        for name in ("sum", "none"):
+            torch.testing.assert_close(grads[name][0], grads["plain"][0])
+            for a, e in zip(grads[name][1], grads["plain"][1]):
+                torch.testing.assert_close(a, e)

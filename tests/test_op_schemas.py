@@ -17,6 +17,11 @@ def _parsed(name: str, schema: str) -> str:
 
 
 def test_each_module_is_its_op():
+    for op in ops.MODULES + ops.LINEAR_HEADS:
+        assert op.__name__ == f"fastelbo.ops.{op.NAME}"
+        assert getattr(fe, op.NAME) is getattr(op, op.NAME)
+        assert getattr(fe.reference, op.NAME).__wrapped__ is getattr(op, op.NAME)
+        assert op.NAME in op.SCHEMAS
     for op in ops.MODULES:
         assert op.__name__ == f"fastelbo.ops.{op.NAME}"
         assert getattr(fe, op.NAME) is getattr(op, op.NAME)
@@ -33,10 +38,15 @@ def test_the_cpp_schemas_are_the_op_modules():
     for name, schema in SCHEMAS.items():
         assert str(getattr(torch.ops.fastelbo, name).default._schema) == _parsed(name, schema), name
     second_order = {name for op in ops.MODULES for name in op.SECOND_ORDER}
-    # Every C++ op is an op module's (or its second-order composite, or the test-only philox_words).
+    # Every C++ op is an op module's (or its second-order composite, or the test-only philox_words);
+    # the linear heads are composite ops defined in Python (their modules hold their schemas).
     cpp_ops = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
                if name.startswith("fastelbo::") and "." not in name}
-    assert cpp_ops - {"philox_words"} - second_order == set(SCHEMAS)
+    heads = {name for op in ops.LINEAR_HEADS for name in op.SCHEMAS}
+    assert cpp_ops - {"philox_words"} - second_order - heads == set(SCHEMAS)
+    for op in ops.LINEAR_HEADS:
+        for name, schema in op.SCHEMAS.items():
+            assert str(getattr(torch.ops.fastelbo, name).default._schema) == _parsed(name, schema), name
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is unavailable here")

@@ -18,6 +18,13 @@ these schemas, its launchers as their kernels, and these fakes and autograd rule
 """
 from . import (bernoulli_log_prob, categorical_log_prob, continuous_bernoulli_log_prob, elbo, gaussian_kl,
                gaussian_latent, gaussian_log_prob)
+from . import linear_bernoulli_log_prob, linear_gaussian_log_prob
 
 MODULES = (gaussian_latent, gaussian_kl, bernoulli_log_prob, continuous_bernoulli_log_prob, gaussian_log_prob,
            categorical_log_prob, elbo)
+
+# The fused "linear + likelihood" ops (a decoder's last nn.Linear and its likelihood): composite
+# ops, one kernel in Python for every backend (torch's GEMMs and the likelihood's kernel of the
+# backend the call resolves to, named by the op's `kernel` argument), defined by their modules
+# with SCHEMAS, kernels, fakes and autograd (fastelbo/ops/_linear_head.py).
+LINEAR_HEADS = (linear_bernoulli_log_prob, linear_gaussian_log_prob)

@@ -41,6 +41,8 @@ gaussian_log_prob = _pinned(_functional.gaussian_log_prob)
 continuous_bernoulli_log_prob = _pinned(_functional.continuous_bernoulli_log_prob)
 categorical_log_prob = _pinned(_functional.categorical_log_prob)
 elbo = _pinned(_functional.elbo)
+linear_bernoulli_log_prob = _pinned(_functional.linear_bernoulli_log_prob)
+linear_gaussian_log_prob = _pinned(_functional.linear_gaussian_log_prob)
 reparameterize = _in_reference(_classic.reparameterize)
 vae_loss = _in_reference(_classic.vae_loss)
 
@@ -56,6 +58,7 @@ class ELBO(_module.ELBO):
 
 __all__ = [
     "gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "gaussian_log_prob",
-    "continuous_bernoulli_log_prob", "categorical_log_prob", "elbo", "ELBO",
+    "continuous_bernoulli_log_prob", "categorical_log_prob", "elbo", "linear_bernoulli_log_prob",
+    "linear_gaussian_log_prob", "ELBO",
     "reparameterize", "vae_loss",
 ]
