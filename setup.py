@@ -26,6 +26,7 @@ setup(
                                     "cuda/*.cu", "cuda/*.md", "cuda/kernels/*.cuh"]},
     install_requires=["torch>=2.4", "numpy", "ninja"],
     # "demo": `fastelbo demo` (scikit-learn's bundled digits) and the PNG plots of `fastelbo bench`.
-    extras_require={"demo": DEMO, "test": ["pytest>=7", "mpmath", "triton", "hypothesis", *DEMO]},
+    # "test": diffusers for tests/test_integrations.py (fastelbo.integrations against its own class).
+    extras_require={"demo": DEMO, "test": ["pytest>=7", "mpmath", "triton", "hypothesis", "diffusers", *DEMO]},
     entry_points={"console_scripts": ["fastelbo=fastelbo.cli:main"]},
 )

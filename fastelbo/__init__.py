@@ -16,6 +16,7 @@ from .functional import (
 )
 from .module import ELBO
 from . import reference  # noqa: E402  (needs the names above)
+from . import integrations  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,5 @@ __all__ = [
     "continuous_bernoulli_log_prob", "categorical_log_prob", "elbo", "linear_bernoulli_log_prob",
     "linear_gaussian_log_prob", "ELBO", "ELBOOutput",
     "Latent", "reparameterize", "vae_loss", "backends", "set_backend", "use_backend",
-    "set_validation", "validation_enabled", "reference",
+    "set_validation", "validation_enabled", "reference", "integrations",
 ]

@@ -10,8 +10,9 @@ class Latent(NamedTuple):
     """A reparameterized sample of q(z|x) = N(mu, sigma^2) and its densities.
 
     z:     mu's shape, or (K, *mu.shape) with n_samples=K; mu's dtype.
-    log_q: log q(z|x), z's shape without D.     log_p: log p(z), same shape.
-    kl:    analytic KL(q || p), mu's shape without D (no sample dim).
+    log_q: log q(z|x), z's shape without the event dims (D, or those of `dim=`).
+    log_p: log p(z), same shape.
+    kl:    analytic KL(q || p), mu's shape without the event dims (no sample dim).
     log_q and log_p are float32 (float64 for float64 inputs).
     """
 
@@ -41,6 +42,7 @@ class TracedLatent(Latent):
 
     backend: Optional[str] = None
     inputs: Optional[tuple] = None
+    layout: Optional[object] = None  # the event dims' EventLayout when they are not mu's last dim
 
     def __repr__(self) -> str:
         return Latent.__repr__(self).replace(type(self).__name__, "Latent", 1)
@@ -50,8 +52,9 @@ class ELBOOutput(NamedTuple):
     """What fe.ELBO returns.
 
     loss:    -(reduced objective), what to call .backward() on.
-    elbo:    the estimator's value per data point (ELBO or IWAE bound), mu's shape without D.
-    log_lik: log p(x|z) per sample, z's shape without D.
+    elbo:    the estimator's value per data point (ELBO or IWAE bound), mu's shape without the
+             event dims.
+    log_lik: log p(x|z) per sample, z's shape without the event dims.
     kl:      KL(q || p) per data point: analytic, or the Monte Carlo mean of log q - log p.
     z:       the sample the decoder saw.
     """

@@ -5,6 +5,7 @@ import torch
 
 from . import _validate as V
 from .functional import bernoulli_log_prob, gaussian_kl, gaussian_latent
+from .ops._event_dims import batch_shape
 from .module import REDUCTIONS, reduce
 
 
@@ -14,7 +15,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, generator=None, ep
     return gaussian_latent(mu, logvar, generator=generator, eps=eps).z
 
 
-def vae_loss(recon_logits, x, mu, logvar, *, beta=1.0, reduction="sum") -> torch.Tensor:
+def vae_loss(recon_logits, x, mu, logvar, *, beta=1.0, reduction="sum", dim=-1) -> torch.Tensor:
     """recon_logits are logits, not probabilities: drop the decoder's final sigmoid (and apply it
     where you sample or show images). Returns -(log p(x|z) - beta KL(q || N(0, I))) with a
     Bernoulli likelihood on those logits.
@@ -22,17 +23,19 @@ def vae_loss(recon_logits, x, mu, logvar, *, beta=1.0, reduction="sum") -> torch
     Probabilities in [0, 1] passed as logits cannot be told from small logits, so nothing checks
     for them: the loss would silently be wrong. recon_logits: mu's batch dims, then the event dims
     summed over; x broadcasts against it. reduction "sum" (the classic code's), "mean" (per data
-    point) or "none".
+    point) or "none". dim: the latent's event dims (default the last; (1, 2, 3) for NCHW latents),
+    mu's batch dims being the others.
     """
     V.tensor("mu", mu, min_dim=1)
     V.tensor("recon_logits", recon_logits)
-    event_dims = recon_logits.dim() - (mu.dim() - 1)
-    if event_dims < 0 or recon_logits.shape[: mu.dim() - 1] != mu.shape[:-1]:
+    batch = mu.shape[:-1] if type(dim) is int and dim == -1 else batch_shape(mu, dim)
+    event_dims = recon_logits.dim() - len(batch)
+    if event_dims < 0 or recon_logits.shape[: len(batch)] != batch:
         raise ValueError(
-            f"recon_logits must start with mu's batch dims {tuple(mu.shape[:-1])}; got {tuple(recon_logits.shape)}"
+            f"recon_logits must start with mu's batch dims {tuple(batch)}; got {tuple(recon_logits.shape)}"
         )
     beta = V.real("beta", beta, minimum=0.0)
     V.choice("reduction", reduction, REDUCTIONS)
     log_lik = bernoulli_log_prob(recon_logits, x, event_dims=event_dims)
-    kl = gaussian_kl(mu, logvar)
+    kl = gaussian_kl(mu, logvar, dim=dim)
     return -reduce(log_lik - beta * kl, reduction)

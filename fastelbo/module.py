@@ -6,6 +6,7 @@ import torch
 from . import _validate as V
 from ._backend import CHOICES as BACKEND_CHOICES
 from ._types import ELBOOutput
+from .ops._event_dims import batch_shape, event_dims, layout_for
 from .functional import (
     ESTIMATORS,
     KL_MODES,
@@ -40,12 +41,16 @@ class ELBO(torch.nn.Module):
     and for "gaussian" the mean or a pair (mean, logvar). x has mu's batch dims followed by the
     event dims (for "categorical", integer class targets).
 
+    dim: the latent's event dims (default the last; e.g. (1, 2, 3) for NCHW latents summed per
+    image, as in fe.gaussian_latent): mu's batch dims are the others, and decoder(z) gets z of
+    mu's shape.
+
     free_bits=lambda > 0 (with kl="analytic", estimator="elbo", reduction "mean" or "sum")
     replaces the batch objective's KL term by sum_d max(lambda, mean over the batch of KL_d).
     """
 
     def __init__(self, likelihood="bernoulli", *, n_samples=1, kl="analytic", estimator="elbo",
-                 beta=1.0, free_bits=0.0, param="logvar", stl=False, reduction="mean", backend=None):
+                 beta=1.0, free_bits=0.0, param="logvar", stl=False, reduction="mean", backend=None, dim=-1):
         super().__init__()
         self.likelihood = V.choice("likelihood", likelihood, LIKELIHOODS)
         self.n_samples = V.integer("n_samples", n_samples, 1)
@@ -57,6 +62,8 @@ class ELBO(torch.nn.Module):
         self.stl = V.flag("stl", stl)
         self.reduction = V.choice("reduction", reduction, REDUCTIONS)
         self.backend = None if backend is None else V.choice("backend", backend, BACKEND_CHOICES)
+        event_dims(dim, 64)  # checked against mu's dims in forward
+        self.dim = dim
         if estimator != "elbo" and kl != "mc":
             raise ValueError(f"kl must be 'mc' with estimator={estimator!r}; got kl={kl!r}")
         if estimator != "elbo" and self.beta != 1.0:
@@ -70,7 +77,8 @@ class ELBO(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, n_samples={self.n_samples}, kl={self.kl!r}, "
                 f"estimator={self.estimator!r}, beta={self.beta}, free_bits={self.free_bits}, "
-                f"param={self.param!r}, stl={self.stl}, reduction={self.reduction!r}")
+                f"param={self.param!r}, stl={self.stl}, reduction={self.reduction!r}"
+                + ("" if self.dim == -1 else f", dim={self.dim!r}"))
 
     def forward(self, x, mu, scale, decoder, *, generator=None) -> ELBOOutput:
         """x, mu, scale and decoder as in the class docstring; generator: the torch.Generator the
@@ -85,13 +93,13 @@ class ELBO(torch.nn.Module):
         """x's event dims, after checking that x starts with mu's batch dims (before the decoder runs)."""
         dtypes = V.INDEX_DTYPES if self.likelihood == "categorical" else V.DATA_DTYPES
         V.tensor("x", x, dtypes)
-        batch = mu.shape[:-1]
+        batch = batch_shape(mu, self.dim)
         if x.dim() < len(batch) or x.shape[: len(batch)] != batch:
             raise ValueError(f"x must start with mu's batch dims {tuple(batch)}; got shape {tuple(x.shape)}")
         return x.dim() - len(batch)
 
     def _forward(self, x, mu, scale, decoder, generator, event_dims) -> ELBOOutput:
-        latent = gaussian_latent(mu, scale, param=self.param, stl=self.stl, generator=generator,
+        latent = gaussian_latent(mu, scale, param=self.param, dim=self.dim, stl=self.stl, generator=generator,
                                  n_samples=self.n_samples if self.n_samples > 1 else None, backend=self.backend)
         log_lik = self._log_lik(decoder(latent.z), x, event_dims)
         value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)  # on the latent's backend
@@ -102,8 +110,11 @@ class ELBO(torch.nn.Module):
             kl = (latent.log_q - latent.log_p).mean(0) if samples else latent.log_q - latent.log_p
         if self.free_bits > 0:
             mean_log_lik = log_lik.mean(0) if samples else log_lik
-            kl_per_dim = gaussian_kl(mu, scale, param=self.param, per_dim=True, backend=self.backend)
-            kl_term = kl_per_dim.reshape(-1, mu.shape[-1]).mean(0).clamp(min=self.free_bits).sum()
+            kl_per_dim = gaussian_kl(mu, scale, param=self.param, dim=self.dim, per_dim=True, backend=self.backend)
+            layout = layout_for(mu, self.dim)
+            if layout is not None:
+                kl_per_dim = layout.flat(kl_per_dim)
+            kl_term = kl_per_dim.reshape(-1, kl_per_dim.shape[-1]).mean(0).clamp(min=self.free_bits).sum()
             total = mean_log_lik.mean() if self.reduction == "mean" else mean_log_lik.sum()
             n_points = 1 if self.reduction == "mean" else mean_log_lik.numel()
             loss = -(total - self.beta * n_points * kl_term)

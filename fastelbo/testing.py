@@ -122,6 +122,65 @@ def _latent_case(name, param="logvar", n_samples=None, prior=False, stl=False, e
     return OpCase(name, make, run, grads)
 
 
+def _nchw_posterior(g, prior):
+    """An NCHW posterior (2, 3, 2, 4) and its prior: "full" (per sample, mu's shape), "channel"
+    ((3, 1, 1), broadcast over the batch and the pixels) or None."""
+    inputs = {"mu": _normal(g, 2, 3, 2, 4), "scale": _uniform(g, 2, 3, 2, 4, low=-1.5, high=1.0)}
+    shape = {"full": (2, 3, 2, 4), "channel": (3, 1, 1)}.get(prior)
+    if shape is not None:
+        inputs["prior_mu"] = _normal(g, *shape, scale=0.5)
+        inputs["prior_scale"] = _uniform(g, *shape, low=-0.5, high=0.5)
+    return inputs
+
+
+def _in_layout(t, channels_last):
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
+def _event_dims_latent_case(name, dim, prior=None, n_samples=None, channels_last=False):
+    """gaussian_latent with event dims other than the last (log-std, as vdvae holds them)."""
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        p = (_in_layout(t["prior_mu"], channels_last), _in_layout(t["prior_scale"], channels_last)) if prior else None
+        return tuple(fe.gaussian_latent(_in_layout(t["mu"], channels_last), _in_layout(t["scale"], channels_last),
+                                        param="log_std", dim=dim, n_samples=n_samples, prior=p, generator=g,
+                                        backend=backend))
+
+    grads = ("mu", "scale") + (("prior_mu", "prior_scale") if prior else ())
+    return OpCase(name, lambda g: _nchw_posterior(g, prior), run, grads)
+
+
+def _event_dims_kl_case(name, dim, prior, per_dim):
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        p = (t["prior_mu"], t["prior_scale"]) if prior else None
+        return (fe.gaussian_kl(t["mu"], t["scale"], dim=dim, prior=p, per_dim=per_dim, backend=backend),)
+
+    grads = ("mu", "scale") + (("prior_mu", "prior_scale") if prior else ())
+    return OpCase(name, lambda g: _nchw_posterior(g, prior), run, grads)
+
+
+def _event_dims_elbo_case(name, estimator, n_samples):
+    """The ELBO of an NCHW latent summed per image, decoded by a linear map of the flat latent."""
+    def make(g):
+        inputs = _nchw_posterior(g, None)
+        inputs["weight"] = _normal(g, 24, 7, scale=0.3)
+        inputs["x"] = (_uniform(g, 2, 7) < 0.5).to(torch.float64)
+        return inputs
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        with use_backend(backend):
+            latent = fe.gaussian_latent(t["mu"], t["scale"], dim=(1, 2, 3), n_samples=n_samples, generator=g)
+            log_lik = fe.bernoulli_log_prob(latent.z.flatten(-3) @ t["weight"], t["x"])
+            return (fe.elbo(log_lik, latent, kl="mc", estimator=estimator),)
+
+    return OpCase(name, make, run, ("mu", "scale", "weight"))
+
+
 def _kl_case(name, param, prior, per_dim):
     def make(g):
         inputs = _posterior(g)
@@ -308,7 +367,13 @@ CASES: tuple[OpCase, ...] = (
     _latent_case("gaussian_latent[log_std,prior,K=3]", param="log_std", n_samples=3, prior=True),
     _latent_case("gaussian_latent[softplus,stl,K=2]", param="softplus", n_samples=2, stl=True),
     _latent_case("gaussian_latent[eps,prior,stl]", prior=True, stl=True, explicit_eps=True),
+    _event_dims_latent_case("gaussian_latent[dim=(1,2,3),prior,K=2]", (1, 2, 3), prior="full", n_samples=2),
+    _event_dims_latent_case("gaussian_latent[dim=1,channel prior,channels_last]", 1, prior="channel",
+                            channels_last=True),
+    _event_dims_latent_case("gaussian_latent[dim=(1,2,3),channels_last]", (1, 2, 3), channels_last=True),
     _kl_case("gaussian_kl[logvar]", "logvar", prior=False, per_dim=False),
+    _event_dims_kl_case("gaussian_kl[dim=(2,3),channel prior,per_dim]", (2, 3), "channel", per_dim=True),
+    _event_dims_kl_case("gaussian_kl[dim=(1,2,3),full prior]", (1, 2, 3), "full", per_dim=False),
     _kl_case("gaussian_kl[softplus,prior,per_dim]", "softplus", prior=True, per_dim=True),
     _kl_case("gaussian_kl[log_std,per_dim]", "log_std", prior=False, per_dim=True),
     _bernoulli_case(),
@@ -323,6 +388,7 @@ CASES: tuple[OpCase, ...] = (
     _elbo_case("elbo[analytic]", "analytic", "elbo", None),
     _elbo_case("elbo[iwae,K=4]", "mc", "iwae", 4),
     _elbo_case("elbo[dreg,K=4]", "mc", "dreg", 4),
+    _event_dims_elbo_case("elbo[dreg,K=3,dim=(1,2,3)]", "dreg", 3),
     _module_case("ELBO[analytic,free_bits]", free_bits=0.3),
     _module_case("ELBO[iwae,K=3,sum]", n_samples=3, kl="mc", estimator="iwae", reduction="sum"),
     _vae_loss_case(),

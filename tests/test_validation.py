@@ -72,7 +72,7 @@ def test_elbo_argument_errors():
     lat, ll = _latent_and_ll()
     with pytest.raises(TypeError, match="latent must be a fastelbo Latent"):
         fe.elbo(ll, (lat.z, lat.log_q, lat.log_p, lat.kl))
-    with pytest.raises(ValueError, match="log_lik must have z's shape without D"):
+    with pytest.raises(ValueError, match="log_lik must have z's shape without the event dims"):
         fe.elbo(torch.zeros(3), lat)
 
 

@@ -46,10 +46,9 @@ def _check(log_lik, latent, kl, estimator, beta) -> float:
         raise TypeError(f"latent must be a fastelbo Latent (from gaussian_latent), got {type(latent).__name__}")
     if not isinstance(log_lik, torch.Tensor) or log_lik.dtype not in V.FLOAT_DTYPES:
         V.tensor("log_lik", log_lik)
-    if log_lik.shape != latent.z.shape[:-1]:
-        raise ValueError(
-            f"log_lik must have z's shape without D, {tuple(latent.z.shape[:-1])}; got {tuple(log_lik.shape)}"
-        )
+    if log_lik.shape != latent.log_q.shape:
+        raise ValueError(f"log_lik must have z's shape without the event dims (log_q's), {tuple(latent.log_q.shape)}; "
+                         f"got {tuple(log_lik.shape)}")
     if log_lik.device != latent.z.device:
         V.same_device("log_lik", log_lik, "latent.z", latent.z)
     if kl not in KL_MODES or type(kl) is not str:
@@ -69,7 +68,8 @@ def _check(log_lik, latent, kl, estimator, beta) -> float:
 
 
 def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) -> torch.Tensor:
-    """The estimator's value per data point (mu's shape without D); see the README's math section.
+    """The estimator's value per data point (mu's shape without the event dims); see the README's math
+    section.
 
     kl: "mc" (log p(z) - log q(z|x) per sample) or "analytic" (latent.kl). estimator: "elbo",
     "iwae" (beta must be 1) or "dreg" (IWAE value, doubly reparameterized gradient: call it once
@@ -88,7 +88,7 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
         try:
             kl_value = latent.kl
             if (log_lik.shape == kl_value.shape and log_lik.dtype in V.FLOAT_DTYPES
-                    and log_lik.device == kl_value.device and latent.z.dim() == kl_value.dim() + 1):
+                    and log_lik.device == kl_value.device and latent.log_q.dim() == kl_value.dim()):
                 if backend is not None:
                     resolve(backend, log_lik.device)
                 return torch.sub(log_lik, kl_value, alpha=beta)
@@ -110,7 +110,7 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
     if name == "reference":
         return reference(log_lik, latent, kl, estimator, beta)
     op = getattr(torch.ops.fastelbo.elbo, OVERLOAD[name])
-    if estimator == "iwae" and latent.z.dim() == latent.kl.dim() + 1:  # one sample: its weight is 1
+    if estimator == "iwae" and latent.log_q.dim() == latent.kl.dim():  # one sample: its weight is 1
         return op(log_lik.unsqueeze(0), latent.log_q.unsqueeze(0), latent.log_p.unsqueeze(0), latent.kl, 2, beta)[0]
     return op(log_lik, latent.log_q, latent.log_p, latent.kl, MODES[(estimator, kl)], beta)[0]
 
@@ -126,7 +126,7 @@ def _dreg(log_lik, latent):
     mu, scale, param, n_samples, prior, eps, seed = latent.inputs
     terms = DregTerms(log_q_grad_z(latent.backend, mu, scale, param, n_samples, prior, eps, seed),
                       lambda z: log_prior(z, prior, param))
-    out = dreg(log_lik, latent, terms)
+    out = dreg(log_lik, latent, terms, latent.layout)
     if hooks_z:
         latent.dreg_applied = True
     return out
@@ -140,7 +140,7 @@ def _per_sample(t: torch.Tensor, has_samples: bool) -> torch.Tensor:
 
 def reference(log_lik, latent, kl, estimator, beta):
     """Modes 0-2 (the module docstring) in torch ops."""
-    has_samples = latent.z.dim() == latent.kl.dim() + 2
+    has_samples = latent.log_q.dim() == latent.kl.dim() + 1
     dtype = torch.promote_types(log_lik.dtype, latent.log_q.dtype)
     log_lik = _per_sample(log_lik.to(dtype), has_samples)
     if estimator == "elbo" and kl == "analytic":
@@ -160,7 +160,7 @@ def iwae(log_lik, log_q, log_p):
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
-def dreg(log_lik, latent, terms):
+def dreg(log_lik, latent, terms, layout=None):
     """Doubly reparameterized IWAE (Tucker et al. 2018). Value: the IWAE bound. Gradient:
 
     decoder and prior parameters:  sum_k w~_k  d log w_k          (the IWAE gradient)
@@ -169,13 +169,15 @@ def dreg(log_lik, latent, terms):
     with w~ = softmax_k(log w). log q is rebuilt with its parameters stopped (its gradient to z is
     -eps/sigma) and log p is re-evaluated at the returned z, so that every gradient bound for the
     encoder passes through latent.z; a hook on latent.z multiplies it by w~_k once more.
-    `terms` (fastelbo._types.DregTerms) gives d log q / d z and log p at z for the latent.
+    `terms` (fastelbo._types.DregTerms) gives d log q / d z and log p at z for the latent, over
+    flat views (batch..., D) of z when the latent's event dims are not its last (`layout`,
+    fastelbo/ops/_event_dims.py).
     """
-    has_samples = latent.z.dim() == latent.kl.dim() + 2
+    has_samples = latent.log_q.dim() == latent.kl.dim() + 1
     dtype = torch.promote_types(log_lik.dtype, latent.log_q.dtype)
     log_lik = _per_sample(log_lik.to(dtype), has_samples)
     z = latent.z
-    z_live = z.to(dtype)
+    z_live = z.to(dtype) if layout is None else layout.flat(z.to(dtype), int(has_samples))
     moved = z_live - z_live.detach()  # zero, but carries the gradient into z
     log_q_stl = latent.log_q.detach() + (moved * terms.log_q_grad_z).sum(-1)
     log_p_live = terms.log_p_at(z_live)
@@ -186,7 +188,8 @@ def dreg(log_lik, latent, terms):
     weights = torch.softmax(log_w_value, dim=0)
     value = torch.logsumexp(log_w_value, dim=0) - math.log(log_w.shape[0])
     if z.requires_grad and torch.is_grad_enabled():
-        z_weights = (weights if has_samples else weights[0]).unsqueeze(-1)
+        z_weights = weights if has_samples else weights[0]
+        z_weights = z_weights.unsqueeze(-1) if layout is None else layout.expand_rows(z_weights, int(has_samples))
         z.register_hook(lambda grad: grad * z_weights.to(grad.dtype))
     return value + (weights * (log_w - log_w_value)).sum(0)
 

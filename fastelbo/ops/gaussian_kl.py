@@ -16,6 +16,7 @@ from .. import _validate as V
 from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype
 from . import _checks
+from ._event_dims import layout_for
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
 from ._math import gaussian_kl_per_dim, sigma_and_log_sigma
 from .gaussian_latent import _prior_terms
@@ -29,13 +30,20 @@ SCHEMAS = {
 }
 
 
-def gaussian_kl(mu, scale, *, param="logvar", prior=None, per_dim=False, backend=None) -> torch.Tensor:
-    """Analytic KL(N(mu, sigma^2) || prior): mu's shape without D, or mu's shape with per_dim."""
+def gaussian_kl(mu, scale, *, param="logvar", dim=-1, prior=None, per_dim=False, backend=None) -> torch.Tensor:
+    """Analytic KL(N(mu, sigma^2) || prior) summed over the event dims `dim` (default the last):
+    mu's shape without them, or mu's shape with per_dim."""
+    layout = layout_for(mu, dim) if type(dim) is not int or dim != -1 else None
     _checks.posterior(mu, scale, param)
     if prior is not None:
         prior = _checks.prior(prior, mu)
     if per_dim is not False and per_dim is not True:
         V.flag("per_dim", per_dim)
+    if layout is not None:  # the kernels on flat views (batch..., D) (_event_dims.py)
+        flat_prior = None if prior is None else tuple(layout.flat_prior(t) for t in prior)
+        kl = gaussian_kl(layout.flat(mu), layout.flat(scale), param=param, prior=flat_prior, per_dim=per_dim,
+                         backend=backend)
+        return layout.unflat(kl) if per_dim else kl
     name = resolve(backend, mu.device)
     if name == "reference":
         return reference(mu, scale, param, prior, per_dim)

@@ -28,6 +28,7 @@ from .._dtypes import compute_dtype
 from .._types import Latent, TracedLatent
 from ..rng import draw_seed, normal_noise
 from . import _checks
+from ._event_dims import layout_for
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 
@@ -70,17 +71,23 @@ def _check_noise(eps, generator, mu, n_samples):
             raise ValueError(f"generator must be on mu's device ({mu.device}), got {generator.device}")
 
 
-def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, stl=False,
+def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=None, stl=False,
                     generator=None, eps=None, backend=None) -> Latent:
     """Sample z = mu + sigma * eps from q(z|x) = N(mu, sigma^2) and return Latent(z, log_q, log_p, kl).
 
     mu, scale: (..., D), scale encoding sigma by `param` ("logvar": exp(s/2), "log_std": exp(s),
-    "softplus": softplus(s)). n_samples=K adds a leading sample dim to z, log_q and log_p. prior:
+    "softplus": softplus(s)). dim: the event dims (an int or a tuple; default the last), summed in
+    log q, log p and the KL, which have mu's shape without them (e.g. dim=(1, 2, 3) for NCHW
+    latents summed per image). n_samples=K adds a leading sample dim to z, log_q and log_p. prior:
     None for N(0, I) or (prior_mu, prior_scale) broadcastable to mu, same `param` encoding,
     differentiable. stl: "sticking the landing" gradient for log q. eps: explicit noise of z's shape
     (a constant: it must not require grad); otherwise it is drawn in-kernel from `generator`
     (default: the device's default generator).
     """
+    if type(dim) is not int or dim != -1:
+        layout = layout_for(mu, dim)
+        if layout is not None:
+            return _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps, backend)
     if (n_samples is None and prior is None and eps is None and generator is None and (stl is False or stl is True)
             and not V.active):
         # The common call on the C++ kernels: they check their arguments (csrc/binding/checks.h),
@@ -111,6 +118,21 @@ def gaussian_latent(mu, scale, *, param="logvar", n_samples=None, prior=None, st
         out = getattr(torch.ops.fastelbo.gaussian_latent, OVERLOAD[name])(
             mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl)
     return _traced(out, name, (mu, scale, param, n_samples, prior, eps, seed))
+
+
+def _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
+    """The latent over event dims other than the last: the kernels on flat views (batch..., D) of
+    mu, scale, the prior and eps (_event_dims.py), z back in mu's dim order. The latent keeps the
+    flat arguments and the layout, for DReG."""
+    prior = _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
+    leading = 0 if n_samples is None else 1
+    flat = gaussian_latent(layout.flat(mu), layout.flat(scale), param=param, n_samples=n_samples,
+                           prior=None if prior is None else tuple(layout.flat_prior(t) for t in prior), stl=stl,
+                           generator=generator, eps=None if eps is None else layout.flat(eps, leading),
+                           backend=backend)
+    latent = TracedLatent(layout.unflat(flat.z, leading), flat.log_q, flat.log_p, flat.kl)
+    latent.backend, latent.inputs, latent.layout = flat.backend, flat.inputs, layout
+    return latent
 
 
 def _traced(out, name: str, inputs: tuple) -> TracedLatent:

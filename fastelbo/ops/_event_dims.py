@@ -1,0 +1,104 @@
+"""A latent's event dims (`dim=` of gaussian_latent and gaussian_kl) brought last and flattened into
+one, D = their product, so that the kernels, which sum over the last dim of (batch..., D) rows,
+serve any event dims: NCHW latents summed per image (dim=(1, 2, 3)), per channel group
+(dim=(2, 3)), or vectors along the channels (dim=1).
+
+    flat(t)   = t.permute(batch dims, event dims).reshape(batch sizes..., D)
+    unflat(t) = the inverse, back to mu's dim order
+
+Both are views whenever the event dims, taken in mu's order, are one strided run (NCHW with
+dim=(1, 2, 3) or (2, 3); NCHW and channels-last with dim=1, whose permuted batch dims the kernels
+address through their strides): no copy. Otherwise reshape copies (channels-last with
+dim=(1, 2, 3): its (C, H, W) are not one run in that order); the README says which layouts are
+copy-free. The noise of element (row, d) is then that of its batch index and its index d in the
+event dims taken in mu's order (docs/RNG.md): the same for every layout of the same tensor.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def event_dims(dim, ndim: int) -> tuple[int, ...]:
+    """`dim` (an int or a tuple of ints) as sorted non-negative dims of an ndim-dim tensor; a
+    ValueError / TypeError naming `dim` otherwise."""
+    dims = (dim,) if isinstance(dim, int) and not isinstance(dim, bool) else dim
+    if not isinstance(dims, (tuple, list)) or not dims or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise TypeError(f"dim must be an int or a non-empty tuple of ints, got {dim!r}")
+    normalized = []
+    for d in dims:
+        if not -ndim <= d < ndim:
+            raise ValueError(f"dim {d} is out of range for mu with {ndim} dim(s)")
+        normalized.append(d % ndim)
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"dim has repeated dims: {dim!r}")
+    return tuple(sorted(normalized))
+
+
+class EventLayout:
+    """The permutation and flattening of one latent's event dims (see the module docstring)."""
+
+    def __init__(self, shape: torch.Size, dims: tuple[int, ...]):
+        ndim = len(shape)
+        self.dims = dims
+        self.batch = tuple(i for i in range(ndim) if i not in dims)
+        self.perm = self.batch + dims
+        self.inverse = tuple(sorted(range(ndim), key=self.perm.__getitem__))
+        self.batch_shape = tuple(shape[i] for i in self.batch)
+        self.event_shape = tuple(shape[i] for i in dims)
+        self.size = math.prod(self.event_shape)
+
+    def flat(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
+        """t of mu's shape (after `leading` extra dims, e.g. the samples) as (leading..., batch..., D)."""
+        t = t.permute(*range(leading), *(leading + p for p in self.perm))
+        return t.reshape(*t.shape[:leading + len(self.batch)], self.size)
+
+    def unflat(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
+        """The inverse of flat: (leading..., batch..., D) back to mu's dim order."""
+        t = t.reshape(*t.shape[:-1], *self.event_shape)
+        return t.permute(*range(leading), *(leading + p for p in self.inverse))
+
+    def flat_prior(self, t: torch.Tensor) -> torch.Tensor:
+        """A prior tensor broadcastable to mu as a tensor broadcastable to flat(mu): its event dims
+        expanded (a view; reshape copies at most its own batch size times D), its batch dims as
+        they are (1 or mu's), so the kernel broadcasts it over the rows."""
+        ndim = len(self.perm)
+        t = t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape))
+        sizes = [t.shape[i] if i in self.batch else n for i, n in enumerate(self._shape())]
+        return self.flat(t.expand(sizes))
+
+    def expand_rows(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
+        """A per-row tensor (leading..., batch...) broadcastable against unflat tensors: 1s at the
+        event dims."""
+        t = t.reshape(*t.shape, *(1,) * len(self.dims))
+        return t.permute(*range(leading), *(leading + p for p in self.inverse))
+
+    def _shape(self):
+        shape = [0] * len(self.perm)
+        for i, n in zip(self.batch, self.batch_shape):
+            shape[i] = n
+        for i, n in zip(self.dims, self.event_shape):
+            shape[i] = n
+        return shape
+
+
+def batch_shape(mu: torch.Tensor, dim) -> torch.Size:
+    """mu's shape without the event dims `dim` (checked)."""
+    dims = event_dims(dim, mu.dim())
+    return torch.Size(n for i, n in enumerate(mu.shape) if i not in dims)
+
+
+def layout_for(mu: torch.Tensor, dim) -> EventLayout | None:
+    """The layout of `dim` for mu, or None when the event dim is already mu's last (the kernels'
+    own layout: nothing to do)."""
+    if dim == -1:
+        return None
+    ndim = mu.dim() if isinstance(mu, torch.Tensor) else 0
+    if ndim == 0:
+        return None  # the op's own checks reject mu
+    dims = event_dims(dim, ndim)
+    if dims == (ndim - 1,):
+        return None
+    return EventLayout(mu.shape, dims)

@@ -1,0 +1,147 @@
+"""The latent's event dims (`dim=`) beyond the op cases of fastelbo.testing (which hold NCHW and
+channels-last latents, priors and DReG to the reference on every backend and dtype): no copy of
+the copy-free layouts, the noise of an element independent of the layout, the argument errors,
+fe.ELBO / fe.vae_loss, torch.compile."""
+import pytest
+import torch
+
+import fastelbo as fe
+from fastelbo.ops._event_dims import layout_for
+from helpers import DEVICE, FUSED_BACKENDS, HAS_TRITON, generator, rand, randn
+
+COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_reshape_copy")
+COPY_FREE = {"nchw(1,2,3)": ((1, 2, 3), False), "nchw(2,3)": ((2, 3), False), "nchw(1,)": (1, False),
+             "channels_last(1,)": (1, True)}
+
+
+def _posterior(g, channels_last=False, dtype=torch.float32):
+    mu, scale = randn(g, 2, 3, 4, 5, dtype=dtype), rand(g, 2, 3, 4, 5, dtype=dtype, low=-1, high=1)
+    if channels_last:
+        mu, scale = (t.contiguous(memory_format=torch.channels_last) for t in (mu, scale))
+    return mu.requires_grad_(), scale.requires_grad_()
+
+
+def _copies(fn) -> list:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted({e.name for e in prof.events() if e.name in COPIES})
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the cpu backend (the profiler sees its C++ copies)")
+@pytest.mark.parametrize("layout", list(COPY_FREE))
+def test_the_cpu_kernels_read_nchw_and_channels_last_without_a_copy(layout, seed):
+    dim, channels_last = COPY_FREE[layout]
+    g = generator(seed)
+    mu, scale = _posterior(g, channels_last)
+    prior = tuple(t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in (mu, scale))
+
+    def step():  # (autograd.grad: .backward() would copy a gradient whose strides differ from its leaf's)
+        lat = fe.gaussian_latent(mu, scale, dim=dim, n_samples=2, prior=prior, generator=g, backend="cpu")
+        kl = fe.gaussian_kl(mu, scale, dim=dim, per_dim=True, backend="cpu")
+        loss = lat.z.sum() + lat.log_q.sum() + lat.log_p.sum() + lat.kl.sum() + kl.sum()
+        torch.autograd.grad(loss, (mu, scale, *prior))
+
+    assert _copies(step) == []
+    # The check sees copies: channels-last with dim=(1, 2, 3) is copied ((C, H, W) are not one
+    # strided run), and so is a layout the kernels' row planner cannot address.
+    cl_mu, cl_scale = _posterior(g, channels_last=True)
+    assert _copies(lambda: fe.gaussian_latent(cl_mu, cl_scale, dim=(1, 2, 3), backend="cpu")) != []
+    odd = randn(g, 2, 3, 4, 5, 6).permute(3, 1, 0, 2, 4)
+    assert _copies(lambda: fe.gaussian_latent(odd, odd, backend="cpu")) != []
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+@pytest.mark.parametrize("layout", list(COPY_FREE))
+def test_the_triton_launchers_plan_nchw_and_channels_last_without_a_copy(layout, seed):
+    """The Triton launchers address the flat views through their strides: the row planner hands
+    back the same tensors (under the interpreter the profiler sees the interpreter's own copies)."""
+    from fastelbo.triton_backend._layout import plan
+
+    dim, channels_last = COPY_FREE[layout]
+    mu, scale = _posterior(generator(seed), channels_last)
+    event = layout_for(mu, dim)
+    flat = [event.flat(mu), event.flat(scale), event.flat_prior(randn(generator(seed), 3, 1, 1))
+            .expand(event.flat(mu).shape)]
+    planned, _ = plan(flat, 1)
+    assert all(p is t for p, t in zip(planned, flat))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED_BACKENDS)
+def test_an_element_draws_the_same_noise_in_every_layout(backend, seed):
+    """The noise of an element is that of its batch index and its index in the event dims taken in
+    mu's order: the same for NCHW and channels-last, and dim=(1, 2, 3) is the flat latent's."""
+    mu, scale = _posterior(generator(seed), dtype=torch.float64)
+    cl_mu, cl_scale = (t.detach().contiguous(memory_format=torch.channels_last) for t in (mu, scale))
+    for dim in ((1, 2, 3), 1, (2, 3)):
+        z = fe.gaussian_latent(mu, scale, dim=dim, generator=generator(seed), backend=backend).z
+        cl_z = fe.gaussian_latent(cl_mu, cl_scale, dim=dim, generator=generator(seed), backend=backend).z
+        # (to rounding: a strided layout takes another code path, e.g. a scalar exp for sigma)
+        torch.testing.assert_close(z, cl_z, rtol=1e-13, atol=1e-13, msg=f"dim={dim}")
+    flat = fe.gaussian_latent(mu.flatten(1), scale.flatten(1), generator=generator(seed), backend=backend)
+    nchw = fe.gaussian_latent(mu, scale, dim=(1, 2, 3), generator=generator(seed), backend=backend)
+    assert torch.equal(nchw.z.flatten(1), flat.z)
+    torch.testing.assert_close(nchw.log_q, flat.log_q)
+    torch.testing.assert_close(nchw.kl, flat.kl)
+    for last in (-1, 3, (3,), (-1,)):
+        same = fe.gaussian_latent(mu, scale, dim=last, generator=generator(seed), backend=backend)
+        assert torch.equal(same.z, fe.gaussian_latent(mu, scale, generator=generator(seed), backend=backend).z)
+
+
+@pytest.mark.parametrize("dim, error, words", [
+    ((1, 1), ValueError, "repeated"), (4, ValueError, "out of range"), ((-5,), ValueError, "out of range"),
+    ((), TypeError, "dim must be"), (1.0, TypeError, "dim must be"), (True, TypeError, "dim must be"),
+    ([1, "2"], TypeError, "dim must be"),
+])
+def test_bad_dims_name_the_argument(dim, error, words, seed):
+    mu, scale = _posterior(generator(seed))
+    for call in (lambda: fe.gaussian_latent(mu, scale, dim=dim), lambda: fe.gaussian_kl(mu, scale, dim=dim),
+                 lambda: fe.vae_loss(mu.flatten(1), torch.rand(2, 60), mu, scale, dim=dim)):
+        with pytest.raises(error, match=words):
+            call()
+    with pytest.raises(error, match=words):
+        fe.ELBO(dim=dim)(torch.rand(2, 60), mu, scale, lambda z: z.flatten(1))
+
+
+def test_a_prior_that_does_not_broadcast_is_named(seed):
+    mu, scale = _posterior(generator(seed))
+    with pytest.raises(ValueError, match="prior"):
+        fe.gaussian_latent(mu, scale, dim=(1, 2, 3), prior=(torch.zeros(4, 1, 1), torch.zeros(3, 1, 1)))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED_BACKENDS)
+def test_vae_loss_and_the_elbo_module_take_dim(backend, seed):
+    """On NCHW latents summed per image, the same values and gradients as the flat latent."""
+    mu, scale = _posterior(generator(seed), dtype=torch.float64)
+    x = (rand(generator(seed + 1), 2, 60) < 0.5).double()
+    w = randn(generator(seed + 2), 60, 60, scale=0.2)
+    with fe.use_backend(backend):
+        nchw = fe.vae_loss(mu.flatten(1) @ w, x, mu, scale, dim=(1, 2, 3))
+        flat = fe.vae_loss(mu.flatten(1) @ w, x, mu.flatten(1), scale.flatten(1))
+        torch.testing.assert_close(nchw, flat)
+        for options in ({}, {"free_bits": 0.05}, {"n_samples": 3, "kl": "mc", "estimator": "iwae"}):
+            outs = []
+            for m, s, dim, decode in ((mu, scale, (1, 2, 3), lambda z: z.flatten(-3) @ w),
+                                      (mu.flatten(1), scale.flatten(1), -1, lambda z: z @ w)):
+                out = fe.ELBO("bernoulli", dim=dim, **options)(x, m, s, decode, generator=generator(seed))
+                outs.append((out.loss, *torch.autograd.grad(out.loss, (mu, scale))))
+            for a, b in zip(*outs):
+                torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(DEVICE != "cpu" or "cpu" not in FUSED_BACKENDS, reason="compiles for the cpu backend")
+def test_dim_inside_torch_compile(seed):
+    mu, scale = _posterior(generator(seed))
+
+    def step(mu, scale):
+        lat = fe.gaussian_latent(mu, scale, dim=(1, 2, 3), n_samples=2, backend="cpu")
+        return lat.z.square().mean() + lat.kl.sum() - lat.log_q.sum()
+
+    torch.manual_seed(seed)
+    eager = step(mu, scale)
+    grads = torch.autograd.grad(eager, (mu, scale))
+    torch._dynamo.reset()
+    torch.manual_seed(seed)
+    compiled = torch.compile(step, fullgraph=True)(mu, scale)
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(torch.autograd.grad(compiled, (mu, scale)), grads):
+        torch.testing.assert_close(a, b)
