@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastelbo as fe
-from fastelbo.benchmarks import decoder_share, linear_head, report, run
+from fastelbo.benchmarks import decoder_share, hierarchical, linear_head, report, run
 from fastelbo.benchmarks.measure import interleaved_medians, peak_bytes
 from fastelbo.benchmarks.workloads import GRAD_LEAVES, WORKLOADS, decoder, fused_loss, leaves, make_inputs, plain_loss
 from helpers import DEVICE
@@ -240,3 +240,23 @@ def test_linear_head_bench_reports_each_implementation(monkeypatch, capsys):
             torch.testing.assert_close(grads[name][0], grads["plain"][0])
             for a, e in zip(grads[name][1], grads["plain"][1]):
                 torch.testing.assert_close(a, e)
+
+
+@pytest.mark.skipif(fe.backends()["cpu"] != "available", reason="the cpu backend is unavailable")
+def test_hierarchical_bench_reports_each_implementation(monkeypatch, capsys):
+    """python -m fastelbo.benchmarks.hierarchical (W6) on a few small layers (torch.compile stubbed
+    out); the fused step's KL is vdvae's gaussian_analytical_kl summed per image."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(hierarchical, "steady_malloc", lambda: "default (test)")
+    monkeypatch.setattr(hierarchical, "LAYERS", 3)
+    monkeypatch.setattr(hierarchical, "RESOLUTIONS", (1, 2))
+    hierarchical.main(["--reps", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    for impl in ("plain", "compile(plain)", "cpu", "cpu+compile"):
+        assert f"  {impl} " in out, out
+    layers = hierarchical.make_inputs(torch.device("cpu"))
+    for t in layers:
+        qm, qv, pm, pv = (t[name] for name in hierarchical.NAMES)
+        vdvae = (-0.5 + pv - qv + 0.5 * (torch.exp(qv) ** 2 + (qm - pm) ** 2) / torch.exp(pv) ** 2).sum((1, 2, 3))
+        fused = fe.gaussian_latent(qm, qv, param="log_std", dim=(1, 2, 3), prior=(pm, pv), backend="cpu").kl
+        torch.testing.assert_close(fused, vdvae, rtol=1e-5, atol=1e-5)

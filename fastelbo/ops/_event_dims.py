@@ -15,6 +15,7 @@ event dims taken in mu's order (docs/RNG.md): the same for every layout of the s
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,25 +50,29 @@ class EventLayout:
         self.batch_shape = tuple(shape[i] for i in self.batch)
         self.event_shape = tuple(shape[i] for i in dims)
         self.size = math.prod(self.event_shape)
+        self.trailing = self.perm == tuple(range(ndim))  # the event dims are mu's last: no permute
 
     def flat(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
         """t of mu's shape (after `leading` extra dims, e.g. the samples) as (leading..., batch..., D)."""
+        if self.trailing:  # one flatten (the fewer ops, the fewer autograd nodes per layer)
+            return t.flatten(leading + len(self.batch))
         t = t.permute(*range(leading), *(leading + p for p in self.perm))
         return t.reshape(*t.shape[:leading + len(self.batch)], self.size)
 
     def unflat(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
         """The inverse of flat: (leading..., batch..., D) back to mu's dim order."""
-        t = t.reshape(*t.shape[:-1], *self.event_shape)
-        return t.permute(*range(leading), *(leading + p for p in self.inverse))
+        t = t.unflatten(-1, self.event_shape)
+        return t if self.trailing else t.permute(*range(leading), *(leading + p for p in self.inverse))
 
     def flat_prior(self, t: torch.Tensor) -> torch.Tensor:
         """A prior tensor broadcastable to mu as a tensor broadcastable to flat(mu): its event dims
         expanded (a view; reshape copies at most its own batch size times D), its batch dims as
         they are (1 or mu's), so the kernel broadcasts it over the rows."""
         ndim = len(self.perm)
-        t = t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape))
+        if t.dim() < ndim:
+            t = t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape))
         sizes = [t.shape[i] if i in self.batch else n for i, n in enumerate(self._shape())]
-        return self.flat(t.expand(sizes))
+        return self.flat(t if list(t.shape) == sizes else t.expand(sizes))
 
     def expand_rows(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
         """A per-row tensor (leading..., batch...) broadcastable against unflat tensors: 1s at the
@@ -92,13 +97,24 @@ def batch_shape(mu: torch.Tensor, dim) -> torch.Size:
 
 def layout_for(mu: torch.Tensor, dim) -> EventLayout | None:
     """The layout of `dim` for mu, or None when the event dim is already mu's last (the kernels'
-    own layout: nothing to do)."""
+    own layout: nothing to do). Cached per (shape, dim): a hierarchical VAE asks for the same few
+    layouts at every layer of every step."""
     if dim == -1:
         return None
-    ndim = mu.dim() if isinstance(mu, torch.Tensor) else 0
-    if ndim == 0:
+    if not isinstance(mu, torch.Tensor) or mu.dim() == 0:
         return None  # the op's own checks reject mu
-    dims = event_dims(dim, ndim)
-    if dims == (ndim - 1,):
-        return None
-    return EventLayout(mu.shape, dims)
+    if isinstance(dim, list):
+        dim = tuple(dim)
+    if torch.compiler.is_compiling():  # traced once: no cache (dynamo would trace through it, and warn)
+        return _layout(tuple(mu.shape), dim)
+    if type(dim) is int or (type(dim) is tuple and all(type(d) is int for d in dim)):
+        return _cached_layout(tuple(mu.shape), dim)  # (not 1.0 or True: equal to 1 as dict keys)
+    return _layout(tuple(mu.shape), dim)  # event_dims names what is wrong
+
+
+def _layout(shape: tuple, dim) -> EventLayout | None:
+    dims = event_dims(dim, len(shape))
+    return None if dims == (len(shape) - 1,) else EventLayout(torch.Size(shape), dims)
+
+
+_cached_layout = functools.lru_cache(maxsize=256)(_layout)

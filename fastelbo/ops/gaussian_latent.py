@@ -108,6 +108,11 @@ def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=
             _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
             raise refused
     prior = _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
+    return _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend)
+
+
+def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
+    """gaussian_latent after its checks."""
     n_samples = None if n_samples is None else int(n_samples)
     name = resolve(backend, mu.device)
     seed = None if eps is not None else draw_seed(mu.device, generator)
@@ -126,10 +131,9 @@ def _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps
     flat arguments and the layout, for DReG."""
     prior = _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
     leading = 0 if n_samples is None else 1
-    flat = gaussian_latent(layout.flat(mu), layout.flat(scale), param=param, n_samples=n_samples,
-                           prior=None if prior is None else tuple(layout.flat_prior(t) for t in prior), stl=stl,
-                           generator=generator, eps=None if eps is None else layout.flat(eps, leading),
-                           backend=backend)
+    flat = _checked(layout.flat(mu), layout.flat(scale), param, n_samples,
+                    None if prior is None else tuple(layout.flat_prior(t) for t in prior), stl, generator,
+                    None if eps is None else layout.flat(eps, leading), backend)
     latent = TracedLatent(layout.unflat(flat.z, leading), flat.log_q, flat.log_p, flat.kl)
     latent.backend, latent.inputs, latent.layout = flat.backend, flat.inputs, layout
     return latent
