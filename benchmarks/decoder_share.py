@@ -15,9 +15,7 @@ import argparse
 
 import torch
 
-import fastelbo as fe
-
-from .measure import interleaved_medians, steady_malloc
+from .measure import interleaved_medians, script_setup
 from .workloads import WORKLOADS, decoder, fused_loss, leaves, make_inputs, plain_loss
 
 
@@ -54,11 +52,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=15)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    backend = "cpu" if device.type == "cpu" else "cuda"
-    if fe.backends()[backend] != "available":
-        raise SystemExit(f"backend {backend!r} is unavailable: {fe.backends()[backend]}")
-    print(f"malloc: {steady_malloc() if device.type == 'cpu' else 'n/a'}; fwd+bwd medians in ms")
+    device, backend, malloc = script_setup(args.device)
+    print(f"malloc: {malloc}; fwd+bwd medians in ms")
     for name in args.workloads:
         w = WORKLOADS[name]
         inputs = make_inputs(w, device)

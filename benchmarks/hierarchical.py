@@ -28,7 +28,7 @@ import torch
 
 import fastelbo as fe
 
-from .measure import interleaved_medians, steady_malloc
+from .measure import interleaved_medians, script_setup
 
 BATCH, CHANNELS, LAYERS, RESOLUTIONS = 16, 16, 40, (1, 4, 8, 16, 32)
 NAMES = ("qm", "qv", "pm", "pv")
@@ -111,11 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=21)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    backend = "cpu" if device.type == "cpu" else "cuda"
-    if fe.backends()[backend] != "available":
-        raise SystemExit(f"backend {backend!r} is unavailable: {fe.backends()[backend]}")
-    malloc = steady_malloc() if device.type == "cpu" else "n/a"
+    device, _, malloc = script_setup(args.device)
     print(f"W6: {LAYERS} layers of (B={BATCH}, C={CHANNELS}, r, r), r in {RESOLUTIONS}, per-sample priors, log-std; "
           f"{elements()} elements; fp32 on {device.type}; malloc: {malloc}")
     for backward in (False, True):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 import fastelbo as fe
 
-from .measure import interleaved_medians, peak_bytes, steady_malloc
+from .measure import interleaved_medians, peak_bytes, script_setup
 
 LOG_2PI = math.log(2 * math.pi)
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -128,11 +128,7 @@ def main(argv=None) -> None:
     parser.add_argument("--likelihoods", nargs="+", default=list(LIKELIHOODS), choices=LIKELIHOODS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    backend = "cpu" if device.type == "cpu" else "cuda"
-    if fe.backends()[backend] != "available":
-        raise SystemExit(f"backend {backend!r} is unavailable: {fe.backends()[backend]}")
-    malloc = steady_malloc() if device.type == "cpu" else "n/a"
+    device, _, malloc = script_setup(args.device)
     n, h, dx = args.rows, args.hidden, args.dx
     gflop = 3 * 2 * n * h * dx / 1e9
     print(f"linear head fwd+bwd, N={n} H={h} Dx={dx} fp32 on {device.type}; malloc: {malloc}; "

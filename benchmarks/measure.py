@@ -44,6 +44,19 @@ def steady_malloc() -> str:
     return f"steady (glibc mmap threshold {MMAP_THRESHOLD // 2**20} MiB, no trim)"
 
 
+def script_setup(device_name: str) -> tuple[torch.device, str, str]:
+    """What the benchmark scripts (decoder_share, linear_head, hierarchical) start with: the device,
+    the fused C++ backend of its type ("cpu" or "cuda"; SystemExit with the reason when it is
+    unavailable) and the malloc setting (steady_malloc on CPU)."""
+    import fastelbo as fe
+
+    device = torch.device(device_name)
+    backend = "cpu" if device.type == "cpu" else "cuda"
+    if fe.backends()[backend] != "available":
+        raise SystemExit(f"backend {backend!r} is unavailable: {fe.backends()[backend]}")
+    return device, backend, steady_malloc() if device.type == "cpu" else "n/a"
+
+
 def _timer(device: torch.device):
     """fn -> seconds of one call, synchronized properly for the device."""
     if device.type == "cuda":

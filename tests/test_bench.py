@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastelbo as fe
-from fastelbo.benchmarks import decoder_share, hierarchical, linear_head, report, run
+from fastelbo.benchmarks import decoder_share, hierarchical, linear_head, measure, report, run
 from fastelbo.benchmarks.measure import interleaved_medians, peak_bytes
 from fastelbo.benchmarks.workloads import GRAD_LEAVES, WORKLOADS, decoder, fused_loss, leaves, make_inputs, plain_loss
 from helpers import DEVICE
@@ -209,7 +209,7 @@ def test_decoder_share_reports_each_implementation(monkeypatch, capsys):
     """python -m fastelbo.benchmarks.decoder_share runs both cases and prints the op's cost for each
     implementation (torch.compile stubbed out here: the compiled rows' compile is tested above)."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(decoder_share, "steady_malloc", lambda: "default (test)")
+    monkeypatch.setattr(measure, "steady_malloc", lambda: "default (test)")
     decoder_share.main(["--workloads", "S1", "--reps", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "with the decoder op" in out and "logits given" in out
@@ -222,7 +222,7 @@ def test_linear_head_bench_reports_each_implementation(monkeypatch, capsys):
     """python -m fastelbo.benchmarks.linear_head times every implementation and measures its peak
     (torch.compile stubbed out); its plain and fused losses agree in value and gradients."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(linear_head, "steady_malloc", lambda: "default (test)")
+    monkeypatch.setattr(measure, "steady_malloc", lambda: "default (test)")
     linear_head.main(["--rows", "6", "--hidden", "5", "--dx", "40", "--reps", "1", "--chunk-sizes", "16",
                       "--device", "cpu"])
     out = capsys.readouterr().out
@@ -247,7 +247,7 @@ def test_hierarchical_bench_reports_each_implementation(monkeypatch, capsys):
     """python -m fastelbo.benchmarks.hierarchical (W6) on a few small layers (torch.compile stubbed
     out); the fused step's KL is vdvae's gaussian_analytical_kl summed per image."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(hierarchical, "steady_malloc", lambda: "default (test)")
+    monkeypatch.setattr(measure, "steady_malloc", lambda: "default (test)")
     monkeypatch.setattr(hierarchical, "LAYERS", 3)
     monkeypatch.setattr(hierarchical, "RESOLUTIONS", (1, 2))
     hierarchical.main(["--reps", "1", "--device", "cpu"])
