@@ -58,20 +58,25 @@ def test_the_logits_are_never_materialized(likelihood, reduction, seed):
 @pytest.mark.parametrize("likelihood", list(HEADS))
 @pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
 def test_retain_graph_twice_and_accumulation(likelihood, reduction, seed):
-    """Two backward passes of one graph accumulate exactly twice the gradient (the op's saved
-    gradients are scaled into new tensors, never handed to autograd to accumulate into)."""
+    """Two backward passes of one graph accumulate exactly twice the gradient: the first backward
+    hands autograd the gradients it scaled in place, the second recomputes them bit for bit, and
+    the gradients handed out are never modified afterwards (also with an incoming gradient other
+    than 1, and through autograd.grad)."""
     g = generator(seed)
     h, w, b, x, options = _problem(g, likelihood)
     out = HEADS[likelihood](h, w, b, x, reduction=reduction, chunk_size=4, backend=FUSED_BACKENDS[0], **options)
-    loss = -out.sum()
+    loss = -out.sum() / 3.0
     leaves = _leaves(h, w, b, options)
+    handed = torch.autograd.grad(loss, leaves, retain_graph=True)
+    kept = [t.clone() for t in handed]
     loss.backward(retain_graph=True)
     first = [t.grad.clone() for t in leaves]
     loss.backward(retain_graph=True)
-    for t, once in zip(leaves, first):
-        torch.testing.assert_close(t.grad, 2 * once, rtol=1e-12, atol=1e-12)
+    for t, once, grad, copy in zip(leaves, first, handed, kept):
+        assert torch.equal(once, copy) and torch.equal(grad, copy)
+        assert torch.equal(t.grad, 2 * once)
     reference = HEADS[likelihood](h, w, b, x, reduction=reduction, backend="reference", **options)
-    for mine, once in zip(first, torch.autograd.grad(-reference.sum(), leaves)):
+    for mine, once in zip(first, torch.autograd.grad(-reference.sum() / 3.0, leaves)):
         torch.testing.assert_close(mine, once)
 
 
@@ -193,3 +198,69 @@ def test_an_mlp_decoder_step_matches_the_unfused_one(seed):
     for a, e in zip(fused_grads, torch.autograd.grad(plain, params)):
         torch.testing.assert_close(a, e)
     torch.testing.assert_close(fused, plain)
+
+
+@needs_fused
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck_with_reductions(reduction, seed):
+    """gradcheck also runs the backward twice on one graph and asks for bitwise equal results."""
+    g = generator(seed)
+    h, w, b, x, options = _problem(g, "gaussian", rows=3, hidden=3, dx=5)
+    fn = lambda h, w, b, v: fe.linear_gaussian_log_prob(h, w, b, x, logvar=v, reduction=reduction, chunk_size=2,
+                                                        backend=FUSED_BACKENDS[0])
+    assert torch.autograd.gradcheck(fn, (h, w, b, options["logvar"]))
+
+
+@needs_fused
+@pytest.mark.parametrize("likelihood", list(HEADS))
+def test_an_empty_batch(likelihood, seed):
+    """No rows: the values are the reference's (0, or NaN for the mean) and the gradients 0."""
+    g = generator(seed)
+    h, w, b, x, options = _problem(g, likelihood, rows=0)
+    for reduction in ("none", "sum", "mean"):
+        got = HEADS[likelihood](h, w, b, x, reduction=reduction, backend=FUSED_BACKENDS[0], **options)
+        want = HEADS[likelihood](h, w, b, x, reduction=reduction, backend="reference", **options)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        for a, e in zip(torch.autograd.grad(got.sum(), _leaves(h, w, b, options)),
+                        torch.autograd.grad(want.sum(), _leaves(h, w, b, options))):
+            torch.testing.assert_close(a, e)
+
+
+@needs_fused
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_a_float64_logvar_computes_in_float64(reduction, seed):
+    """A float64 logvar with a float32 layer: float64 values, as the reference (and the unfused
+    fe.gaussian_log_prob) computes them."""
+    g = generator(seed)
+    h, w, b, x, options = _problem(g, "gaussian", dtype=torch.float32)
+    v = options["logvar"].detach().double().requires_grad_()
+    got = fe.linear_gaussian_log_prob(h, w, b, x, logvar=v, reduction=reduction, chunk_size=4,
+                                      backend=FUSED_BACKENDS[0])
+    want = fe.linear_gaussian_log_prob(h, w, b, x, logvar=v, reduction=reduction, backend="reference")
+    assert got.dtype == want.dtype == torch.float64
+    torch.testing.assert_close(got, want)
+    for a, e in zip(torch.autograd.grad(got.sum(), (h, w, b, v)), torch.autograd.grad(want.sum(), (h, w, b, v))):
+        assert a.dtype == e.dtype
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+@needs_fused
+@pytest.mark.parametrize("likelihood", list(HEADS))
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_forward_mode_ad(likelihood, reduction, seed):
+    """A tangent through the op is the reference's (the fused op has no jvp: such calls run the
+    reference), never silently dropped."""
+    import torch.autograd.forward_ad as fwad
+
+    g = generator(seed)
+    h, w, b, x, options = _problem(g, likelihood)
+    tangent = randn(g, *h.shape)
+    outs = []
+    for backend in (FUSED_BACKENDS[0], "reference"):
+        with fwad.dual_level():
+            out = HEADS[likelihood](fwad.make_dual(h.detach(), tangent), w.detach(), b.detach(), x,
+                                    reduction=reduction, backend=backend,
+                                    **{k: v.detach() for k, v in options.items()})
+            outs.append(fwad.unpack_dual(out).tangent)
+    assert outs[0] is not None
+    torch.testing.assert_close(outs[0], outs[1])

@@ -14,10 +14,10 @@ block's logits and G stay in cache between the GEMM that writes them and the one
 
 Reductions. With reduction "sum" or "mean" the gradient reaching the op is one number, so the
 forward computes the gradients (three GEMMs, as the unfused step does in forward + backward) and
-the backward multiplies them by that number (never handing out the saved buffers themselves: a
-second backward or gradient accumulation sees them unchanged). With reduction "none" the backward
-gets one number per row: it recomputes each block's logits and scales G by the row's gradient
-(four GEMMs in all, one more than the unfused step, for the same memory saving).
+the backward multiplies them by that number (`keep_buffers` says when in place, and how a second
+backward of a retained graph gets the same gradients bit for bit). With reduction "none" the
+backward gets one number per row: it recomputes each block's logits and scales G by the row's
+gradient (four GEMMs in all, one more than the unfused step, for the same memory saving).
 
 Second order (create_graph=True): the backward differentiates the reference (F.linear and the
 likelihood's reference) under autograd; exact, at the unfused cost.
@@ -90,6 +90,16 @@ def check_arguments(input, weight, bias, x, reduction, chunk_size, data_dtypes):
     return code, chunk_size or 0
 
 
+def forward_ad_active(*tensors) -> bool:
+    """Whether one of `tensors` carries a forward-mode tangent (torch.autograd.forward_ad): the
+    fused ops have no jvp, so such calls run the reference, which autograd differentiates in
+    forward mode too (rather than silently dropping the tangent)."""
+    if torch.autograd.forward_ad._current_level < 0:
+        return False
+    return any(isinstance(t, torch.Tensor) and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+               for t in tensors)
+
+
 def linear_needs(input, weight, bias) -> list[bool]:
     return [needs_grad(input), needs_grad(weight), needs_grad(bias)]
 
@@ -101,20 +111,20 @@ def reduce(out: torch.Tensor, reduction: int) -> torch.Tensor:
     return out.sum() if reduction == 1 else out.mean()
 
 
-def run_blocks(block_likelihood, input, weight, bias, chunk_size, row_grad, needs):
+def run_blocks(block_likelihood, input, weight, bias, chunk_size, row_grad, needs, dtype=None):
     """The block loop. block_likelihood(logits, c0, c1, row_grad) -> (out block, G or None, extra
     gradient block or None) with G = d out/d logits already scaled by row_grad (None: no gradient
     wanted; 1.0: unscaled; a tensor of the batch shape: one factor per row).
 
     Returns (out, grad_input, grad_weight, grad_bias, extra blocks), each gradient None unless
-    needed, in the compute dtype: for half inputs the gradient GEMMs run in float32 on the
+    needed, in the compute dtype (`dtype`, by default the input's): for half inputs the gradient GEMMs run in float32 on the
     float32 buffer G, so a gradient is rounded to half once, after the incoming gradient's scale
     (with reduction "sum" / "mean" that scale comes in the backward: rounding G or dW to half in
     the forward would round the result two or three times)."""
     lead, hidden, dx = input.shape[:-1], input.shape[-1], weight.shape[0]
     h = input.reshape(-1, hidden)
     rows = h.shape[0]
-    dtype = compute_dtype(input)
+    dtype = dtype or compute_dtype(input)  # (the Gaussian's: its logvar's dtype counts too)
     out = torch.zeros(lead, dtype=dtype, device=input.device)
     want = row_grad is not None and any(needs)
     grad_h = torch.zeros(rows, hidden, dtype=dtype, device=input.device) if want and needs[0] else None
@@ -156,12 +166,13 @@ def keep_buffers(ctx, output) -> tuple:
     Called eagerly through `owning_function` (the public functions' eager path), the gradients are
     private to the call: they are kept on ctx and the backward takes them over, scales them in
     place and hands them to autograd as the gradients, so the buffer and the scaled gradient (the
-    size of W each) never exist together and no pass copies them. A second backward of a retained
-    graph finds them taken and recomputes the gradients (`taken_buffers`), so retain_graph stays
-    correct, and no one else holds a tensor autograd accumulates into. Through the torch op
-    (torch.compile, or a direct torch.ops call, whose outputs the caller may hold) they are saved
-    and never modified: the backward scales them into new tensors (and a compiled backward reuses
-    their memory itself)."""
+    size of W each) never exist together (in float16 / bfloat16 the float32 buffer and its half cast
+    do) and no pass copies them. A second backward of a retained graph finds them taken and
+    recomputes them with the forward kernel (the same computation: the same gradients bit for bit),
+    and no one else holds a tensor autograd accumulates into. Through the torch op (torch.compile,
+    or a direct torch.ops call, whose outputs the caller may hold) they are saved and never
+    modified: the backward scales them into new tensors (and a compiled backward reuses their
+    memory itself)."""
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
     if getattr(ctx, "owns_buffers", False):

@@ -41,7 +41,7 @@ def linear_bernoulli_log_prob(input, weight, bias, x, *, reduction="none", chunk
     reduction, chunk_size = head.check_arguments(input, weight, bias, x, reduction, chunk_size, V.DATA_DTYPES)
     V.unit_interval("x", x)
     name = resolve(backend, input.device)
-    if name == "reference":
+    if name == "reference" or head.forward_ad_active(input, weight, bias):
         return reference(input, weight, bias, x, reduction)
     op = EAGER.apply if reduction and not torch.compiler.is_compiling() else torch.ops.fastelbo.linear_bernoulli_log_prob
     return op(input, weight, bias, x, reduction, chunk_size, OVERLOAD[name], head.linear_needs(input, weight, bias))[0]
@@ -107,14 +107,16 @@ def backward(ctx, grad_out, *unused):
     reduction, chunk_size, kernel, rows = ctx.options
     needs = list(ctx.needs_input_grad[:3])
     buffers, owned = head.taken_buffers(ctx, saved)
-    factor = grad_out / rows if reduction == 2 else grad_out  # d loss / d(each row's value)
     if head.differentiating():
         grads = head.reference_backward(lambda h, w, b: reference(h, w, b, x, reduction), (input, weight, bias),
                                         needs, grad_out)
-    elif reduction == 0 or buffers is None:  # per-row gradients, or a retained graph's second backward
-        grads = torch.ops.fastelbo.linear_bernoulli_log_prob_backward(factor.expand(input.shape[:-1]), input, weight,
-                                                                      bias, x, chunk_size, kernel, needs)
+    elif reduction == 0:  # one gradient per row: each block recomputed and scaled by it
+        grads = torch.ops.fastelbo.linear_bernoulli_log_prob_backward(grad_out, input, weight, bias, x, chunk_size,
+                                                                      kernel, needs)
     else:
+        if buffers is None:  # a retained graph's second backward: the forward's gradients again
+            buffers, owned = forward_kernel(input, weight, bias, x, reduction, chunk_size, kernel, needs)[1:], True
+        factor = grad_out / max(rows, 1) if reduction == 2 else grad_out  # (no rows: the gradients are 0)
         grads = [head.scaled(b, factor, t.dtype, owned) if need else None
                  for b, t, need in zip(buffers, (input, weight, input), needs)]
     return (*(g if need else None for g, need in zip(grads, needs)), *none)

@@ -51,7 +51,7 @@ def linear_gaussian_log_prob(input, weight, bias, x, *, logvar=0.0, reduction="n
     else:
         logvar = V.real("logvar", logvar)
     name = resolve(backend, input.device)
-    if name == "reference":
+    if name == "reference" or head.forward_ad_active(input, weight, bias, logvar):
         return reference(input, weight, bias, x, logvar if tensor_logvar else None, 0.0 if tensor_logvar else logvar,
                          reduction)
     needs = head.linear_needs(input, weight, bias) + [tensor_logvar and needs_grad(logvar)]
@@ -98,10 +98,12 @@ def logvar_gradient(blocks, logvar):
 
 
 def run(input, weight, bias, x, logvar, logvar_value, chunk_size, kernel, row_grad, needs):
+    dtype = compute_dtype(input, logvar)  # (float64 when logvar is, as the reference computes)
     if logvar is not None:  # in the compute dtype: the kernels then sum its gradient there (one rounding)
-        logvar = logvar.to(compute_dtype(input, logvar))
+        logvar = logvar.to(dtype)
     block = block_likelihood(kernel, x, logvar, logvar_value, needs[3])
-    out, grad_h, grad_w, grad_b, extras = head.run_blocks(block, input, weight, bias, chunk_size, row_grad, needs)
+    out, grad_h, grad_w, grad_b, extras = head.run_blocks(block, input, weight, bias, chunk_size, row_grad, needs,
+                                                          dtype)
     grad_v = logvar_gradient(extras, logvar) if row_grad is not None and needs[3] and logvar is not None else None
     return out, (grad_h, grad_w, grad_b, grad_v)
 
@@ -119,13 +121,13 @@ def backward_kernel(grad_out, input, weight, bias, x, logvar, logvar_value, chun
 
 
 def _shapes(input, weight, logvar):
-    dtype = compute_dtype(input)
-    v = (logvar.shape, compute_dtype(input, logvar)) if logvar is not None else ((0,), dtype)
+    dtype = compute_dtype(input, logvar)
+    v = (logvar.shape, dtype) if logvar is not None else ((0,), dtype)
     return ((input.shape, dtype), (weight.shape, dtype), (weight.shape[:1], dtype), v)
 
 
 def fake(input, weight, bias, x, logvar, logvar_value, reduction, chunk_size, kernel, needs):
-    out = input.new_empty(() if reduction else input.shape[:-1], dtype=compute_dtype(input))
+    out = input.new_empty(() if reduction else input.shape[:-1], dtype=compute_dtype(input, logvar))
     return (out, *(input.new_empty(s, dtype=d) if reduction and need else input.new_empty(0)
                    for (s, d), need in zip(_shapes(input, weight, logvar), needs)))
 
@@ -151,15 +153,17 @@ def backward(ctx, grad_out, *unused):
     needs = [ctx.needs_input_grad[i] for i in (0, 1, 2, 4)]
     likes = (input, weight, input, logvar)
     buffers, owned = head.taken_buffers(ctx, saved)
-    factor = grad_out / rows if reduction == 2 else grad_out  # d loss / d(each row's value)
     if head.differentiating():
         grads = head.reference_backward(lambda h, w, b, v: reference(h, w, b, x, v, logvar_value, reduction),
                                         (input, weight, bias, logvar), needs, grad_out)
-    elif reduction == 0 or buffers is None:  # per-row gradients, or a retained graph's second backward
-        grads = torch.ops.fastelbo.linear_gaussian_log_prob_backward(factor.expand(input.shape[:-1]), input, weight,
-                                                                     bias, x, logvar, logvar_value, chunk_size, kernel,
-                                                                     needs)
+    elif reduction == 0:  # one gradient per row: each block recomputed and scaled by it
+        grads = torch.ops.fastelbo.linear_gaussian_log_prob_backward(grad_out, input, weight, bias, x, logvar,
+                                                                     logvar_value, chunk_size, kernel, needs)
     else:
+        if buffers is None:  # a retained graph's second backward: the forward's gradients again
+            buffers, owned = forward_kernel(input, weight, bias, x, logvar, logvar_value, reduction, chunk_size,
+                                            kernel, needs)[1:], True
+        factor = grad_out / max(rows, 1) if reduction == 2 else grad_out  # (no rows: the gradients are 0)
         grads = [head.scaled(b, factor, t.dtype, owned) if need else None
                  for b, t, need in zip(buffers, likes, needs)]
     grads = [g if need else None for g, need in zip(grads, needs)]
