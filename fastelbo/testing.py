@@ -94,13 +94,15 @@ def _grid(g, shape, steps, denominator):
     return k.to(torch.float64) / denominator
 
 
-def _posterior(g, batch=(2, 3), dim=5):
-    return {"mu": _normal(g, *batch, dim), "scale": _uniform(g, *batch, dim, low=-1.5, high=1.0)}
+def _posterior(g, batch=(2, 3), dim=5, scale_range=(-1.5, 1.0)):
+    low, high = scale_range
+    return {"mu": _normal(g, *batch, dim), "scale": _uniform(g, *batch, dim, low=low, high=high)}
 
 
-def _latent_case(name, param="logvar", n_samples=None, prior=False, stl=False, explicit_eps=False):
+def _latent_case(name, param="logvar", n_samples=None, prior=False, stl=False, explicit_eps=False,
+                 scale_range=(-1.5, 1.0)):
     def make(g):
-        inputs = _posterior(g)
+        inputs = _posterior(g, scale_range=scale_range)
         if prior:
             inputs["prior_mu"] = _normal(g, 3, 5, scale=0.5)
             inputs["prior_scale"] = _uniform(g, 5, low=-0.5, high=0.5)
@@ -181,13 +183,16 @@ def _event_dims_elbo_case(name, estimator, n_samples):
     return OpCase(name, make, run, ("mu", "scale", "weight"))
 
 
-def _kl_case(name, param, prior, per_dim):
+def _kl_case(name, param, prior, per_dim, scale_range=(-1.5, 1.0)):
     def make(g):
-        inputs = _posterior(g)
+        inputs = _posterior(g, scale_range=scale_range)
         if prior:
             inputs["prior_mu"] = _normal(g, 5, scale=0.5)
-            # Some prior scales equal the posterior's: the expm1 form must stay accurate there.
-            inputs["prior_scale"] = torch.where(_uniform(g, 2, 3, 5) < 0.3, inputs["scale"], _uniform(g, 2, 3, 5, low=-1, high=1))
+            # Some prior scales equal the posterior's: the expm1 form must stay accurate there
+            # (not with a wide scale range: a prior sigma of e^-15 makes the KL 1e13, beyond half).
+            other = _uniform(g, 2, 3, 5, low=-1, high=1)
+            copies = _uniform(g, 2, 3, 5) < (0.3 if scale_range == (-1.5, 1.0) else 0.0)
+            inputs["prior_scale"] = torch.where(copies, inputs["scale"], other)
         return inputs
 
     def run(t, backend, g):
@@ -376,6 +381,12 @@ CASES: tuple[OpCase, ...] = (
     _event_dims_kl_case("gaussian_kl[dim=(1,2,3),full prior]", (1, 2, 3), "full", per_dim=False),
     _kl_case("gaussian_kl[softplus,prior,per_dim]", "softplus", prior=True, per_dim=True),
     _kl_case("gaussian_kl[log_std,per_dim]", "log_std", prior=False, per_dim=True),
+    # NVAE's sigma map, 5 tanh(s/5), saturating below (scales from -15 to 2; large sigmas would make
+    # the float32 KL ill-conditioned).
+    _latent_case("gaussian_latent[soft_log_std,prior,stl]", param="soft_log_std", prior=True, stl=True,
+                 scale_range=(-15.0, 2.0)),
+    _kl_case("gaussian_kl[soft_log_std,per_dim]", "soft_log_std", prior=False, per_dim=True,
+             scale_range=(-15.0, 2.0)),
     _bernoulli_case(),
     _gaussian_case(),
     _continuous_bernoulli_case(),

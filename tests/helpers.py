@@ -20,7 +20,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [name for name, status in fe.backends().items() if status == "available" and runs_on(name, DEVICE)]
 FUSED_BACKENDS = [name for name in BACKENDS if name != "reference"]
 FLOAT_DTYPES = list(DTYPES)
-PARAMS = ["logvar", "log_std", "softplus"]
+PARAMS = ["logvar", "log_std", "softplus", "soft_log_std"]
 
 try:
     import triton  # noqa: F401

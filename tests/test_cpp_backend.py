@@ -335,7 +335,7 @@ def _bad_kernel_calls(ops, device):
         (lambda: latent(mu.long(), mu, None, None, None, seed, 0, 0, False), TypeError, "mu must be a floating"),
         (lambda: latent(mu, mu[:, :3], None, None, None, seed, 0, 0, False), ValueError, "scale must have mu's shape"),
         (lambda: latent(mu[0, 0], mu[0, 0], None, None, None, seed, 0, 0, False), ValueError, "at least 1 dim"),
-        (lambda: latent(mu, mu, None, None, None, seed, 3, 0, False), ValueError, "param code 3"),
+        (lambda: latent(mu, mu, None, None, None, seed, 5, 0, False), ValueError, "param code 5"),
         (lambda: latent(mu, mu, None, None, None, None, 0, 0, False), ValueError, "needs eps or a seed"),
         (lambda: latent(mu, mu, None, None, None, seed.float(), 0, 0, False), TypeError, "seed must be a 0-dim int64"),
         (lambda: latent(mu, mu, None, None, mu[:2], None, 0, 0, False), ValueError, "eps must have z's shape"),

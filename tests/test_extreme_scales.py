@@ -24,7 +24,8 @@ from fastelbo.testing import TOLERANCES
 from helpers import BACKENDS, DEVICE, generator
 
 # Sweep per parametrization: (low, high) of the scale output s, step 0.05.
-SWEEPS = {"logvar": (-120.0, 90.0), "log_std": (-60.0, 45.0), "softplus": (-120.0, 90.0)}
+SWEEPS = {"logvar": (-120.0, 90.0), "log_std": (-60.0, 45.0), "softplus": (-120.0, 90.0),
+          "soft_log_std": (-120.0, 90.0)}  # (log sigma = 5 tanh(s/5): saturated at both ends)
 STEP = 0.05
 
 
@@ -42,7 +43,8 @@ def _grid(param, dtype):
 def _near_overflow(param, s, eps, dtype):
     """Where sigma^2 max(1, eps^2) is within a factor 4 of the dtype's largest number."""
     s = s.double()
-    log_sigma = {"logvar": 0.5 * s, "log_std": s, "softplus": torch.log(torch.nn.functional.softplus(s))}[param]
+    log_sigma = {"logvar": 0.5 * s, "log_std": s, "softplus": torch.log(torch.nn.functional.softplus(s)),
+                 "soft_log_std": 5.0 * torch.tanh(s / 5.0)}[param]
     log_size = 2.0 * log_sigma + 2.0 * torch.log(eps.double().abs().clamp(min=1.0))
     return log_size > math.log(torch.finfo(dtype).max / 4)
 

@@ -162,6 +162,7 @@ def _show(value, tensors) -> str:
 EXTREMES = {
     "loc": (-1e4, 1e4), "logits": (-1e4, 1e4), "noise": (-6.0, 6.0), "logvar": (-30.0, 30.0),
     ("scale", "logvar"): (-30.0, 30.0), ("scale", "log_std"): (-15.0, 15.0), ("scale", "softplus"): (-15.0, 30.0),
+    ("scale", "soft_log_std"): (-60.0, 60.0),
 }
 PLAIN = {"loc": 2.0, "logits": 3.0, "noise": 1.0, "logvar": 1.0, "scale": 1.0}
 

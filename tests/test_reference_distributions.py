@@ -14,7 +14,8 @@ from helpers import PARAMS, generator, rand, randn
 
 
 def sigma_of(s, param):
-    return {"logvar": torch.exp(0.5 * s), "log_std": torch.exp(s), "softplus": F.softplus(s)}[param]
+    return {"logvar": torch.exp(0.5 * s), "log_std": torch.exp(s), "softplus": F.softplus(s),
+            "soft_log_std": torch.exp(5 * torch.tanh(s / 5))}[param]
 
 
 @pytest.mark.parametrize("param", PARAMS)

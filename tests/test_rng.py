@@ -97,10 +97,12 @@ def test_backward_sees_the_forward_eps(param, seed):
     g = generator(seed, "cpu")
     mu = randn(g, 3, 5).requires_grad_(True)
     sigma = torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.5
-    s = {"logvar": 2 * sigma.log(), "log_std": sigma.log(), "softplus": torch.log(torch.expm1(sigma))}[param]
+    s = {"logvar": 2 * sigma.log(), "log_std": sigma.log(), "softplus": torch.log(torch.expm1(sigma)),
+         "soft_log_std": 5 * torch.atanh(sigma.log() / 5)}[param]
     s = s.requires_grad_(True)
     lat = fe.gaussian_latent(mu, s, param=param, n_samples=4, generator=generator(seed + 1, "cpu"))
     eps = (lat.z - mu) / sigma
     (grad_s,) = torch.autograd.grad(lat.z.sum(), [s])
-    dsigma_ds = {"logvar": sigma / 2, "log_std": sigma, "softplus": torch.sigmoid(s.detach())}[param]
+    dsigma_ds = {"logvar": sigma / 2, "log_std": sigma, "softplus": torch.sigmoid(s.detach()),
+                 "soft_log_std": sigma * (1 - torch.tanh(s.detach() / 5) ** 2)}[param]
     torch.testing.assert_close(grad_s, eps.detach().sum(0) * dsigma_ds)

@@ -86,12 +86,19 @@ def sigma_terms(s, PARAM: tl.constexpr):
     PARAM 1, "log_std":  sigma = e^s,         d log sigma/ds = 1
     PARAM 2, "softplus": sigma = softplus(s), d log sigma/ds = sigmoid(s) / softplus(s);
         below s = -20, log sigma = s - e^s/2 and its derivative 1 - e^s/2 (no underflow).
+    PARAM 3, "soft_log_std": log sigma = 5 tanh(s / 5), d log sigma/ds = 1 - tanh(s/5)^2 (NVAE), as
+        4 e^(-2|s|/5) / (2 + m)^2 with m = expm1(-2|s|/5) (no cancellation where tanh saturates).
     """
     if PARAM == 0:
         log_sigma = 0.5 * s
         return tl.exp(log_sigma), log_sigma, tl.zeros_like(s) + 0.5  # not 0 * s: NaN for an infinite s
     elif PARAM == 1:
         return tl.exp(s), s, tl.zeros_like(s) + 1.0
+    elif PARAM == 3:
+        m = expm1(-0.4 * tl.abs(s))  # tanh |s/5| = -m / (2 + m): no overflow, no cancellation near 0
+        u = 2.0 + m
+        log_sigma = 5.0 * tl.where(s < 0.0, m / u, -m / u)
+        return tl.exp(log_sigma), log_sigma, 4.0 * tl.exp(-0.4 * tl.abs(s)) / (u * u)
     else:
         sigma = softplus(s)
         tail = s < -20.0

@@ -51,8 +51,8 @@ inline void posterior(const at::Tensor& mu, const at::Tensor& scale, const c10::
   TORCH_CHECK_VALUE(scale.sizes() == mu.sizes(), op, ": scale must have mu's shape ", mu.sizes(), ", got ",
                     scale.sizes());
   same_device(scale, mu, op, "scale", "mu");
-  TORCH_CHECK_VALUE(param >= 0 && param <= 2, op, ": param code ", param,
-                    " is not 0 (logvar), 1 (log_std) or 2 (softplus)");
+  TORCH_CHECK_VALUE(param >= 0 && param <= 3, op, ": param code ", param,
+                    " is not 0 (logvar), 1 (log_std), 2 (softplus) or 3 (soft_log_std)");
   const bool has_mu = prior_mu.has_value() && prior_mu->defined();
   const bool has_scale = prior_scale.has_value() && prior_scale->defined();
   TORCH_CHECK_VALUE(has_mu == has_scale, op, ": the prior needs both prior_mu and prior_scale");

@@ -69,7 +69,7 @@ struct Ops<double> {
   static FE_HD double select(bool m, double a, double b) { return m ? a : b; }
 };
 
-enum Param : int { kLogvar = 0, kLogStd = 1, kSoftplus = 2 };
+enum Param : int { kLogvar = 0, kLogStd = 1, kSoftplus = 2, kSoftLogStd = 3 };
 
 // Power series of log(u coth u) in u^2 (u = l/2), a_1..a_9 (fastelbo/reference/_math.py):
 // cb_series(n) = a_(n+1). A function rather than only an array: CUDA device code cannot read a
@@ -144,10 +144,12 @@ struct SigmaTerms {
 };
 
 // sigma, log sigma and d log sigma / ds of the encoder's scale output s:
-//   logvar:   sigma = e^(s/2),     d log sigma/ds = 1/2
-//   log_std:  sigma = e^s,         d log sigma/ds = 1
-//   softplus: sigma = softplus(s), d log sigma/ds = sigmoid(s) / softplus(s); below s = -20,
-//             log sigma = s - e^s/2 and its derivative 1 - e^s/2 (softplus(s) would underflow).
+//   logvar:       sigma = e^(s/2),     d log sigma/ds = 1/2
+//   log_std:      sigma = e^s,         d log sigma/ds = 1
+//   softplus:     sigma = softplus(s), d log sigma/ds = sigmoid(s) / softplus(s); below s = -20,
+//                 log sigma = s - e^s/2 and its derivative 1 - e^s/2 (softplus(s) would underflow).
+//   soft_log_std: log sigma = 5 tanh(s / 5) (NVAE's soft clamp), d log sigma/ds = 1 - tanh(s/5)^2,
+//                 as 4 e^(-2|s|/5) / (2 + m)^2 with m = expm1(-2|s|/5) (no cancellation where tanh saturates)
 // Forward passes, which never read the derivative, pass need_dlog = false (dlog is then 0).
 template <typename V, typename M = Ops<V>>
 FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
@@ -157,6 +159,18 @@ FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
   }
   if (param == kLogStd) {
     return SigmaTerms<V>{M::exp(s), s, M::c(1.0)};
+  }
+  if (param == kSoftLogStd) {
+    // tanh |y| = -m / (2 + m) with m = expm1(-2|y|) in (-1, 0]: no overflow, no cancellation
+    // near 0; 1 - tanh^2 = 4 e / (2 + m)^2 with e = e^(-2|y|) = 1 + m, taken from exp (1 + m
+    // rounds to 0 where tanh saturates).
+    V y = s * M::c(0.2);
+    V m = M::expm1(M::c(-2.0) * M::abs(y));
+    V u = M::c(2.0) + m;
+    V t = (M::c(0.0) - m) / u;
+    V log_sigma = M::c(5.0) * M::select(M::lt(y, M::c(0.0)), M::c(0.0) - t, t);
+    V dlog = need_dlog ? M::c(4.0) * M::exp(M::c(-2.0) * M::abs(y)) / (u * u) : M::c(0.0);
+    return SigmaTerms<V>{M::exp(log_sigma), log_sigma, dlog};
   }
   V sigma = softplus<V, M>(s);
   auto tail = M::lt(s, M::c(-20.0));

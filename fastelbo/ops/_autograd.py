@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 # The `param` int of the kernels' schemas: how `scale` encodes sigma.
-PARAM_NAMES = ("logvar", "log_std", "softplus")
+PARAM_NAMES = ("logvar", "log_std", "softplus", "soft_log_std")
 PARAM_CODES = {name: code for code, name in enumerate(PARAM_NAMES)}
 
 

@@ -67,13 +67,27 @@ def log_softplus(x: torch.Tensor) -> torch.Tensor:
 
 def sigma_and_log_sigma(s: torch.Tensor, param: str) -> tuple[torch.Tensor, torch.Tensor]:
     """sigma and log sigma from the encoder's scale output s, by `param`:
-    logvar: sigma = exp(s/2); log_std: sigma = exp(s); softplus: sigma = softplus(s)."""
+    logvar: sigma = exp(s/2); log_std: sigma = exp(s); softplus: sigma = softplus(s);
+    soft_log_std: log sigma = 5 tanh(s/5) (NVAE's soft clamp)."""
     if param == "logvar":
         log_sigma = 0.5 * s
         return torch.exp(log_sigma), log_sigma
     if param == "log_std":
         return torch.exp(s), s
+    if param == "soft_log_std":
+        log_sigma = 5.0 * saturating_tanh(s / 5.0)
+        return torch.exp(log_sigma), log_sigma
     return softplus(s), log_softplus(s)
+
+
+def saturating_tanh(y: torch.Tensor) -> torch.Tensor:
+    """tanh(y) whose autograd derivatives stay accurate where it saturates: torch.tanh's backward,
+    1 - tanh^2, cancels to 0 there; 1 - 2 sigmoid(-2y) (y >= 1/2) and 2 sigmoid(2y) - 1 (y <= -1/2)
+    differentiate to 4 sigmoid(-2|y|)(1 - sigmoid(-2|y|)) without cancellation, and torch.tanh
+    keeps its accuracy for small |y| (where 1 - 2 sigmoid(-2y) would cancel)."""
+    small = y.abs() < 0.5
+    big = torch.where(y >= 0, 1.0 - 2.0 * torch.sigmoid(-2.0 * y), 2.0 * torch.sigmoid(2.0 * y) - 1.0)
+    return torch.where(small, torch.tanh(torch.where(small, y, 0.0)), big)
 
 
 def expm1_minus_x(x: torch.Tensor) -> torch.Tensor:

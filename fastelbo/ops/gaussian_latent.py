@@ -5,7 +5,7 @@ and the analytic KL, in one pass.
     log q = sum_d [-eps^2/2 - log sigma - log(2 pi)/2]            (exact at that z)
     log p = sum_d [-((z - mu_p)/sigma_p)^2/2 - log sigma_p - log(2 pi)/2]   (N(0, I) without a prior)
     KL    = sum_d [(sigma/sigma_p)^2 - 1 - 2 log(sigma/sigma_p) + ((mu - mu_p)/sigma_p)^2] / 2
-    sigma = exp(s/2) ("logvar"), exp(s) ("log_std"), softplus(s) ("softplus")
+    sigma = exp(s/2) ("logvar"), exp(s) ("log_std"), softplus(s) ("softplus"), exp(5 tanh(s/5)) ("soft_log_std")
     stl:  log q keeps its value, its gradient flows through z only (d log q/d z = -eps/sigma).
 
 Everything this op is, in one place: the public function (argument checks, then the backend's
@@ -76,7 +76,7 @@ def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=
     """Sample z = mu + sigma * eps from q(z|x) = N(mu, sigma^2) and return Latent(z, log_q, log_p, kl).
 
     mu, scale: (..., D), scale encoding sigma by `param` ("logvar": exp(s/2), "log_std": exp(s),
-    "softplus": softplus(s)). dim: the event dims (an int or a tuple; default the last), summed in
+    "softplus": softplus(s), "soft_log_std": exp(5 tanh(s/5)), NVAE's soft clamp). dim: the event dims (an int or a tuple; default the last), summed in
     log q, log p and the KL, which have mu's shape without them (e.g. dim=(1, 2, 3) for NCHW
     latents summed per image). n_samples=K adds a leading sample dim to z, log_q and log_p. prior:
     None for N(0, I) or (prior_mu, prior_scale) broadcastable to mu, same `param` encoding,
