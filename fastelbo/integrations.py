@@ -14,12 +14,16 @@ DiagonalGaussianDistribution: the posterior of Stable Diffusion's AutoencoderKL
     mode()       = mean
 
 Differences, by design: the KL and the NLL are float32 for half parameters (fastelbo's
-log-densities; diffusers returns them in the parameters' dtype), sample() draws fastelbo's
-counter-based noise (docs/RNG.md) instead of torch.randn's, and std / var are computed when first
-read (the fused ops never need them).
+log-densities; diffusers returns them in the parameters' dtype, and a float64 sample with float32
+parameters gives a float32 NLL), sample() draws fastelbo's counter-based noise (docs/RNG.md)
+instead of torch.randn's (one generator, not a list of them; none when deterministic), and std /
+var are computed when first read (the fused ops never need them). As in diffusers, kl() sums dims
+1, 2, 3 whatever the parameters' rank (a video VAE's (B, C, T, H, W) keeps W), and kl(other)
+with a deterministic `other` (var 0) is diffusers' formula, inf.
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence
 
 import torch
@@ -45,7 +49,7 @@ class DiagonalGaussianDistribution:
         self.parameters = parameters
         self.mean, logvar = torch.chunk(parameters, 2, dim=1)
         self.logvar = torch.clamp(logvar, LOGVAR_MIN, LOGVAR_MAX)
-        self.deterministic = V.flag("deterministic", deterministic)
+        self.deterministic = bool(deterministic)
         self._std = self._var = None
 
     @property
@@ -60,39 +64,60 @@ class DiagonalGaussianDistribution:
             self._var = torch.zeros_like(self.mean) if self.deterministic else torch.exp(self.logvar)
         return self._var
 
-    def _event_dims(self) -> tuple[int, ...]:
-        return tuple(range(1, self.mean.dim()))
-
     def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """mean + std * eps, in the parameters' dtype (the mean itself when deterministic)."""
         if self.deterministic:
             return self.mean.clone()
-        return gaussian_latent(self.mean, self.logvar, dim=self._event_dims(), generator=generator).z
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (one for the batch), got {type(generator).__name__}")
+        return gaussian_latent(self.mean, self.logvar, dim=tuple(range(1, self.mean.dim())), generator=generator).z
 
-    def kl(self, other: Optional["DiagonalGaussianDistribution"] = None) -> torch.Tensor:
-        """KL(self || N(0, I)), or KL(self || other), summed over dims 1, 2, 3: (B,)."""
+    def kl(self, other=None) -> torch.Tensor:
+        """KL(self || N(0, I)), or KL(self || other), summed over dims 1, 2, 3. `other`: any
+        distribution with diffusers' attributes (mean, logvar, var, deterministic)."""
         if self.deterministic:
             return torch.Tensor([0.0])
-        prior = None
-        if other is not None:
-            if not isinstance(other, DiagonalGaussianDistribution):
-                raise TypeError(f"other must be a DiagonalGaussianDistribution, got {type(other).__name__}")
-            prior = (other.mean, other.logvar)
-        return gaussian_kl(self.mean, self.logvar, dim=self._event_dims(), prior=prior)
+        if other is None:
+            return gaussian_kl(self.mean, self.logvar, dim=IMAGE_DIMS)
+        if not hasattr(other, "mean") or not hasattr(other, "logvar"):
+            raise TypeError(f"other must be a DiagonalGaussianDistribution (mean, logvar), got {type(other).__name__}")
+        if getattr(other, "deterministic", False):  # var 0: diffusers' formula (inf), not a kernel's
+            return 0.5 * torch.sum((self.mean - other.mean) ** 2 / other.var + self.var / other.var - 1.0
+                                   - self.logvar + other.logvar, dim=list(IMAGE_DIMS))
+        return gaussian_kl(self.mean, self.logvar, dim=IMAGE_DIMS, prior=(other.mean, other.logvar))
 
     def nll(self, sample: torch.Tensor, dims: Sequence[int] = IMAGE_DIMS) -> torch.Tensor:
-        """-log N(sample | mean, var) summed over `dims`."""
+        """-log N(sample | mean, var) summed over `dims` of the broadcast of sample and mean (all
+        dims when empty, as torch.sum)."""
         if self.deterministic:
             return torch.Tensor([0.0])
         V.tensor("sample", sample)
-        ndim = self.mean.dim()
-        dims = sorted({d % ndim for d in ((dims,) if isinstance(dims, int) else dims)})
-        trailing = list(range(ndim - len(dims), ndim))
-        mean, x, logvar = (t.movedim(dims, trailing) for t in (self.mean, sample, self.logvar))
+        shape = torch.broadcast_shapes(sample.shape, self.mean.shape)
+        mean, x, logvar = (t.expand(shape) for t in (self.mean, sample, self.logvar))  # views
+        dims = _reduced_dims(dims, len(shape))
+        trailing = list(range(len(shape) - len(dims), len(shape)))
+        mean, x, logvar = (t.movedim(dims, trailing) for t in (mean, x, logvar))
         return -gaussian_log_prob(mean, x, logvar=logvar, event_dims=len(dims))
 
     def mode(self) -> torch.Tensor:
         return self.mean
+
+
+def _reduced_dims(dims, ndim: int) -> list[int]:
+    """`dims` (an int or a sequence of ints, as torch.sum takes them) as sorted non-negative dims;
+    an error naming `dims` for one out of range or repeated; all dims when empty."""
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims:
+        return list(range(ndim))
+    out = []
+    for d in dims:
+        d = operator.index(d)
+        if not -ndim <= d < ndim:
+            raise IndexError(f"dims: dim {d} is out of range for a tensor of {ndim} dims")
+        out.append(d % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"dims: a dim appears more than once in {dims}")
+    return sorted(out)
 
 
 __all__ = ["DiagonalGaussianDistribution"]

@@ -6,7 +6,7 @@ import torch
 from . import _validate as V
 from ._backend import CHOICES as BACKEND_CHOICES
 from ._types import ELBOOutput
-from .ops._event_dims import batch_shape, event_dims, layout_for
+from .ops._event_dims import batch_shape, dim_list, layout_for
 from .functional import (
     ESTIMATORS,
     KL_MODES,
@@ -62,7 +62,7 @@ class ELBO(torch.nn.Module):
         self.stl = V.flag("stl", stl)
         self.reduction = V.choice("reduction", reduction, REDUCTIONS)
         self.backend = None if backend is None else V.choice("backend", backend, BACKEND_CHOICES)
-        event_dims(dim, 64)  # checked against mu's dims in forward
+        dim_list(dim)  # its type and repeats; its range against mu's dims in forward
         self.dim = dim
         if estimator != "elbo" and kl != "mc":
             raise ValueError(f"kl must be 'mc' with estimator={estimator!r}; got kl={kl!r}")

@@ -2,6 +2,7 @@
 dependency, in the test extra; skipped with the reason where it is not installed) and against its
 formulas: same values and gradients, NCHW and channels-last, the same noise given to both."""
 import math
+import types
 
 import pytest
 import torch
@@ -131,3 +132,32 @@ def test_swapped_into_an_autoencoder_kl(monkeypatch):
     loss = (reconstruction - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
     loss.backward()
     assert all(p.grad is not None and bool(p.grad.isfinite().all()) for p in vae.encoder.parameters())
+
+
+def test_nll_dims_and_kl_like_diffusers(seed):
+    """nll's dims as torch.sum takes them (errors naming dims for one out of range or repeated,
+    all dims when empty, a broadcast sample), kl over dims 1, 2, 3 for any rank, and kl(other)
+    with a deterministic other: diffusers' inf; other may be any object with its attributes."""
+    params = _parameters(seed)
+    dist = DiagonalGaussianDistribution(params)
+    sample = randn(generator(seed + 1), 2, 4, 3, 5)
+    mean, logvar, var = _formulas(params)
+    nll = 0.5 * (math.log(2 * math.pi) + logvar + (sample - mean) ** 2 / var)
+    for dims, want in (([], nll.sum()), ([0, 2], nll.sum([0, 2])), (-1, nll.sum(-1)), ((3, 1), nll.sum([1, 3]))):
+        torch.testing.assert_close(dist.nll(sample, dims=dims), want)
+    broadcast = 0.5 * (math.log(2 * math.pi) + logvar + (sample[0] - mean) ** 2 / var)  # a (C, H, W) sample
+    torch.testing.assert_close(dist.nll(sample[0]), broadcast.sum([1, 2, 3]))
+    with pytest.raises(IndexError, match="dims"):
+        dist.nll(sample, dims=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match="dims"):
+        dist.nll(sample, dims=[1, 1])
+    video = DiagonalGaussianDistribution(randn(generator(seed), 2, 8, 2, 3, 4))
+    v_mean, v_logvar, v_var = _formulas(video.parameters)
+    torch.testing.assert_close(video.kl(), 0.5 * (v_mean ** 2 + v_var - 1.0 - v_logvar).sum([1, 2, 3]))
+    deterministic = DiagonalGaussianDistribution(_parameters(seed + 2), deterministic=True)
+    assert bool(torch.isinf(dist.kl(deterministic)).all())
+
+    other = types.SimpleNamespace(mean=deterministic.mean, logvar=deterministic.logvar)  # duck-typed
+    torch.testing.assert_close(dist.kl(other), dist.kl(DiagonalGaussianDistribution(deterministic.parameters)))
+    with pytest.raises(TypeError, match="generator"):
+        dist.sample(generator=[torch.Generator(), torch.Generator()])

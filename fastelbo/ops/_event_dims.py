@@ -17,17 +17,37 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import torch
+
+
+def _index(d):
+    """d as an int if it is one (int, numpy integer, 0-dim integer tensor), not a bool; else None."""
+    if isinstance(d, bool):
+        return None
+    try:
+        return operator.index(d)
+    except TypeError:
+        return None
+
+
+def dim_list(dim) -> list[int]:
+    """`dim` (an int or a non-empty tuple / list of ints) as a list, checked for its type and for
+    repeats (not for range: that needs mu); a TypeError / ValueError naming `dim` otherwise."""
+    dims = [dim] if _index(dim) is not None else dim
+    if not isinstance(dims, (tuple, list)) or not dims or any(_index(d) is None for d in dims):
+        raise TypeError(f"dim must be an int or a non-empty tuple of ints, got {dim!r}")
+    dims = [_index(d) for d in dims]
+    if len(set(dims)) != len(dims):  # (a dim named once as d and once as d - ndim: event_dims sees it)
+        raise ValueError(f"dim has repeated dims: {dim!r}")
+    return dims
 
 
 def event_dims(dim, ndim: int) -> tuple[int, ...]:
     """`dim` (an int or a tuple of ints) as sorted non-negative dims of an ndim-dim tensor; a
     ValueError / TypeError naming `dim` otherwise."""
-    dims = (dim,) if isinstance(dim, int) and not isinstance(dim, bool) else dim
-    if not isinstance(dims, (tuple, list)) or not dims or not all(
-            isinstance(d, int) and not isinstance(d, bool) for d in dims):
-        raise TypeError(f"dim must be an int or a non-empty tuple of ints, got {dim!r}")
+    dims = dim_list(dim)
     normalized = []
     for d in dims:
         if not -ndim <= d < ndim:
@@ -99,10 +119,10 @@ def layout_for(mu: torch.Tensor, dim) -> EventLayout | None:
     """The layout of `dim` for mu, or None when the event dim is already mu's last (the kernels'
     own layout: nothing to do). Cached per (shape, dim): a hierarchical VAE asks for the same few
     layouts at every layer of every step."""
-    if dim == -1:
+    if type(dim) is int and dim == -1:
         return None
-    if not isinstance(mu, torch.Tensor) or mu.dim() == 0:
-        return None  # the op's own checks reject mu
+    if not isinstance(mu, torch.Tensor) or mu.dim() == 0 or not mu.is_floating_point():
+        return None  # the op's own checks reject mu (before they would look at dim)
     if isinstance(dim, list):
         dim = tuple(dim)
     if torch.compiler.is_compiling():  # traced once: no cache (dynamo would trace through it, and warn)
