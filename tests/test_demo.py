@@ -176,3 +176,41 @@ def test_demo_trains_under_ddp_with_two_processes(tmp_path):
     assert "torch.distributed: 2 processes, DistributedDataParallel (gloo)" in out and "curves agree" in out
     assert out.count("fastelbo demo: a VAE") == 1  # rank 0 alone prints
     assert (tmp_path / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@needs_fused
+def test_hierarchical_demo_agrees_prints_layer_kls_and_writes_its_png(capsys, tmp_path):
+    """fastelbo demo --model hierarchical: fused and reference runs agree, each epoch prints both
+    layers' KL, hierarchical.png is written."""
+    code = command.run(_args(["--model", "hierarchical", "--epochs", "2", "--batch-size", "250", "--device", DEVICE,
+                              "--out", str(tmp_path)]))
+    out = capsys.readouterr().out
+    assert code == 0 and "curves agree" in out and "KL top" in out and "KL bottom" in out, out
+    rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("1", "2")]
+    assert [row[0] for row in rows] == ["1", "2"] and all(float(row[5]) > 0 and float(row[6]) > 0 for row in rows)
+    assert (tmp_path / "hierarchical.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@needs_fused
+def test_hierarchical_demo_catches_a_wrong_fused_kl(monkeypatch, capsys):
+    """A fused run whose lower layer's KL is off (halved) must fail the agreement check."""
+    from fastelbo.demo import hierarchical
+
+    forward = hierarchical.TopDownVAE.forward
+
+    def wrong(self, x, images, backend):
+        loss, elbo, kls = forward(self, x, images, backend)
+        if backend != "reference":
+            elbo = elbo + 0.5 * kls[1]
+            loss, kls = -elbo.mean(), [kls[0], 0.5 * kls[1]]
+        return loss, elbo, kls
+
+    monkeypatch.setattr(hierarchical.TopDownVAE, "forward", wrong)
+    code = command.run(_args(["--model", "hierarchical", "--epochs", "1", "--batch-size", "250", "--no-plot",
+                              "--device", DEVICE]))
+    assert code == 1 and "curves DISAGREE" in capsys.readouterr().out
+
+
+def test_hierarchical_demo_runs_in_one_process():
+    with pytest.raises(SystemExit, match="one process"):
+        command.run(_args(["--model", "hierarchical", "--nproc", "2"]))

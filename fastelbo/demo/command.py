@@ -33,6 +33,10 @@ DATA_VIEW = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=["mlp", "hierarchical"], default="mlp",
+                        help="mlp: the VAE with one latent vector (all the options below); hierarchical: a "
+                             "two-layer top-down VAE with image-shaped latents (Bernoulli, analytic KLs; "
+                             "hierarchical.py) trained fused and reference (default: %(default)s)")
     parser.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli", help="default: %(default)s")
     parser.add_argument("--estimator", choices=["elbo", "iwae", "dreg"], default="elbo",
                         help="elbo uses the analytic KL, iwae and dreg MC log-weights (default: %(default)s)")
@@ -131,6 +135,12 @@ def run(args) -> int:
     config_from_args(args)  # bad options fail here, before any process starts
     if args.nproc < 1:
         raise SystemExit(f"--nproc must be at least 1, got {args.nproc}")
+    if getattr(args, "model", "mlp") == "hierarchical":
+        if args.nproc != 1:
+            raise SystemExit("--model hierarchical runs in one process (--nproc 1)")
+        from . import hierarchical
+
+        return hierarchical.train_and_report(args, fused_backend_for(args.backend, torch.device(args.device)))
     from . import distributed
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
