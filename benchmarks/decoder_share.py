@@ -48,7 +48,8 @@ def _calls(w, inputs: dict, decode, backend: str) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", default=["W4"], choices=sorted(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", default=["W4"],
+                        choices=sorted(n for n, w in WORKLOADS.items() if hasattr(w, "data_dim")))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=15)
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ Minimal bytes (s bytes per element, N = the elements of all layers, 16 * 16 * su
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 
@@ -30,31 +31,44 @@ import fastelbo as fe
 
 from .measure import interleaved_medians, script_setup
 
-BATCH, CHANNELS, LAYERS, RESOLUTIONS = 16, 16, 40, (1, 4, 8, 16, 32)
 NAMES = ("qm", "qv", "pm", "pv")
 
 
-def shapes() -> list[tuple[int, int, int, int]]:
-    return [(BATCH, CHANNELS, r, r) for r in (RESOLUTIONS[i % len(RESOLUTIONS)] for i in range(LAYERS))]
+@dataclass(frozen=True)
+class Hierarchical:
+    """W6's shape: `layers` latent layers (batch, channels, r, r), r cycling through `resolutions`.
+    A workload of `fastelbo bench` as workloads.Workload is (bytes_moved, describe, gpu_only)."""
+
+    name: str = "W6"
+    batch: int = 16
+    channels: int = 16
+    layers: int = 40
+    resolutions: tuple = (1, 4, 8, 16, 32)
+    gpu_only: bool = False
+
+    def shapes(self) -> list[tuple[int, int, int, int]]:
+        cycle = self.resolutions
+        return [(self.batch, self.channels, cycle[i % len(cycle)], cycle[i % len(cycle)]) for i in range(self.layers)]
+
+    def elements(self) -> int:
+        return sum(b * c * h * w for b, c, h, w in self.shapes())
+
+    def bytes_moved(self, backward: bool, elem_size: int = 4) -> int:
+        n = self.elements()
+        return elem_size * (5 * n + (5 * n if backward else 0))
+
+    def describe(self) -> str:
+        return (f"{self.layers} layers (B={self.batch}, C={self.channels}, r, r), r in "
+                f"{', '.join(map(str, self.resolutions))}; per-sample priors, log-std, analytic KL")
 
 
-def make_inputs(device, seed: int = 0) -> list[dict]:
+W6 = Hierarchical()
+
+
+def make_inputs(w: Hierarchical, device, dtype=torch.float32, seed: int = 0) -> list[dict]:
     g = torch.Generator(device).manual_seed(seed)
-    layers = []
-    for shape in shapes():
-        t = {name: torch.randn(shape, generator=g, device=device) * (0.3 if name in ("qv", "pv") else 1.0)
-             for name in NAMES}
-        layers.append(t)
-    return layers
-
-
-def elements() -> int:
-    return sum(b * c * h * w for b, c, h, w in shapes())
-
-
-def bytes_moved(backward: bool, s: int = 4) -> int:
-    n = elements()
-    return s * (5 * n + (5 * n if backward else 0))
+    return [{name: (torch.randn(shape, generator=g, device=device) * (0.3 if name in ("qv", "pv") else 1.0)).to(dtype)
+             for name in NAMES} for shape in w.shapes()]
 
 
 def plain_loss(layers: list[dict]) -> torch.Tensor:
@@ -79,13 +93,14 @@ def fused_loss(layers: list[dict], backend=None) -> torch.Tensor:
     return kl_total.mean() + use
 
 
-def _leaves(layers, backward):
+def leaves(layers: list[dict], backward: bool) -> list[dict]:
+    """Fresh leaves of every layer's tensors (requiring grad when timing the backward pass)."""
     return [{k: v.detach().requires_grad_(backward) for k, v in t.items()} for t in layers]
 
 
-def measure(device, reps: int, backward: bool) -> dict:
+def measure(w: Hierarchical, device, reps: int, backward: bool) -> dict:
     backend = "cpu" if device.type == "cpu" else "cuda"
-    layers = make_inputs(device)
+    layers = make_inputs(w, device)
     torch._dynamo.reset()
     steps = {"plain": plain_loss, "compile(plain)": torch.compile(plain_loss, fullgraph=True),
              backend: lambda t: fused_loss(t, backend),
@@ -95,7 +110,7 @@ def measure(device, reps: int, backward: bool) -> dict:
         state = {}
 
         def before(state=state):
-            state["t"] = _leaves(layers, backward)
+            state["t"] = leaves(layers, backward)
 
         def call(fn=fn, state=state):
             loss = fn(state["t"])
@@ -109,16 +124,18 @@ def measure(device, reps: int, backward: bool) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--layers", type=int, default=W6.layers)
+    parser.add_argument("--resolutions", type=int, nargs="+", default=list(W6.resolutions))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device, _, malloc = script_setup(args.device)
-    print(f"W6: {LAYERS} layers of (B={BATCH}, C={CHANNELS}, r, r), r in {RESOLUTIONS}, per-sample priors, log-std; "
-          f"{elements()} elements; fp32 on {device.type}; malloc: {malloc}")
+    w = Hierarchical(layers=args.layers, resolutions=tuple(args.resolutions))
+    print(f"W6: {w.describe()}; {w.elements()} elements; fp32 on {device.type}; malloc: {malloc}")
     for backward in (False, True):
-        times = measure(device, args.reps, backward)
+        times = measure(w, device, args.reps, backward)
         mode = "fwd+bwd" if backward else "fwd"
-        gbytes = bytes_moved(backward) / 1e9
-        print(f"\n{mode}: minimal bytes {bytes_moved(backward) / 2**20:.1f} MiB")
+        gbytes = w.bytes_moved(backward) / 1e9
+        print(f"\n{mode}: minimal bytes {w.bytes_moved(backward) / 2**20:.1f} MiB")
         print(f"  {'implementation':16s} {'median ms':>10s} {'vs plain':>9s} {'vs compile':>10s} {'GB/s':>7s}")
         for name, seconds in times.items():
             print(f"  {name:16s} {seconds * 1e3:10.3f} {times['plain'] / seconds:8.2f}x "

@@ -1,4 +1,5 @@
-"""The benchmark workloads: the ELBO pieces around a stand-in decoder, fwd and fwd+bwd.
+"""The benchmark workloads: the ELBO pieces around a stand-in decoder, fwd and fwd+bwd (and W6,
+a VDVAE-like stack of 40 latent layers, whose steps and bytes formula are in hierarchical.py).
 
 Each workload draws mu, scale (B, D) (scale is the log-variance), the decoder's base output `base`
 ((K, B, Dx), or (B, Dx) when K = 1), the data x (B, Dx) and, for the Gaussian, its learned
@@ -75,6 +76,8 @@ import torch.nn.functional as F
 
 import fastelbo as fe  # by its public name: the step reads as user code does
 
+from . import hierarchical
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -115,13 +118,17 @@ WORKLOADS = {
     "W3": Workload("W3", 256, 64, 784, 16, "bernoulli", "mc", "iwae"),
     "W4": Workload("W4", 512, 128, 12288, 1, "gaussian", "analytic", "elbo"),
     "W5": Workload("W5", 4096, 256, 12288, 1, "bernoulli", "mc", "elbo", gpu_only=True),
+    "W6": hierarchical.W6,  # VDVAE-like: 40 latent layers; its steps and bytes in hierarchical.py
 }
 
 GRAD_LEAVES = ("mu", "scale", "base", "logvar")
 
 
 def make_inputs(w: Workload, device, dtype=torch.float32, seed: int = 0) -> dict:
-    """Fresh inputs for one workload (the decoder's base output has the sample dim when K > 1)."""
+    """Fresh inputs for one workload (the decoder's base output has the sample dim when K > 1;
+    W6: a list of layers, hierarchical.py)."""
+    if isinstance(w, hierarchical.Hierarchical):
+        return hierarchical.make_inputs(w, device, dtype, seed)
     g = torch.Generator(device).manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -149,6 +156,8 @@ def decoder(base: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def fused_loss(w: Workload, t: dict, backend: str, eps=None, decode=decoder) -> torch.Tensor:
     """One step's loss through fastelbo's public API on `backend` (eps: explicit noise, for tests;
     decode: the stand-in decoder, replaced by decoder_share.py)."""
+    if isinstance(w, hierarchical.Hierarchical):
+        return hierarchical.fused_loss(t, backend)
     n_samples = w.n_samples if w.n_samples > 1 else None
     lat = fe.gaussian_latent(t["mu"], t["scale"], n_samples=n_samples, eps=eps, backend=backend)
     out = decode(t["base"], lat.z)
@@ -162,6 +171,8 @@ def fused_loss(w: Workload, t: dict, backend: str, eps=None, decode=decoder) -> 
 def plain_loss(w: Workload, t: dict, eps=None, decode=decoder) -> torch.Tensor:
     """The same step as VAE code writes it in plain PyTorch (the module docstring shows it; eps:
     explicit noise, for tests; decode as in fused_loss)."""
+    if isinstance(w, hierarchical.Hierarchical):
+        return hierarchical.plain_loss(t)
     mu, logvar, x = t["mu"], t["scale"], t["x"]
     k = w.n_samples
     std = torch.exp(0.5 * logvar)
@@ -192,6 +203,8 @@ def plain_loss(w: Workload, t: dict, eps=None, decode=decoder) -> torch.Tensor:
 
 def leaves(inputs: dict, backward: bool) -> dict:
     """The inputs, with the differentiable ones as fresh leaves when timing the backward pass."""
+    if isinstance(inputs, list):  # W6's layers
+        return hierarchical.leaves(inputs, backward)
     out = {}
     for name, t in inputs.items():
         grad = backward and name in GRAD_LEAVES
