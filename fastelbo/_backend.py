@@ -21,6 +21,7 @@ import threading
 import warnings
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 NAMES = ("reference", "cpu", "triton", "cuda")
 CHOICES = ("auto",) + NAMES
@@ -211,6 +212,18 @@ def _under_torch_func(choice) -> str:
     )
 
 
+def _under_forward_ad(choice) -> str:
+    """The choice inside torch.autograd.forward_ad.dual_level(): the fused ops have no forward-mode
+    derivative (a tangent would be dropped silently), so "auto" means the reference there, which
+    autograd differentiates in forward mode, and an explicit fused backend is an error."""
+    if _check_name(choice, "backend") in ("auto", "reference"):
+        return "reference"
+    raise ValueError(
+        f"backend={choice!r} cannot run inside torch.autograd.forward_ad.dual_level(): fastelbo's fused kernels "
+        "have no forward-mode derivative. Use backend='reference' (or 'auto', which picks the reference there)."
+    )
+
+
 def resolve(backend: str | None, device: torch.device) -> str:
     """The concrete backend for a call on tensors of ``device`` (its kernels registered).
     The choice (the thread's use_backend stack included) is read here, so that torch.compile
@@ -220,6 +233,8 @@ def resolve(backend: str | None, device: torch.device) -> str:
         backend = stack[-1] if stack else _global_choice
     if torch._C._are_functorch_transforms_active():
         backend = _under_torch_func(backend)
+    elif _forward_ad._current_level >= 0:  # (an attribute read: no cost outside dual_level)
+        backend = _under_forward_ad(backend)
     return _resolve(backend, device.type)
 
 

@@ -248,15 +248,18 @@ def test_a_float64_logvar_computes_in_float64(reduction, seed):
 @pytest.mark.parametrize("likelihood", list(HEADS))
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_forward_mode_ad(likelihood, reduction, seed):
-    """A tangent through the op is the reference's (the fused op has no jvp: such calls run the
-    reference), never silently dropped."""
+    """Inside forward_ad.dual_level() "auto" runs the reference (the fused op has no jvp): the
+    tangent is the reference's, never silently dropped; an explicit fused backend is an error."""
     import torch.autograd.forward_ad as fwad
 
     g = generator(seed)
     h, w, b, x, options = _problem(g, likelihood)
     tangent = randn(g, *h.shape)
+    with fwad.dual_level(), pytest.raises(ValueError, match="forward_ad"):
+        HEADS[likelihood](fwad.make_dual(h.detach(), tangent), w.detach(), b.detach(), x, backend=FUSED_BACKENDS[0],
+                          **{k: v.detach() for k, v in options.items()})
     outs = []
-    for backend in (FUSED_BACKENDS[0], "reference"):
+    for backend in ("auto", "reference"):
         with fwad.dual_level():
             out = HEADS[likelihood](fwad.make_dual(h.detach(), tangent), w.detach(), b.detach(), x,
                                     reduction=reduction, backend=backend,

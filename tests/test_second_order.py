@@ -273,3 +273,26 @@ def test_functional_call_on_every_backend_and_under_grad(backend, seed):
         want_grads = torch.autograd.grad(torch.func.functional_call(model, leaves, (x, state)), list(leaves.values()))
     for name, g in zip(leaves, want_grads):
         torch.testing.assert_close(grads[name], g)
+
+
+@pytest.mark.skipif(not FUSED_BACKENDS, reason="no fused backend here")
+def test_forward_mode_ad_never_drops_a_tangent(seed):
+    """Inside torch.autograd.forward_ad.dual_level() "auto" runs the reference, whose tangents are
+    autograd's; an explicit fused backend (no forward-mode derivative) is an error, not a tangent
+    silently dropped."""
+    import torch.autograd.forward_ad as fwad
+
+    g = generator(seed)
+    logits, x = randn(g, 3, 7), (rand(g, 3, 7) < 0.5).double()
+    mu, scale = randn(g, 3, 5), rand(g, 3, 5, low=-1, high=1)
+    calls = [lambda t, b: fe.bernoulli_log_prob(t, x, backend=b), lambda t, b: fe.gaussian_kl(t, scale, backend=b),
+             lambda t, b: fe.gaussian_latent(t, scale, generator=generator(seed), backend=b).z]
+    for call, primal in zip(calls, (logits, mu, mu)):
+        tangent = randn(g, *primal.shape)
+        with fwad.dual_level():
+            auto = fwad.unpack_dual(call(fwad.make_dual(primal, tangent), None)).tangent
+            reference = fwad.unpack_dual(call(fwad.make_dual(primal, tangent), "reference")).tangent
+            with pytest.raises(ValueError, match="forward_ad"):
+                call(fwad.make_dual(primal, tangent), FUSED_BACKENDS[0])
+        assert auto is not None
+        torch.testing.assert_close(auto, reference)

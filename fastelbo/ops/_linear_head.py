@@ -90,16 +90,6 @@ def check_arguments(input, weight, bias, x, reduction, chunk_size, data_dtypes):
     return code, chunk_size or 0
 
 
-def forward_ad_active(*tensors) -> bool:
-    """Whether one of `tensors` carries a forward-mode tangent (torch.autograd.forward_ad): the
-    fused ops have no jvp, so such calls run the reference, which autograd differentiates in
-    forward mode too (rather than silently dropping the tangent)."""
-    if torch.autograd.forward_ad._current_level < 0:
-        return False
-    return any(isinstance(t, torch.Tensor) and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
-               for t in tensors)
-
-
 def linear_needs(input, weight, bias) -> list[bool]:
     return [needs_grad(input), needs_grad(weight), needs_grad(bias)]
 

@@ -41,7 +41,7 @@ def linear_bernoulli_log_prob(input, weight, bias, x, *, reduction="none", chunk
     reduction, chunk_size = head.check_arguments(input, weight, bias, x, reduction, chunk_size, V.DATA_DTYPES)
     V.unit_interval("x", x)
     name = resolve(backend, input.device)
-    if name == "reference" or head.forward_ad_active(input, weight, bias):
+    if name == "reference":
         return reference(input, weight, bias, x, reduction)
     op = EAGER.apply if reduction and not torch.compiler.is_compiling() else torch.ops.fastelbo.linear_bernoulli_log_prob
     return op(input, weight, bias, x, reduction, chunk_size, OVERLOAD[name], head.linear_needs(input, weight, bias))[0]

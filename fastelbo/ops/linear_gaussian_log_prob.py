@@ -51,7 +51,7 @@ def linear_gaussian_log_prob(input, weight, bias, x, *, logvar=0.0, reduction="n
     else:
         logvar = V.real("logvar", logvar)
     name = resolve(backend, input.device)
-    if name == "reference" or head.forward_ad_active(input, weight, bias, logvar):
+    if name == "reference":
         return reference(input, weight, bias, x, logvar if tensor_logvar else None, 0.0 if tensor_logvar else logvar,
                          reduction)
     needs = head.linear_needs(input, weight, bias) + [tensor_logvar and needs_grad(logvar)]
