@@ -165,6 +165,8 @@ def test_bad_arguments_name_themselves(likelihood, seed):
     for args, kwargs, error, words in cases:
         with pytest.raises(error, match=words):
             fn(*args, **{**options, **kwargs})
+    with torch.no_grad():  # nothing is differentiated: x may require grad
+        fn(h, w, b, x.detach().requires_grad_(), **options)
 
 
 @needs_fused

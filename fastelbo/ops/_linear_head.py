@@ -76,7 +76,7 @@ def check_arguments(input, weight, bias, x, reduction, chunk_size, data_dtypes):
     V.tensor("x", x, data_dtypes)
     V.same_device("x", x, "input", input)
     V.broadcasts_to("x", x, input.shape[:-1] + weight.shape[:1], "the logits (input's batch shape, out_features)")
-    if x.requires_grad:
+    if x.requires_grad and torch.is_grad_enabled():  # (under no_grad nothing is differentiated)
         raise ValueError("x must not require grad: the fused linear likelihoods differentiate the input, weight, "
                          "bias (and logvar), not the data (use F.linear and the likelihood op for d/dx)")
     code = REDUCTIONS.index(V.choice("reduction", reduction, REDUCTIONS))
