@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from .measure import interleaved_medians, script_setup
+from .measure import interleaved_medians, script_setup, step_call
 from .workloads import WORKLOADS, decoder, fused_loss, leaves, make_inputs, plain_loss
 
 
@@ -32,18 +32,7 @@ def _calls(w, inputs: dict, decode, backend: str) -> dict:
     }
     steps["compile(plain)"] = torch.compile(steps["plain"], fullgraph=True)
     steps[f"{backend}+compile"] = torch.compile(steps[backend], fullgraph=True)
-    calls = {}
-    for name, fn in steps.items():
-        state = {}
-
-        def before(state=state):  # fresh leaves: gradients never accumulate
-            state["t"] = leaves(inputs, True)
-
-        def call(fn=fn, state=state):
-            fn(state["t"]).backward()
-
-        calls[name] = (call, before)
-    return calls
+    return {name: step_call(fn, lambda: leaves(inputs, True), backward=True) for name, fn in steps.items()}
 
 
 def main(argv=None) -> None:

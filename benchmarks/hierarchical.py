@@ -29,7 +29,7 @@ import torch
 
 import fastelbo as fe
 
-from .measure import interleaved_medians, script_setup
+from .measure import interleaved_medians, script_setup, step_call
 
 NAMES = ("qm", "qv", "pm", "pv")
 
@@ -105,19 +105,7 @@ def measure(w: Hierarchical, device, reps: int, backward: bool) -> dict:
     steps = {"plain": plain_loss, "compile(plain)": torch.compile(plain_loss, fullgraph=True),
              backend: lambda t: fused_loss(t, backend),
              f"{backend}+compile": torch.compile(lambda t: fused_loss(t, backend), fullgraph=True)}
-    calls = {}
-    for name, fn in steps.items():
-        state = {}
-
-        def before(state=state):
-            state["t"] = leaves(layers, backward)
-
-        def call(fn=fn, state=state):
-            loss = fn(state["t"])
-            if backward:
-                loss.backward()
-
-        calls[name] = (call, before)
+    calls = {name: step_call(fn, lambda: leaves(layers, backward), backward) for name, fn in steps.items()}
     return {name: seconds for name, (seconds, _) in interleaved_medians(calls, device, reps, warmup=3).items()}
 
 

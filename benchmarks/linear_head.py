@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 import fastelbo as fe
 
-from .measure import interleaved_medians, peak_bytes, script_setup
+from .measure import interleaved_medians, peak_bytes, script_setup, step_call
 
 LOG_2PI = math.log(2 * math.pi)
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -101,15 +101,7 @@ def measure(likelihood: str, rows: int, hidden: int, dx: int, device, reps: int,
     inputs = make_inputs(likelihood, rows, hidden, dx, device)
     calls, peaks = {}, {}
     for name, fn in steps(likelihood, backend, [None] + list(chunk_sizes)).items():
-        state = {}
-
-        def before(state=state):  # fresh leaves: gradients never accumulate
-            state["t"] = _leaves(inputs)
-
-        def call(fn=fn, state=state):
-            fn(state["t"]).backward()
-
-        calls[name] = (call, before)
+        call, before = calls[name] = step_call(fn, lambda: _leaves(inputs), backward=True)
         before()
         call()  # compiles the compiled ones before the peak is taken
         before()

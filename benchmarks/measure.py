@@ -57,6 +57,23 @@ def script_setup(device_name: str) -> tuple[torch.device, str, str]:
     return device, backend, steady_malloc() if device.type == "cpu" else "n/a"
 
 
+def step_call(fn, fresh_inputs, backward: bool) -> tuple:
+    """(call, before) for interleaved_medians: call runs one step, loss = fn(inputs), and its
+    backward when timing fwd+bwd; before (untimed) makes fresh inputs, leaves whose gradients
+    never accumulate from call to call."""
+    state = {}
+
+    def before():
+        state["t"] = fresh_inputs()
+
+    def call():
+        loss = fn(state["t"])
+        if backward:
+            loss.backward()
+
+    return call, before
+
+
 def _timer(device: torch.device):
     """fn -> seconds of one call, synchronized properly for the device."""
     if device.type == "cuda":

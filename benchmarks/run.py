@@ -43,7 +43,7 @@ import torch
 
 from .. import __version__
 from .._backend import NAMES, backends, runs_on
-from .measure import copy_bandwidth, interleaved_medians, peak_bytes, steady_malloc
+from .measure import copy_bandwidth, interleaved_medians, peak_bytes, steady_malloc, step_call
 from .plot import speedup_plot
 from .report import Progress, header, markdown, table_row
 from .workloads import WORKLOADS, fused_loss, leaves, make_inputs, plain_loss
@@ -97,16 +97,7 @@ def block_calls(w, impls: dict, inputs: dict, backward: bool) -> tuple[dict, dic
     torch._dynamo.reset()
     calls, failed = {}, {}
     for name, impl in impls.items():
-        fn, state = step_function(w, impl), {}
-
-        def before(state=state):  # fresh leaves, so gradients never accumulate
-            state["t"] = leaves(inputs, backward)
-
-        def call(fn=fn, state=state):
-            loss = fn(state["t"])
-            if backward:
-                loss.backward()
-
+        call, before = step_call(step_function(w, impl), lambda: leaves(inputs, backward), backward)
         try:
             before()
             call()

@@ -63,6 +63,7 @@ class EventLayout:
 
     def __init__(self, shape: torch.Size, dims: tuple[int, ...]):
         ndim = len(shape)
+        self.shape = tuple(shape)
         self.dims = dims
         self.batch = tuple(i for i in range(ndim) if i not in dims)
         self.perm = self.batch + dims
@@ -91,7 +92,7 @@ class EventLayout:
         ndim = len(self.perm)
         if t.dim() < ndim:
             t = t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape))
-        sizes = [t.shape[i] if i in self.batch else n for i, n in enumerate(self._shape())]
+        sizes = [t.shape[i] if i in self.batch else n for i, n in enumerate(self.shape)]
         return self.flat(t if list(t.shape) == sizes else t.expand(sizes))
 
     def expand_rows(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
@@ -99,14 +100,6 @@ class EventLayout:
         event dims."""
         t = t.reshape(*t.shape, *(1,) * len(self.dims))
         return t.permute(*range(leading), *(leading + p for p in self.inverse))
-
-    def _shape(self):
-        shape = [0] * len(self.perm)
-        for i, n in zip(self.batch, self.batch_shape):
-            shape[i] = n
-        for i, n in zip(self.dims, self.event_shape):
-            shape[i] = n
-        return shape
 
 
 def batch_shape(mu: torch.Tensor, dim) -> torch.Size:
