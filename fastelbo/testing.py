@@ -253,6 +253,96 @@ def _categorical_case():
     return OpCase("categorical_log_prob", make, run, ("logits",))
 
 
+def _dmol_levels(g, shape, bits):
+    """Random levels of 2^bits rescaled to [-1, 1], about one in six at each edge level."""
+    levels = 2 ** bits - 1
+    k = torch.randint(0, levels + 1, shape, generator=g, device=g.device)
+    pick = _uniform(g, *shape)
+    k = torch.where(pick < 1 / 6, 0, torch.where(pick > 5 / 6, levels, k))
+    return k.to(torch.float64) * (2.0 / levels) - 1.0
+
+
+def _dmol_params(g, x, n_mix):
+    """Channels-last parameters (*pixels, 10 M) for data x (*pixels, 3): logits N(0, 2), log-scales
+    in [-5, 2], raw coefficients N(0, 1), and means placed so that each channel's centred value
+    (x - m) / scale is N(0, 4) (coupling included): bins in the body and both tails of each
+    logistic, a few tens of nats at most.
+
+    Why not smaller scales here: in float32, u = x - m carries the rounding of m (|x| 2^-24), which
+    the scale divides; at the clamp (scale e^-7) that is 1e-4 of a unit of (x - m) / scale, the
+    size of the table's float32 tolerance on gradients, for any implementation (the float32
+    reference misses it too). The "centred" case covers the clamp with u = 0 exactly, and
+    tests/test_dmol.py the far tails at the clamp in float64."""
+    pixels = x.shape[:-1]
+    logits = _normal(g, *pixels, n_mix, scale=2.0)
+    scales = _uniform(g, *pixels, 3, n_mix, low=-5.0, high=2.0)
+    coeffs = _normal(g, *pixels, 3, n_mix)
+    t = torch.tanh(coeffs)
+    x0, x1 = x[..., 0:1], x[..., 1:2]
+    coupling = torch.stack([torch.zeros_like(t[..., 0, :]), t[..., 0, :] * x0, t[..., 1, :] * x0 + t[..., 2, :] * x1],
+                           dim=-2)
+    offset = _normal(g, *pixels, 3, n_mix, scale=4.0) * torch.exp(scales.clamp(min=-7.0))
+    means = x.unsqueeze(-1) - offset - coupling
+    blocks = [torch.stack([means[..., c, :], scales[..., c, :], coeffs[..., c, :]], dim=-2).flatten(-2)
+              for c in range(3)]
+    return torch.cat([logits] + blocks, dim=-1)
+
+
+def _dmol_switch_params(g, x, n_mix, bits):
+    """Parameters whose interior bins have masses between 1e-6 and 1e-4, around the 1e-5 where the
+    formula switches to the density at the bin centre: coefficients 0 (m = mu), log-scales in
+    [-3, 0], and each mean placed by bisection so that the bin's mass is a chosen value."""
+    h = 1.0 / (2 ** bits - 1)
+    shape = x.shape[:-1] + (3, n_mix)
+    s = _uniform(g, *shape, low=-3.0, high=0.0)
+    target = _uniform(g, *shape, low=math.log(1e-6), high=math.log(1e-4))
+    inv = torch.exp(-s)
+    lo, hi = torch.zeros_like(s), torch.full_like(s, 60.0) / inv
+
+    def log_mass(u):
+        return (torch.log(torch.sigmoid(inv * (u + h)) - torch.sigmoid(inv * (u - h))))
+
+    for _ in range(80):  # the mass decreases in |u|
+        mid = 0.5 * (lo + hi)
+        above = log_mass(mid) > target
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+    sign = torch.where(_uniform(g, *shape) < 0.5, -1.0, 1.0)
+    means = x.unsqueeze(-1) - sign * lo
+    blocks = [torch.stack([means[..., c, :], s[..., c, :], torch.zeros_like(s[..., c, :])], dim=-2).flatten(-2)
+              for c in range(3)]
+    return torch.cat([_normal(g, *x.shape[:-1], n_mix)] + blocks, dim=-1)
+
+
+def _dmol_case(name, n_mix, bits, batch, pixels, channel_dim=-1, event_dims=2, x_batch=None, kind="random"):
+    """The discretized logistic mixture on channels-last params (*batch, *pixels, 10 M) (moved to
+    `channel_dim` for the call) and x (*x_batch, *pixels, 3), x_batch broadcasting to batch.
+    kind: "random", "switch" (masses around 1e-5), "centred" (coefficients 0 and every mean at x:
+    u = 0, log-scales at and below the clamp)."""
+    def make(g):
+        x = _dmol_levels(g, tuple(x_batch if x_batch is not None else batch) + tuple(pixels) + (3,), bits)
+        full_x = x.expand(tuple(batch) + tuple(pixels) + (3,))
+        if kind == "switch":
+            params = _dmol_switch_params(g, full_x, n_mix, bits)
+        else:
+            params = _dmol_params(g, full_x, n_mix)
+        if kind == "centred":
+            rest = params[..., n_mix:].unflatten(-1, (3, 3, n_mix)).clone()
+            rest[..., 0, :] = full_x.unsqueeze(-1)
+            rest[..., 1, :] = torch.where(_uniform(g, *rest.shape[:-2], n_mix) < 0.5, -7.0, -7.5)
+            rest[..., 2, :] = 0.0
+            params = torch.cat([params[..., :n_mix], rest.flatten(-3)], dim=-1)
+        return {"params": params.movedim(-1, channel_dim).contiguous(), "x": x.movedim(-1, channel_dim).contiguous()}
+
+    def run(t, backend, g):
+        import fastelbo as fe
+
+        return (fe.discretized_logistic_mixture_log_prob(t["params"], t["x"], n_mix=n_mix, bits=bits,
+                                                         channel_dim=channel_dim, event_dims=event_dims,
+                                                         backend=backend),)
+
+    return OpCase(name, make, run, ("params",))
+
+
 def _linear_head_case(likelihood, reduction, chunk_size, bias=True, tensor_logvar=False):
     """A decoder's last linear layer and its likelihood: input (2, 3, 6) (two samples of three rows),
     weight (7, 6), x (3, 7) broadcast over the samples; chunk_size 3 makes blocks of 3, 3 and 1.
@@ -388,6 +478,11 @@ CASES: tuple[OpCase, ...] = (
     _gaussian_case(),
     _continuous_bernoulli_case(),
     _categorical_case(),
+    _dmol_case("dmol[M=3,8 bits]", 3, 8, (2,), (3, 4)),
+    _dmol_case("dmol[M=1,5 bits,NCHW]", 1, 5, (2,), (3, 4), channel_dim=1),
+    _dmol_case("dmol[M=2,broadcast x,event_dims=1]", 2, 8, (2, 2), (2, 3), event_dims=1, x_batch=(2,)),
+    _dmol_case("dmol[M=10,switch]", 10, 8, (2,), (2, 3), kind="switch"),
+    _dmol_case("dmol[M=2,5 bits,centred,clamp]", 2, 5, (2,), (2, 3), kind="centred"),
     _linear_head_case("bernoulli", "none", 3),
     _linear_head_case("bernoulli", "mean", None, bias=False),
     _linear_head_case("gaussian", "sum", 3, tensor_logvar=True),

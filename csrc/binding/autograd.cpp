@@ -10,6 +10,7 @@
 //   (continuous_)bernoulli_log_prob: grad_logits = g b (b = d out/d logits, the op's buffer), grad_x = g logits
 //   gaussian_log_prob: the gaussian_log_prob_backward kernel (grad_mean, grad_logvar), grad_x = -grad_mean
 //   categorical:       grad_logits = g b
+//   discretized_logistic_mixture: grad_params = g b
 //   elbo:              mode 0 (elbo, MC KL), 1 (elbo, analytic KL), 2 (iwae: g w~)
 // Gradients go only to the inputs that need them, and undefined incoming gradients stay undefined
 // (materialize_grads off: no buffer is ever zero-filled).
@@ -99,6 +100,10 @@ FASTELBO_OP(gaussian_backward_differentiable_op, "fastelbo::gaussian_log_prob_ba
 FASTELBO_OP(categorical_op, "fastelbo::categorical_log_prob", Tensor2(const Tensor&, const Tensor&, int64_t, bool))
 FASTELBO_OP(categorical_backward_differentiable_op, "fastelbo::categorical_log_prob_backward_differentiable",
             Tensor(const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, int64_t, at::ScalarType))
+FASTELBO_OP(dmol_op, "fastelbo::discretized_logistic_mixture_log_prob",
+            Tensor2(const Tensor&, const Tensor&, int64_t, int64_t, int64_t, bool))
+FASTELBO_OP(dmol_backward_differentiable_op, "fastelbo::discretized_logistic_mixture_log_prob_backward_differentiable",
+            Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t, int64_t))
 FASTELBO_OP(elbo_op, "fastelbo::elbo",
             Tensor2(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, double))
 FASTELBO_OP(elbo_backward_differentiable_op, "fastelbo::elbo_backward_differentiable",
@@ -485,6 +490,56 @@ Tensor2 categorical_autograd(const Tensor& logits, const Tensor& target, int64_t
   return with_aside(out, aside);
 }
 
+// ---- discretized logistic mixture ----
+// b = d out/d params (the channel dim last): grad_params = g b. The buffer is not differentiable;
+// the recorded backward differentiates the reference from the saved params.
+
+struct DmolFunction : public torch::autograd::Function<DmolFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& params, const Tensor& x, int64_t n_mix, int64_t bits,
+                               int64_t event_dims, bool need_grad, Tensor* aside) {
+    Tensor2 out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = dmol_op().call(params, x, n_mix, bits, event_dims, need_grad);
+    }
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["n_mix"] = n_mix;
+    ctx->saved_data["bits"] = bits;
+    ctx->saved_data["event_dims"] = event_dims;
+    save_dtype(ctx, "params_dtype", params.scalar_type());
+    ctx->save_for_backward({std::get<1>(out), params, x});
+    return outputs(std::get<0>(out), std::get<1>(out), false, aside);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor& grad_out = grads[0];
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &buffer = saved[0], &params = saved[1], &x = saved[2];
+    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
+    Tensor grad_params;
+    if (ctx->needs_input_grad(0) && grad_out.defined()) {
+      if (at::GradMode::is_enabled()) {
+        grad_params = dmol_backward_differentiable_op().call(grad_out, params, x, ctx->saved_data["n_mix"].toInt(),
+                                                             ctx->saved_data["bits"].toInt(), event_dims);
+      } else {
+        grad_params = buffer.mul(expand_events(grad_out, event_dims + 1)).to(saved_dtype(ctx, "params_dtype"));
+      }
+    }
+    return {grad_params, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor2 dmol_autograd(const Tensor& params, const Tensor& x, int64_t n_mix, int64_t bits, int64_t event_dims,
+                      bool need_grad) {
+  if (!recording(params, x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return dmol_op().call(params, x, n_mix, bits, event_dims, need_grad);
+  }
+  Tensor aside;
+  const variable_list out = DmolFunction::apply(params, x, n_mix, bits, event_dims, need_grad, &aside);
+  return with_aside(out, aside);
+}
+
 // ---- estimator combine ----
 // mode 0 elbo/MC KL, 1 elbo/analytic KL, 2 iwae. Backward (g the incoming gradient per data point):
 //   mode 0: d/dlog_lik = g/K, d/dlog_p = beta g/K, d/dlog_q = -beta g/K
@@ -596,6 +651,7 @@ TORCH_LIBRARY_IMPL(fastelbo, Autograd, m) {
   m.impl("continuous_bernoulli_log_prob", &fastelbo::continuous_bernoulli_autograd);
   m.impl("gaussian_log_prob", &fastelbo::gaussian_autograd);
   m.impl("categorical_log_prob", &fastelbo::categorical_autograd);
+  m.impl("discretized_logistic_mixture_log_prob", &fastelbo::dmol_autograd);
   m.impl("elbo", &fastelbo::elbo_autograd);
   m.impl("gaussian_latent_backward", torch::CppFunction::makeFromBoxedFunction<&fastelbo::backward_kernel_autograd>());
   m.impl("gaussian_kl_backward", torch::CppFunction::makeFromBoxedFunction<&fastelbo::backward_kernel_autograd>());

@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace fastelbo {
 namespace checks {
 
@@ -95,6 +97,27 @@ inline void logits_and_data(const at::Tensor& logits, const at::Tensor& x, int64
   same_device(x, logits, op, "x", "logits");
   broadcasts_to(x, logits.sizes(), op, "x", "logits");
   event_dims(event_dims_value, logits, op, "logits");
+}
+
+// The discretized logistic mixture: float params (..., 10 n_mix) and x (..., 3) (channels last)
+// on one device, x broadcasting to the parameters' pixels, 1 <= bits <= 10, n_mix >= 1.
+inline void dmol(const at::Tensor& params, const at::Tensor& x, int64_t n_mix, int64_t bits, int64_t event_dims_value,
+                 const char* op) {
+  floating(params, op, "params");
+  floating(x, op, "x");
+  same_device(x, params, op, "x", "params");
+  TORCH_CHECK_VALUE(n_mix >= 1, op, ": n_mix must be >= 1, got ", n_mix);
+  TORCH_CHECK_VALUE(bits >= 1 && bits <= 10, op, ": bits must be in [1, 10], got ", bits);
+  TORCH_CHECK_VALUE(params.dim() >= 1 && params.size(-1) == 10 * n_mix, op,
+                    ": params must have 10 * n_mix = ", 10 * n_mix, " entries in its last (channel) dim, got shape ",
+                    params.sizes());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == 3, op, ": x must have 3 channels in its last dim, got shape ",
+                    x.sizes());
+  std::vector<int64_t> pixels(params.sizes().begin(), params.sizes().end());
+  pixels.back() = 3;
+  broadcasts_to(x, pixels, op, "x", "params' pixels (with 3 channels)");
+  TORCH_CHECK_VALUE(event_dims_value >= 0 && event_dims_value < params.dim(), op, ": event_dims=", event_dims_value,
+                    " must be in [0, ", params.dim() - 1, "] (params' pixel dims)");
 }
 
 }  // namespace checks

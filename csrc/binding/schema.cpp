@@ -26,6 +26,9 @@
 //                     grad_logvar = sum of grad_out ((buffer e^(v/2))^2 - 1)/2 in logvar's shape and dtype, or
 //                     empty without a logvar tensor or need_logvar)
 // categorical_log_prob: (out (*batch), grad_logits buffer or empty)
+// discretized_logistic_mixture_log_prob: params (..., 10 n_mix) and x (..., 3) with the channel dim
+//                    last (any strides); (out (params' batch shape), grad_params buffer (empty_like
+//                    params, compute dtype) or empty)
 // elbo:              (value (*batch), weights w~ (K, *batch) for mode 2, else empty); log_lik, log_q,
 //                    log_p (K, *batch), or (*batch) without a sample dim in modes 0 and 1
 // normal_noise:      eps (K, R, D) in float32 or float64;  philox_words: (4, n) int64 words
@@ -43,6 +46,7 @@
 //   continuous_bernoulli_log_prob_backward_differentiable: (logits, x), the reference from the kept logits
 //   gaussian_log_prob_backward_differentiable: (mean, x, logvar) in torch ops on b
 //   categorical_log_prob_backward_differentiable: logits: g b + the softmax Jacobian in b
+//   discretized_logistic_mixture_log_prob_backward_differentiable: params, by the reference
 //   elbo_backward_differentiable: (log_lik, log_q, log_p) of the IWAE (mode 2), by the reference
 #include <torch/library.h>
 
@@ -67,6 +71,9 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
       "gaussian_log_prob_backward(Tensor grad_out, Tensor grad_mean_buffer, Tensor? logvar, float logvar_value, "
       "int event_dims, bool need_logvar) -> (Tensor, Tensor)");
   m.def("categorical_log_prob(Tensor logits, Tensor target, int event_dims, bool need_grad) -> (Tensor, Tensor)");
+  m.def(
+      "discretized_logistic_mixture_log_prob(Tensor params, Tensor x, int n_mix, int bits, int event_dims, "
+      "bool need_grad) -> (Tensor, Tensor)");
   m.def("elbo(Tensor log_lik, Tensor log_q, Tensor log_p, Tensor kl, int mode, float beta) -> (Tensor, Tensor)");
   m.def("normal_noise(Tensor seed, int n_samples, int n_rows, int dim, bool float64) -> Tensor");
   m.def("philox_words(Tensor counter, Tensor key) -> Tensor");
@@ -91,6 +98,9 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def(
       "categorical_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
       "Tensor target, int event_dims, ScalarType logits_dtype) -> Tensor");
+  m.def(
+      "discretized_logistic_mixture_log_prob_backward_differentiable(Tensor grad_out, Tensor params, Tensor x, "
+      "int n_mix, int bits, int event_dims) -> Tensor");
   m.def(
       "elbo_backward_differentiable(Tensor grad, Tensor log_lik, Tensor log_q, Tensor log_p, bool[3] needs) "
       "-> (Tensor, Tensor, Tensor)");

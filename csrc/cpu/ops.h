@@ -42,6 +42,11 @@ std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(const at::Tens
 std::tuple<at::Tensor, at::Tensor> categorical_log_prob_cpu(const at::Tensor& logits, const at::Tensor& target,
                                                             int64_t event_dims, bool need_grad);
 
+std::tuple<at::Tensor, at::Tensor> discretized_logistic_mixture_log_prob_cpu(const at::Tensor& params,
+                                                                             const at::Tensor& x, int64_t n_mix,
+                                                                             int64_t bits, int64_t event_dims,
+                                                                             bool need_grad);
+
 std::tuple<at::Tensor, at::Tensor> elbo_cpu(const at::Tensor& log_lik, const at::Tensor& log_q, const at::Tensor& log_p,
                                             const at::Tensor& kl, int64_t mode, double beta);
 

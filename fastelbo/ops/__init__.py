@@ -16,12 +16,12 @@ The backends supply kernels only: fastelbo/cpp_backend/ loads the C++ library an
 fakes and composites on its ops; fastelbo/triton_backend/ defines the `.triton` overloads with
 these schemas, its launchers as their kernels, and these fakes and autograd rules.
 """
-from . import (bernoulli_log_prob, categorical_log_prob, continuous_bernoulli_log_prob, elbo, gaussian_kl,
-               gaussian_latent, gaussian_log_prob)
+from . import (bernoulli_log_prob, categorical_log_prob, continuous_bernoulli_log_prob,
+               discretized_logistic_mixture_log_prob, elbo, gaussian_kl, gaussian_latent, gaussian_log_prob)
 from . import linear_bernoulli_log_prob, linear_gaussian_log_prob
 
 MODULES = (gaussian_latent, gaussian_kl, bernoulli_log_prob, continuous_bernoulli_log_prob, gaussian_log_prob,
-           categorical_log_prob, elbo)
+           categorical_log_prob, discretized_logistic_mixture_log_prob, elbo)
 
 # The fused "linear + likelihood" ops (a decoder's last nn.Linear and its likelihood): composite
 # ops, one kernel in Python for every backend (torch's GEMMs and the likelihood's kernel of the

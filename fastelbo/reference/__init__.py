@@ -40,6 +40,7 @@ bernoulli_log_prob = _pinned(_functional.bernoulli_log_prob)
 gaussian_log_prob = _pinned(_functional.gaussian_log_prob)
 continuous_bernoulli_log_prob = _pinned(_functional.continuous_bernoulli_log_prob)
 categorical_log_prob = _pinned(_functional.categorical_log_prob)
+discretized_logistic_mixture_log_prob = _pinned(_functional.discretized_logistic_mixture_log_prob)
 elbo = _pinned(_functional.elbo)
 linear_bernoulli_log_prob = _pinned(_functional.linear_bernoulli_log_prob)
 linear_gaussian_log_prob = _pinned(_functional.linear_gaussian_log_prob)
@@ -58,7 +59,7 @@ class ELBO(_module.ELBO):
 
 __all__ = [
     "gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "gaussian_log_prob",
-    "continuous_bernoulli_log_prob", "categorical_log_prob", "elbo", "linear_bernoulli_log_prob",
+    "continuous_bernoulli_log_prob", "categorical_log_prob", "discretized_logistic_mixture_log_prob", "elbo", "linear_bernoulli_log_prob",
     "linear_gaussian_log_prob", "ELBO",
     "reparameterize", "vae_loss",
 ]

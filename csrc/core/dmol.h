@@ -1,0 +1,129 @@
+// The discretized mixture of logistics (PixelCNN++ / VDVAE / NVAE) per mixture component of one
+// pixel, with its derivatives, torch-free (host and device; V = float, double or an ATen vector:
+// see math.h). The formulas of the README's "Discretized mixture of logistics" section, mirrored by
+// fastelbo/ops/discretized_logistic_mixture_log_prob.py (reference) and triton_kernels/dmol.py.
+//
+// One channel c of one component: mean m, log-scale s (clamped below at -7), inv = e^-s, bin
+// half-width h = 1 / (2^bits - 1), u = x - m:
+//   plus = inv (u + h), minus = inv (u - h), mid = inv u, delta = plus - minus = 2 h inv
+//   lowest bin  (x < -0.999): log P = log sigmoid(plus)       = -softplus(-plus)
+//   highest bin (x >  0.999): log P = log(1 - sigmoid(minus)) = -softplus(minus)
+//   otherwise, the bin's mass sigmoid(plus) - sigmoid(minus) = sigmoid(plus) sigmoid(-minus) (1 - e^-delta):
+//     log mass = -softplus(-plus) - softplus(minus) + log(-expm1(-delta))   (stable in both tails)
+//     log P = log mass where log mass > log 1e-5, else the density at the bin centre times the bin
+//     width: log P = mid - s - 2 softplus(mid) - log((2^bits - 1) / 2)
+// and the derivatives d log P / d u and d log P / d s:
+//   lowest:  inv sigmoid(-plus),                      -plus sigmoid(-plus)
+//   highest: -inv sigmoid(minus),                      minus sigmoid(minus)
+//   mass:    inv (sigmoid(-plus) - sigmoid(minus)),    minus sigmoid(minus) - plus sigmoid(-plus) + delta e^-delta / expm1(-delta)
+//   centre:  inv (1 - 2 sigmoid(mid)),                 -mid (1 - 2 sigmoid(mid)) - 1
+// The component couples the channels' means through the raw coefficients a (t = tanh a):
+//   m_0 = mu_0,  m_1 = mu_1 + t_0 x_0,  m_2 = mu_2 + t_1 x_0 + t_2 x_1.
+#pragma once
+
+#include "math.h"
+
+namespace fastelbo {
+namespace core {
+
+constexpr double kDmolMinLogScale = -7.0;
+constexpr double kDmolEdge = 0.999;                   // |x| beyond it: the lowest / highest bin
+constexpr double kDmolLogMassFloor = -11.512925464970229;  // log 1e-5
+
+template <typename V>
+struct SoftplusSigmoid {
+  V softplus;  // log(1 + e^y)
+  V sigmoid;   // 1 / (1 + e^-y)
+};
+
+// softplus(y) and sigmoid(y) from one exp(-|y|).
+template <typename V, typename M = Ops<V>>
+FE_HD SoftplusSigmoid<V> softplus_sigmoid(V y) {
+  const V one = M::c(1.0);
+  const V e = M::exp(M::c(0.0) - M::abs(y));
+  const V u = one + e;
+  const V inv_u = one / u;
+  return SoftplusSigmoid<V>{M::maximum(y, M::c(0.0)) + log1p_unit<V, M>(e, u, inv_u),
+                            M::select(M::ge(y, M::c(0.0)), one, e) * inv_u};
+}
+
+// tanh(a) = sign(a) (-m) / (2 + m), m = expm1(-2|a|): no overflow, no cancellation near 0.
+template <typename V, typename M = Ops<V>>
+FE_HD V tanh_value(V a) {
+  const V m = M::expm1(M::c(-2.0) * M::abs(a));
+  const V t = (M::c(0.0) - m) / (M::c(2.0) + m);
+  return M::select(M::lt(a, M::c(0.0)), M::c(0.0) - t, t);
+}
+
+template <typename V>
+struct DmolChannel {
+  V value;       // log P
+  V d_centered;  // d log P / d (x - m)
+  V d_scale;     // d log P / d s (s after the clamp)
+};
+
+// One channel of one component: x the data, u = x - m, s the clamped log-scale, inv = e^-s,
+// h the bin half-width, log_half_levels = log((2^bits - 1) / 2).
+template <typename V, typename M = Ops<V>>
+FE_HD DmolChannel<V> dmol_channel(V x, V u, V s, V inv, V h, V log_half_levels) {
+  const V one = M::c(1.0);
+  const V plus = inv * (u + h), minus = inv * (u - h), mid = inv * u;
+  const V delta = inv * (M::c(2.0) * h);
+  const SoftplusSigmoid<V> p = softplus_sigmoid<V, M>(M::c(0.0) - plus);  // of -plus
+  const SoftplusSigmoid<V> q = softplus_sigmoid<V, M>(minus);
+  const SoftplusSigmoid<V> r = softplus_sigmoid<V, M>(mid);
+  const V em = M::expm1(M::c(0.0) - delta);  // in (-1, 0]
+  const V log_mass = (M::c(0.0) - p.softplus - q.softplus) + M::log(M::c(0.0) - em);
+  const V tilt = one - M::c(2.0) * r.sigmoid;  // d (mid - 2 softplus(mid)) / d mid
+  const auto low = M::lt(x, M::c(-kDmolEdge)), high = M::gt(x, M::c(kDmolEdge));
+  const auto mass = M::gt(log_mass, M::c(kDmolLogMassFloor));
+  // The interior: the bin's mass, or the density at its centre where the mass is below 1e-5.
+  V value = M::select(mass, log_mass, mid - s - M::c(2.0) * r.softplus - log_half_levels);
+  V d_u = M::select(mass, inv * (p.sigmoid - q.sigmoid), inv * tilt);
+  V d_s = M::select(mass, minus * q.sigmoid - plus * p.sigmoid + delta * (one + em) / em,
+                    M::c(0.0) - mid * tilt - one);
+  value = M::select(low, M::c(0.0) - p.softplus, M::select(high, M::c(0.0) - q.softplus, value));
+  d_u = M::select(low, inv * p.sigmoid, M::select(high, M::c(0.0) - inv * q.sigmoid, d_u));
+  d_s = M::select(low, M::c(0.0) - plus * p.sigmoid, M::select(high, minus * q.sigmoid, d_s));
+  return DmolChannel<V>{value, d_u, d_s};
+}
+
+template <typename V>
+struct DmolComponent {
+  V log_prob;    // sum over the 3 channels of log P (the component's log-density of the pixel)
+  V d_mean[3];   // d log_prob / d mu_c
+  V d_scale[3];  // d log_prob / d s_c (raw: 0 where the clamp at -7 holds it)
+  V d_coeff[3];  // d log_prob / d a_c (raw coefficients, through tanh and the coupling)
+};
+
+// One mixture component of one pixel: x[3] the data, mu[3], s[3] (raw log-scales), a[3] (raw
+// coefficients) the component's parameters per channel. Without need_grad only log_prob is set.
+template <typename V, typename M = Ops<V>>
+FE_HD DmolComponent<V> dmol_component(const V* x, const V* mu, const V* s_raw, const V* a, V h, V log_half_levels,
+                                      bool need_grad) {
+  DmolComponent<V> out;
+  V t[3];
+  for (int c = 0; c < 3; ++c) t[c] = tanh_value<V, M>(a[c]);
+  const V mean[3] = {mu[0], mu[1] + t[0] * x[0], mu[2] + t[1] * x[0] + t[2] * x[1]};
+  out.log_prob = M::c(0.0);
+  for (int c = 0; c < 3; ++c) {
+    const V s = M::maximum(s_raw[c], M::c(kDmolMinLogScale));
+    const DmolChannel<V> ch = dmol_channel<V, M>(x[c], x[c] - mean[c], s, M::exp(M::c(0.0) - s), h, log_half_levels);
+    out.log_prob = out.log_prob + ch.value;
+    if (need_grad) {
+      out.d_mean[c] = M::c(0.0) - ch.d_centered;
+      // torch.clamp's gradient: passed where s_raw >= -7 (ties included), else 0.
+      out.d_scale[c] = M::select(M::ge(s_raw[c], M::c(kDmolMinLogScale)), ch.d_scale, M::c(0.0));
+    }
+  }
+  if (need_grad) {
+    const V one = M::c(1.0);
+    out.d_coeff[0] = out.d_mean[1] * x[0] * (one - t[0] * t[0]);
+    out.d_coeff[1] = out.d_mean[2] * x[0] * (one - t[1] * t[1]);
+    out.d_coeff[2] = out.d_mean[2] * x[1] * (one - t[2] * t[2]);
+  }
+  return out;
+}
+
+}  // namespace core
+}  // namespace fastelbo
