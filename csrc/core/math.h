@@ -14,7 +14,7 @@
 namespace fastelbo {
 namespace core {
 
-// Ops<V>: kSingle (float32 arithmetic), constants c(x), exp, log, log1p, expm1, sqrt, sin, cos, abs, maximum, minimum, the
+// Ops<V>: kSingle (float32 arithmetic), constants c(x), exp, log, log1p, expm1, tanh, sqrt, sin, cos, abs, maximum, minimum, the
 // comparisons lt/le/gt/ge/eq giving a Mask, mask_and / mask_or, and select(mask, a, b) = mask ? a : b.
 template <typename V>
 struct Ops;
@@ -28,6 +28,7 @@ struct Ops<float> {
   static FE_HD float log(float x) { return logf(x); }
   static FE_HD float log1p(float x) { return log1pf(x); }
   static FE_HD float expm1(float x) { return expm1f(x); }
+  static FE_HD float tanh(float x) { return tanhf(x); }
   static FE_HD float sqrt(float x) { return sqrtf(x); }
   static FE_HD float sin(float x) { return sinf(x); }
   static FE_HD float cos(float x) { return cosf(x); }
@@ -53,6 +54,7 @@ struct Ops<double> {
   static FE_HD double log(double x) { return ::log(x); }
   static FE_HD double log1p(double x) { return ::log1p(x); }
   static FE_HD double expm1(double x) { return ::expm1(x); }
+  static FE_HD double tanh(double x) { return ::tanh(x); }
   static FE_HD double sqrt(double x) { return ::sqrt(x); }
   static FE_HD double sin(double x) { return ::sin(x); }
   static FE_HD double cos(double x) { return ::cos(x); }

@@ -88,6 +88,7 @@ struct Ops<at::vec::Vectorized<T>> {
       return x.expm1();
     }
   }
+  static V tanh(V x) { return x.tanh(); }  // Sleef, 1 ulp
   static V sqrt(V x) { return x.sqrt(); }
   static V sin(V x) { return x.sin(); }
   static V cos(V x) { return x.cos(); }

@@ -37,6 +37,10 @@ Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& gr
                                         double logvar_value, int64_t event_dims, bool need_logvar);
 Tensor2 categorical_log_prob_cuda(const Tensor& logits, const Tensor& target, int64_t event_dims, bool need_grad);
 
+// csrc/cuda/dmol.cu
+Tensor2 discretized_logistic_mixture_log_prob_cuda(const Tensor& params, const Tensor& x, int64_t n_mix, int64_t bits,
+                                                   int64_t event_dims, bool need_grad);
+
 // csrc/cuda/estimators.cu
 Tensor2 elbo_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl, int64_t mode,
                   double beta);

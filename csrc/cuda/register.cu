@@ -14,6 +14,7 @@ TORCH_LIBRARY_IMPL(fastelbo, CUDA, m) {
   m.impl("gaussian_log_prob", &gaussian_log_prob_cuda);
   m.impl("gaussian_log_prob_backward", &gaussian_log_prob_backward_cuda);
   m.impl("categorical_log_prob", &categorical_log_prob_cuda);
+  m.impl("discretized_logistic_mixture_log_prob", &discretized_logistic_mixture_log_prob_cuda);
   m.impl("elbo", &elbo_cuda);
   m.impl("normal_noise", &normal_noise_cuda);
   m.impl("philox_words", &philox_words_cuda);

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from . import estimators, latent, likelihoods, rng
+from . import dmol, estimators, latent, likelihoods, rng
 
 KERNELS = {
     "gaussian_latent": latent.gaussian_latent,
@@ -22,6 +22,7 @@ KERNELS = {
     "gaussian_log_prob": likelihoods.gaussian_log_prob,
     "gaussian_log_prob_backward": likelihoods.gaussian_log_prob_backward,
     "categorical_log_prob": likelihoods.categorical_log_prob,
+    "discretized_logistic_mixture_log_prob": dmol.discretized_logistic_mixture_log_prob,
     "elbo": estimators.elbo,
 }
 

@@ -4,6 +4,7 @@
 // tests/cpp/cuda_kernels_compile_check.cu` type-checks and code-generates all of them on a machine
 // without a GPU or torch.
 #include "kernels/common.cuh"
+#include "kernels/dmol.cuh"
 #include "kernels/estimators.cuh"
 #include "kernels/latent.cuh"
 #include "kernels/likelihoods.cuh"
@@ -41,6 +42,15 @@ FE_FOR_EACH_FLOAT(FE_GAUSSIAN_BWD)
   FE_CATEGORICAL_I(S, uint8_t, T) FE_CATEGORICAL_I(S, int8_t, T) FE_CATEGORICAL_I(S, int16_t, T) \
   FE_CATEGORICAL_I(S, int32_t, T) FE_CATEGORICAL_I(S, int64_t, T)
 FE_FOR_EACH_FLOAT(FE_CATEGORICAL)
+
+// The discretized logistic mixture: x read as S or cast to the compute type T.
+#define FE_DMOL_X(S, X, T) template __global__ void dmol_log_prob_kernel<S, X, T>(const DmolParams<S, X, T>);
+#define FE_DMOL(S, T) FE_DMOL_X(S, S, T)
+FE_FOR_EACH_FLOAT(FE_DMOL)
+FE_DMOL_X(__half, float, float)
+FE_DMOL_X(__nv_bfloat16, float, float)
+template __global__ void dmol_sum_partials_kernel<float>(const float*, float*, int64_t, int64_t);
+template __global__ void dmol_sum_partials_kernel<double>(const double*, double*, int64_t, int64_t);
 
 template __global__ void elbo_kernel<float>(const EstimateParams<float>);
 template __global__ void elbo_kernel<double>(const EstimateParams<double>);
