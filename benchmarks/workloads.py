@@ -1,5 +1,6 @@
 """The benchmark workloads: the ELBO pieces around a stand-in decoder, fwd and fwd+bwd (and W6,
-a VDVAE-like stack of 40 latent layers, whose steps and bytes formula are in hierarchical.py).
+a VDVAE-like stack of 40 latent layers, whose steps and bytes formula are in hierarchical.py, and
+W7, the discretized mixture of logistics at vdvae's CIFAR-10 shape, in dmol.py).
 
 Each workload draws mu, scale (B, D) (scale is the log-variance), the decoder's base output `base`
 ((K, B, Dx), or (B, Dx) when K = 1), the data x (B, Dx) and, for the Gaussian, its learned
@@ -76,7 +77,7 @@ import torch.nn.functional as F
 
 import fastelbo as fe  # by its public name: the step reads as user code does
 
-from . import hierarchical
+from . import dmol, hierarchical
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -119,6 +120,7 @@ WORKLOADS = {
     "W4": Workload("W4", 512, 128, 12288, 1, "gaussian", "analytic", "elbo"),
     "W5": Workload("W5", 4096, 256, 12288, 1, "bernoulli", "mc", "elbo", gpu_only=True),
     "W6": hierarchical.W6,  # VDVAE-like: 40 latent layers; its steps and bytes in hierarchical.py
+    "W7": dmol.W7,  # the discretized mixture of logistics (vdvae CIFAR-10); its steps and bytes in dmol.py
 }
 
 GRAD_LEAVES = ("mu", "scale", "base", "logvar")
@@ -129,6 +131,8 @@ def make_inputs(w: Workload, device, dtype=torch.float32, seed: int = 0) -> dict
     W6: a list of layers, hierarchical.py)."""
     if isinstance(w, hierarchical.Hierarchical):
         return hierarchical.make_inputs(w, device, dtype, seed)
+    if isinstance(w, dmol.Dmol):
+        return dmol.make_inputs(w, device, dtype, seed)
     g = torch.Generator(device).manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -158,6 +162,8 @@ def fused_loss(w: Workload, t: dict, backend: str, eps=None, decode=decoder) -> 
     decode: the stand-in decoder, replaced by decoder_share.py)."""
     if isinstance(w, hierarchical.Hierarchical):
         return hierarchical.fused_loss(t, backend)
+    if isinstance(w, dmol.Dmol):
+        return dmol.fused_loss(t, w.n_mix, w.bits, backend)
     n_samples = w.n_samples if w.n_samples > 1 else None
     lat = fe.gaussian_latent(t["mu"], t["scale"], n_samples=n_samples, eps=eps, backend=backend)
     out = decode(t["base"], lat.z)
@@ -173,6 +179,8 @@ def plain_loss(w: Workload, t: dict, eps=None, decode=decoder) -> torch.Tensor:
     explicit noise, for tests; decode as in fused_loss)."""
     if isinstance(w, hierarchical.Hierarchical):
         return hierarchical.plain_loss(t)
+    if isinstance(w, dmol.Dmol):
+        return dmol.plain_loss(t, w.bits)
     mu, logvar, x = t["mu"], t["scale"], t["x"]
     k = w.n_samples
     std = torch.exp(0.5 * logvar)
@@ -205,6 +213,8 @@ def leaves(inputs: dict, backward: bool) -> dict:
     """The inputs, with the differentiable ones as fresh leaves when timing the backward pass."""
     if isinstance(inputs, list):  # W6's layers
         return hierarchical.leaves(inputs, backward)
+    if "params" in inputs:  # W7
+        return dmol.leaves(inputs, backward)
     out = {}
     for name, t in inputs.items():
         grad = backward and name in GRAD_LEAVES

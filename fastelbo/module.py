@@ -14,13 +14,17 @@ from .functional import (
     bernoulli_log_prob,
     categorical_log_prob,
     continuous_bernoulli_log_prob,
+    discretized_logistic_mixture_log_prob,
     elbo,
     gaussian_kl,
     gaussian_latent,
     gaussian_log_prob,
 )
 
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "categorical")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "categorical", "dmol")
+# The options each likelihood takes (keyword arguments of fe.ELBO passed to its op), with defaults;
+# None: required.
+LIKELIHOOD_OPTIONS = {"dmol": {"n_mix": None, "bits": 8, "channel_dim": -1}}
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -38,8 +42,14 @@ class ELBO(torch.nn.Module):
     forward(x, mu, scale, decoder): mu, scale (*batch, D) from the encoder; decoder(z) returns the
     likelihood's parameters for z of shape (*batch, D), or (K, *batch, D) when n_samples=K > 1:
     logits for "bernoulli", "continuous_bernoulli" and "categorical" (with a trailing class dim),
-    and for "gaussian" the mean or a pair (mean, logvar). x has mu's batch dims followed by the
-    event dims (for "categorical", integer class targets).
+    for "gaussian" the mean or a pair (mean, logvar), and for "dmol" (the discretized mixture of
+    logistics) its 10 n_mix parameters per pixel along x's channel dim. x has mu's batch dims
+    followed by the event dims (for "categorical", integer class targets; for "dmol", 3-channel
+    images on the grid of 2^bits levels in [-1, 1]).
+
+    Likelihood options (keyword arguments, passed to the likelihood's op): "dmol" takes n_mix
+    (required), bits=8 and channel_dim=-1 (x's colour channel dim: -1 channels-last (B, H, W, 3),
+    1 NCHW (B, 3, H, W); counted on x, which has no sample dim).
 
     dim: the latent's event dims (default the last; e.g. (1, 2, 3) for NCHW latents summed per
     image, as in fe.gaussian_latent): mu's batch dims are the others, and decoder(z) gets z of
@@ -50,9 +60,11 @@ class ELBO(torch.nn.Module):
     """
 
     def __init__(self, likelihood="bernoulli", *, n_samples=1, kl="analytic", estimator="elbo",
-                 beta=1.0, free_bits=0.0, param="logvar", stl=False, reduction="mean", backend=None, dim=-1):
+                 beta=1.0, free_bits=0.0, param="logvar", stl=False, reduction="mean", backend=None, dim=-1,
+                 **likelihood_options):
         super().__init__()
         self.likelihood = V.choice("likelihood", likelihood, LIKELIHOODS)
+        self.likelihood_options = self._options(likelihood_options)
         self.n_samples = V.integer("n_samples", n_samples, 1)
         self.kl = V.choice("kl", kl, KL_MODES)
         self.estimator = V.choice("estimator", estimator, ESTIMATORS)
@@ -74,11 +86,25 @@ class ELBO(torch.nn.Module):
             if reduction == "none":
                 raise ValueError("free_bits is a batch objective: reduction must be 'mean' or 'sum'")
 
+    def _options(self, given: dict) -> dict:
+        allowed = LIKELIHOOD_OPTIONS.get(self.likelihood, {})
+        for name in given:
+            if name not in allowed:
+                raise TypeError(f"ELBO got an unexpected keyword argument {name!r}"
+                                + (f" (likelihood {self.likelihood!r} takes {', '.join(allowed)})" if allowed else ""))
+        options = {**allowed, **given}
+        for name, value in options.items():
+            if value is None:
+                raise TypeError(f"likelihood {self.likelihood!r} needs the keyword argument {name}")
+            V.integer(name, value, -(2**31))
+        return options
+
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, n_samples={self.n_samples}, kl={self.kl!r}, "
                 f"estimator={self.estimator!r}, beta={self.beta}, free_bits={self.free_bits}, "
                 f"param={self.param!r}, stl={self.stl}, reduction={self.reduction!r}"
-                + ("" if self.dim == -1 else f", dim={self.dim!r}"))
+                + ("" if self.dim == -1 else f", dim={self.dim!r}")
+                + "".join(f", {k}={v!r}" for k, v in self.likelihood_options.items()))
 
     def forward(self, x, mu, scale, decoder, *, generator=None) -> ELBOOutput:
         """x, mu, scale and decoder as in the class docstring; generator: the torch.Generator the
@@ -132,4 +158,13 @@ class ELBO(torch.nn.Module):
             return bernoulli_log_prob(params, x, event_dims=event_dims, backend=self.backend)
         if self.likelihood == "continuous_bernoulli":
             return continuous_bernoulli_log_prob(params, x, event_dims=event_dims, backend=self.backend)
+        if self.likelihood == "dmol":
+            options = self.likelihood_options
+            channel_dim = options["channel_dim"]  # on x (no sample dim): counted from the end for params
+            if not -x.dim() <= channel_dim < x.dim():
+                raise ValueError(f"channel_dim={channel_dim} is out of range for x with {x.dim()} dims")
+            return discretized_logistic_mixture_log_prob(
+                params, x, n_mix=options["n_mix"], bits=options["bits"],
+                channel_dim=channel_dim - x.dim() if channel_dim >= 0 else channel_dim, event_dims=event_dims - 1,
+                backend=self.backend)
         return categorical_log_prob(params, x, event_dims=event_dims, backend=self.backend)

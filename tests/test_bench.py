@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastelbo as fe
-from fastelbo.benchmarks import decoder_share, hierarchical, linear_head, measure, report, run
+from fastelbo.benchmarks import decoder_share, dmol, hierarchical, linear_head, measure, report, run
 from fastelbo.benchmarks.measure import interleaved_medians, peak_bytes
 from fastelbo.benchmarks.workloads import GRAD_LEAVES, WORKLOADS, decoder, fused_loss, leaves, make_inputs, plain_loss
 from helpers import DEVICE
@@ -87,8 +87,9 @@ def test_bench_refuses_an_implementation_it_cannot_time(tmp_path, capsys):
 
 
 def test_default_workloads_and_baselines():
-    assert [name for name, w in WORKLOADS.items() if not w.gpu_only] == ["S1", "S2", "W1", "W2", "W3", "W4", "W6"]
-    assert list(WORKLOADS) == ["S1", "S2", "W1", "W2", "W3", "W4", "W5", "W6"]
+    assert [name for name, w in WORKLOADS.items() if not w.gpu_only] == ["S1", "S2", "W1", "W2", "W3", "W4", "W6",
+                                                                          "W7"]
+    assert list(WORKLOADS) == ["S1", "S2", "W1", "W2", "W3", "W4", "W5", "W6", "W7"]
     assert list(run.BASELINES) == ["plain", "compile(plain)"]  # never the reference path
 
 
@@ -258,3 +259,25 @@ def test_hierarchical_bench_reports_each_implementation(monkeypatch, capsys):
         vdvae = (-0.5 + pv - qv + 0.5 * (torch.exp(qv) ** 2 + (qm - pm) ** 2) / torch.exp(pv) ** 2).sum((1, 2, 3))
         fused = fe.gaussian_latent(qm, qv, param="log_std", dim=(1, 2, 3), prior=(pm, pv), backend="cpu").kl
         torch.testing.assert_close(fused, vdvae, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(fe.backends()["cpu"] != "available", reason="the cpu backend is unavailable")
+def test_dmol_bench_reports_each_implementation(monkeypatch, capsys):
+    """python -m fastelbo.benchmarks.dmol (W7) on small images (torch.compile stubbed out); its
+    plain step, vdvae's discretized_mix_logistic_loss, is the fused step: the same loss and the same
+    gradient (float64)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(measure, "steady_malloc", lambda: "default (test)")
+    dmol.main(["--reps", "1", "--device", "cpu", "--batch", "2", "--size", "4"])
+    out = capsys.readouterr().out
+    for impl in ("plain", "compile(plain)", "cpu", "cpu+compile"):
+        assert f"  {impl} " in out, out
+    w = dmol.Dmol(batch=3, size=5)
+    inputs = dmol.make_inputs(w, torch.device("cpu"), torch.float64, seed=1)
+    results = []
+    for step in (lambda t: dmol.plain_loss(t, w.bits), lambda t: dmol.fused_loss(t, w.n_mix, w.bits, "cpu")):
+        t = dmol.leaves(inputs, backward=True)
+        loss = step(t)
+        results.append((loss.detach(), torch.autograd.grad(loss, t["params"])[0]))
+    for plain, fused in zip(*results):
+        torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-12)

@@ -36,15 +36,24 @@ struct SoftplusSigmoid {
   V sigmoid;   // 1 / (1 + e^-y)
 };
 
-// softplus(y) and sigmoid(y) from one exp(-|y|).
+// softplus(y) and sigmoid(y) from one exp(-|y|). In single precision with one division for both
+// 1/(1 + e) and the atanh argument e/(2 + e) of log1p (as bernoulli_terms in math.h).
 template <typename V, typename M = Ops<V>>
 FE_HD SoftplusSigmoid<V> softplus_sigmoid(V y) {
   const V one = M::c(1.0);
   const V e = M::exp(M::c(0.0) - M::abs(y));
   const V u = one + e;
-  const V inv_u = one / u;
-  return SoftplusSigmoid<V>{M::maximum(y, M::c(0.0)) + log1p_unit<V, M>(e, u, inv_u),
-                            M::select(M::ge(y, M::c(0.0)), one, e) * inv_u};
+  V inv_u, log1p_e;
+  if constexpr (M::kSingle) {
+    const V v = M::c(2.0) + e;
+    const V r = one / (u * v);
+    inv_u = v * r;
+    log1p_e = log1p_atanh<V, M>(e * u * r);
+  } else {
+    inv_u = one / u;
+    log1p_e = log1p_unit<V, M>(e, u, inv_u);
+  }
+  return SoftplusSigmoid<V>{M::maximum(y, M::c(0.0)) + log1p_e, M::select(M::ge(y, M::c(0.0)), one, e) * inv_u};
 }
 
 template <typename V>
@@ -80,17 +89,22 @@ FE_HD DmolChannel<V> dmol_channel(V x, V u, V s, V inv, V h, V log_half_levels) 
   const V delta = inv * (M::c(2.0) * h);
   const SoftplusSigmoid<V> p = softplus_sigmoid<V, M>(M::c(0.0) - plus);  // of -plus
   const SoftplusSigmoid<V> q = softplus_sigmoid<V, M>(minus);
-  const SoftplusSigmoid<V> r = softplus_sigmoid<V, M>(mid);
   const V em = M::expm1(M::c(0.0) - delta);  // in (-1, 0]
   const V log_mass = (M::c(0.0) - p.softplus - q.softplus) + M::log(M::c(0.0) - em);
-  const V tilt = one - M::c(2.0) * r.sigmoid;  // d (mid - 2 softplus(mid)) / d mid
   const auto low = M::lt(x, M::c(-kDmolEdge)), high = M::gt(x, M::c(kDmolEdge));
   const auto mass = M::gt(log_mass, M::c(kDmolLogMassFloor));
-  // The interior: the bin's mass, or the density at its centre where the mass is below 1e-5.
-  V value = M::select(mass, log_mass, mid - s - M::c(2.0) * r.softplus - log_half_levels);
-  V d_u = M::select(mass, inv * (p.sigmoid - q.sigmoid), inv * tilt);
-  V d_s = M::select(mass, minus * q.sigmoid - plus * p.sigmoid + delta * (one + em) / em,
-                    M::c(0.0) - mid * tilt - one);
+  V value = log_mass;
+  V d_u = inv * (p.sigmoid - q.sigmoid);
+  V d_s = minus * q.sigmoid - plus * p.sigmoid + delta * (one + em) / em;
+  // The interior where the bin's mass is below 1e-5 (or NaN): the density at its centre, computed
+  // only when some lane needs it (rare in the bulk of an image; a NaN lane always does).
+  if (!M::all(M::mask_or(mass, M::mask_or(low, high)))) {
+    const SoftplusSigmoid<V> r = softplus_sigmoid<V, M>(mid);
+    const V tilt = one - M::c(2.0) * r.sigmoid;  // d (mid - 2 softplus(mid)) / d mid
+    value = M::select(mass, value, mid - s - M::c(2.0) * r.softplus - log_half_levels);
+    d_u = M::select(mass, d_u, inv * tilt);
+    d_s = M::select(mass, d_s, M::c(0.0) - mid * tilt - one);
+  }
   value = M::select(low, M::c(0.0) - p.softplus, M::select(high, M::c(0.0) - q.softplus, value));
   d_u = M::select(low, inv * p.sigmoid, M::select(high, M::c(0.0) - inv * q.sigmoid, d_u));
   d_s = M::select(low, M::c(0.0) - plus * p.sigmoid, M::select(high, minus * q.sigmoid, d_s));

@@ -15,7 +15,8 @@ namespace fastelbo {
 namespace core {
 
 // Ops<V>: kSingle (float32 arithmetic), constants c(x), exp, log, log1p, expm1, tanh, sqrt, sin, cos, abs, maximum, minimum, the
-// comparisons lt/le/gt/ge/eq giving a Mask, mask_and / mask_or, and select(mask, a, b) = mask ? a : b.
+// comparisons lt/le/gt/ge/eq giving a Mask, mask_and / mask_or, all(mask) (every lane set: a bool), and
+// select(mask, a, b) = mask ? a : b.
 template <typename V>
 struct Ops;
 
@@ -42,6 +43,7 @@ struct Ops<float> {
   static FE_HD bool eq(float a, float b) { return a == b; }
   static FE_HD bool mask_and(bool a, bool b) { return a && b; }
   static FE_HD bool mask_or(bool a, bool b) { return a || b; }
+  static FE_HD bool all(bool m) { return m; }
   static FE_HD float select(bool m, float a, float b) { return m ? a : b; }
 };
 
@@ -68,6 +70,7 @@ struct Ops<double> {
   static FE_HD bool eq(double a, double b) { return a == b; }
   static FE_HD bool mask_and(bool a, bool b) { return a && b; }
   static FE_HD bool mask_or(bool a, bool b) { return a || b; }
+  static FE_HD bool all(bool m) { return m; }
   static FE_HD double select(bool m, double a, double b) { return m ? a : b; }
 };
 

@@ -102,6 +102,7 @@ struct Ops<at::vec::Vectorized<T>> {
   static Mask eq(V a, V b) { return a == b; }
   static Mask mask_and(Mask a, Mask b) { return a & b; }
   static Mask mask_or(Mask a, Mask b) { return a | b; }
+  static bool all(Mask m) { return m.zero_mask() == 0; }  // no lane all-zero bits
   static V select(Mask m, V a, V b) { return V::blendv(b, a, m); }
 };
 

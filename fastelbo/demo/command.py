@@ -29,6 +29,7 @@ DATA_VIEW = {
     "continuous_bernoulli": "intensities in [0, 1]",
     "gaussian": "intensities in [0, 1], learned per-pixel variance",
     "categorical": "17 intensity levels as classes",
+    "dmol": "8 levels (3 bits) in [-1, 1], grey RGB; a mixture of 5 discretized logistics",
 }
 
 
@@ -85,6 +86,13 @@ def relative_difference(fused: float, reference: float) -> float:
     return abs(fused - reference) / max(1.0, abs(reference))
 
 
+def decoder_outputs(config: DemoConfig) -> str:
+    from .model import DMOL_MIX
+
+    per_pixel = {"categorical": 17, "dmol": 10 * DMOL_MIX}.get(config.likelihood)
+    return "64" if per_pixel is None else f"64x{per_pixel}"
+
+
 def describe(config: DemoConfig, data, backend: str) -> str:
     device = torch.device(config.device)
     threads = torch.get_num_threads()
@@ -96,7 +104,8 @@ def describe(config: DemoConfig, data, backend: str) -> str:
         f"{data.test.shape[0]} test images)",
         f"  likelihood {config.likelihood} ({DATA_VIEW[config.likelihood]}); estimator {config.estimator} "
         f"({kl}), {config.n_samples} sample{'s' if config.n_samples > 1 else ''} of z per image",
-        f"  encoder 64-256-{2 * config.latent_dim}, decoder {config.latent_dim}-256-64; Adam (lr {config.lr}), "
+        f"  encoder 64-256-{2 * config.latent_dim}, decoder {config.latent_dim}-256-{decoder_outputs(config)}; "
+        f"Adam (lr {config.lr}), "
         f"batch {config.batch_size}, {config.epochs} epochs, seed {config.seed}",
         f"  device {device.type} ({where}); fused backend {backend!r}, one epoch of each run in turn:",
         f"  timed against plain PyTorch loss code ({plain}),",

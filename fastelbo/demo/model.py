@@ -5,12 +5,21 @@
              bernoulli, continuous_bernoulli: logits (..., 64)
              gaussian: (mean (..., 64), logvar (64,))  with a learned per-pixel log-variance
              categorical: logits (..., 64, 17)
+             dmol: the discretized logistic mixture's 10 M parameters per pixel, (..., 8, 8, 10 M),
+                   M = DMOL_MIX components
 """
 from __future__ import annotations
 
 import torch
 
-from .data import N_LEVELS, N_PIXELS
+from .data import DMOL_BITS, IMAGE_SIDE, N_LEVELS, N_PIXELS
+
+DMOL_MIX = 5
+
+
+def likelihood_options(likelihood: str) -> dict:
+    """fe.ELBO's likelihood options for the demo's data."""
+    return {"n_mix": DMOL_MIX, "bits": DMOL_BITS} if likelihood == "dmol" else {}
 
 
 class DigitsVAE(torch.nn.Module):
@@ -18,7 +27,7 @@ class DigitsVAE(torch.nn.Module):
         super().__init__()
         self.likelihood = likelihood
         self.latent_dim = latent_dim
-        outputs_per_pixel = N_LEVELS if likelihood == "categorical" else 1
+        outputs_per_pixel = {"categorical": N_LEVELS, "dmol": 10 * DMOL_MIX}.get(likelihood, 1)
         self.encoder = torch.nn.Sequential(torch.nn.Linear(N_PIXELS, hidden), torch.nn.Tanh(),
                                            torch.nn.Linear(hidden, 2 * latent_dim))
         self.decoder = torch.nn.Sequential(torch.nn.Linear(latent_dim, hidden), torch.nn.Tanh(),
@@ -38,6 +47,8 @@ class DigitsVAE(torch.nn.Module):
         out = self.decoder(z)
         if self.likelihood == "categorical":
             return out.unflatten(-1, (N_PIXELS, N_LEVELS))
+        if self.likelihood == "dmol":
+            return out.unflatten(-1, (IMAGE_SIDE, IMAGE_SIDE, 10 * DMOL_MIX))
         if self.likelihood == "gaussian":
             return out, self.pixel_logvar
         return out
@@ -51,5 +62,8 @@ class DigitsVAE(torch.nn.Module):
             return torch.distributions.ContinuousBernoulli(logits=params).mean
         if self.likelihood == "gaussian":
             return params[0].clamp(0, 1)
+        if self.likelihood == "dmol":  # channel 0's mixture mean: sum_m softmax(pi)_m mu_0,m
+            weights, means = params[..., :DMOL_MIX].softmax(-1), params[..., DMOL_MIX:2 * DMOL_MIX]
+            return (((weights * means).sum(-1).clamp(-1, 1) + 1) / 2).flatten(-2)
         levels = torch.arange(N_LEVELS, dtype=params.dtype, device=params.device)
         return (params.softmax(-1) * levels).sum(-1) / (N_LEVELS - 1)

@@ -16,7 +16,8 @@ log-variance:
     loss = -value.mean()
 
 The other likelihoods: continuous_bernoulli through torch.distributions.ContinuousBernoulli, the
-Gaussian's log-density written out, categorical through F.cross_entropy. DReG (Tucker et al.
+Gaussian's log-density written out, categorical through F.cross_entropy, dmol as openai/vdvae's
+discretized_mix_logistic_loss (fastelbo/benchmarks/dmol.py: vdvae_log_prob). DReG (Tucker et al.
 2018), as it is written by hand: log q with its parameters detached, the IWAE surrogate weighted
 by the detached normalized weights, and a hook on z that weighs its gradient once more.
 
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 
 import fastelbo as fe
 
+from .data import DMOL_BITS
+
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -43,7 +46,8 @@ class PlainELBO(torch.nn.Module):
     def describe(self) -> str:
         """The plain code in a few words, e.g. "torch.randn_like, BCE with logits, closed-form KL"."""
         likelihood = {"bernoulli": "BCE with logits", "continuous_bernoulli": "torch.distributions.ContinuousBernoulli",
-                      "gaussian": "the Gaussian log-density", "categorical": "cross-entropy"}[self.likelihood]
+                      "gaussian": "the Gaussian log-density", "categorical": "cross-entropy",
+                      "dmol": "vdvae's discretized_mix_logistic_loss"}[self.likelihood]
         estimator = {"elbo": "closed-form KL", "iwae": "logsumexp of MC log-weights",
                      "dreg": "DReG by hand (detached log q, weights, a hook on z)"}[self.estimator]
         return f"torch.randn_like, {likelihood}, {estimator}"
@@ -88,6 +92,12 @@ class PlainELBO(torch.nn.Module):
         if self.likelihood == "continuous_bernoulli":
             dist = torch.distributions.ContinuousBernoulli(logits=params, validate_args=False)
             return dist.log_prob(x.expand_as(params)).sum(-1)
+        if self.likelihood == "dmol":  # params (..., 8, 8, 10 M), x (B, 8, 8, 3): vdvae's loss takes 4-D tensors
+            from ..benchmarks.dmol import vdvae_log_prob
+
+            pixels = params.shape[-3:-1]
+            images = x.expand(params.shape[:-1] + (3,)).reshape(-1, *pixels, 3)
+            return vdvae_log_prob(images, params.reshape(-1, *pixels, params.shape[-1]), DMOL_BITS).view(params.shape[:-3])
         classes = params.shape[-1]  # categorical: logits (..., pixels, classes), x (B, pixels) class indices
         target = x.expand(params.shape[:-1])
         nll = F.cross_entropy(params.reshape(-1, classes), target.reshape(-1), reduction="none")

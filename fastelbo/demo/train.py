@@ -27,7 +27,7 @@ import torch.distributed as dist
 import fastelbo as fe
 
 from .data import Digits
-from .model import DigitsVAE
+from .model import DigitsVAE, likelihood_options
 from .plain import PlainELBO
 
 PLAIN = "plain"  # the backend name of the plain-PyTorch run (no fastelbo op in its loss)
@@ -76,7 +76,7 @@ def make_run(name: str, backend: str, config: DemoConfig) -> Run:
         objective = PlainELBO(config.likelihood, n_samples=config.n_samples, estimator=config.estimator)
     else:
         objective = fe.ELBO(config.likelihood, n_samples=config.n_samples, kl=config.kl,
-                            estimator=config.estimator, backend=backend)
+                            estimator=config.estimator, backend=backend, **likelihood_options(config.likelihood))
     trained = model
     if _distributed():
         trained = torch.nn.parallel.DistributedDataParallel(
