@@ -13,7 +13,7 @@ import fastelbo as fe
 import fastelbo.demo.train as train
 from fastelbo import _backend
 from fastelbo.demo import command, data as digits
-from fastelbo.demo.model import DigitsVAE
+from fastelbo.demo.model import DigitsVAE, likelihood_options
 from fastelbo.demo.plain import PlainELBO
 from fastelbo.testing import TOLERANCES
 
@@ -27,6 +27,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian", "categorical"])
 def test_data_views(likelihood):
+    """Each likelihood's view of the digits: (N, 64) targets, fixed by the seed (dmol's: below)."""
     data = digits.load(likelihood, device="cpu", seed=1)
     assert data.train.shape == (1500, 64) and data.test.shape == (297, 64)
     x = torch.cat([data.train, data.test])
@@ -42,10 +43,27 @@ def test_data_views(likelihood):
     assert torch.equal(again.train, data.train)  # the split is fixed by the seed
 
 
+def test_dmol_data_view():
+    """dmol: dithered 3-bit grey RGB, (N, 8, 8, 3) on the grid of 8 levels in [-1, 1], the channels
+    at most one level apart (not copies of one another), fixed by the seeds."""
+    data = digits.load("dmol", device="cpu", seed=1)
+    assert data.train.shape == (1500, 8, 8, 3) and data.test.shape == (297, 8, 8, 3)
+    x = torch.cat([data.train, data.test])
+    k = (x + 1) * 3.5
+    assert (k - k.round()).abs().max() < 1e-5 and k.min() == 0 and k.max() == 7  # (float32 sevenths)
+    k = k.round()
+    spread = k.amax(-1) - k.amin(-1)
+    assert spread.max() == 1 and (spread > 0).float().mean() > 0.2
+    encoded = data.encoder_input(x)
+    assert encoded.shape == (1797, 64) and 0 <= encoded.min() and encoded.max() <= 1
+    assert torch.equal(digits.load("dmol", device="cpu", seed=1).train, data.train)
+
+
 @needs_fused
 @pytest.mark.parametrize("likelihood,estimator,n_samples", [
     ("bernoulli", "elbo", 1), ("bernoulli", "iwae", 4), ("bernoulli", "dreg", 3),
-    ("continuous_bernoulli", "elbo", 2), ("gaussian", "elbo", 1), ("categorical", "iwae", 2),
+    ("continuous_bernoulli", "elbo", 2), ("gaussian", "elbo", 1), ("categorical", "iwae", 2), ("dmol", "elbo", 1),
+    ("dmol", "iwae", 2),
 ])
 def test_fused_and_reference_runs_agree(likelihood, estimator, n_samples, seed):
     config = train.DemoConfig(likelihood=likelihood, estimator=estimator, n_samples=n_samples, epochs=2,
@@ -63,6 +81,7 @@ def test_fused_and_reference_runs_agree(likelihood, estimator, n_samples, seed):
 @needs_fused
 @pytest.mark.parametrize("likelihood,estimator,n_samples", [
     ("bernoulli", "elbo", 1), ("bernoulli", "dreg", 3), ("gaussian", "elbo", 2), ("categorical", "iwae", 2),
+    ("dmol", "elbo", 1),
 ])
 def test_first_step_gradients_agree(likelihood, estimator, n_samples, seed):
     """From the same weights, batch and noise, the fused and reference objectives give every model
@@ -83,7 +102,7 @@ def test_first_step_gradients_agree(likelihood, estimator, n_samples, seed):
 @pytest.mark.parametrize("likelihood,estimator,n_samples", [
     ("bernoulli", "elbo", 1), ("bernoulli", "elbo", 3), ("bernoulli", "iwae", 4), ("bernoulli", "dreg", 3),
     ("bernoulli", "dreg", 1), ("continuous_bernoulli", "elbo", 2), ("gaussian", "elbo", 1), ("gaussian", "iwae", 2),
-    ("categorical", "iwae", 2), ("categorical", "elbo", 1),
+    ("categorical", "iwae", 2), ("categorical", "elbo", 1), ("dmol", "elbo", 1), ("dmol", "dreg", 2),
 ])
 def test_plain_objective_is_fastelbos(likelihood, estimator, n_samples):
     """The plain-PyTorch baseline trains the same objective: given fe.ELBO's noise, its value and every
@@ -93,7 +112,8 @@ def test_plain_objective_is_fastelbos(likelihood, estimator, n_samples):
     torch.manual_seed(0)
     model = DigitsVAE(likelihood).double()
     kl = "analytic" if estimator == "elbo" else "mc"
-    objective = fe.ELBO(likelihood, n_samples=n_samples, kl=kl, estimator=estimator, backend="reference")
+    objective = fe.ELBO(likelihood, n_samples=n_samples, kl=kl, estimator=estimator, backend="reference",
+                        **likelihood_options(likelihood))
     encoded = data.encoder_input(x).double()
     out = model(x, encoded, objective)
     out.loss.backward()
