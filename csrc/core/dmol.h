@@ -36,12 +36,11 @@ struct SoftplusSigmoid {
   V sigmoid;   // 1 / (1 + e^-y)
 };
 
-// softplus(y) and sigmoid(y) from one exp(-|y|). In single precision with one division for both
+// softplus(y) and sigmoid(y) given e = e^-|y|. In single precision with one division for both
 // 1/(1 + e) and the atanh argument e/(2 + e) of log1p (as bernoulli_terms in math.h).
 template <typename V, typename M = Ops<V>>
-FE_HD SoftplusSigmoid<V> softplus_sigmoid(V y) {
+FE_HD SoftplusSigmoid<V> softplus_sigmoid(V y, V e) {
   const V one = M::c(1.0);
-  const V e = M::exp(M::c(0.0) - M::abs(y));
   const V u = one + e;
   V inv_u, log1p_e;
   if constexpr (M::kSingle) {
@@ -54,6 +53,11 @@ FE_HD SoftplusSigmoid<V> softplus_sigmoid(V y) {
     log1p_e = log1p_unit<V, M>(e, u, inv_u);
   }
   return SoftplusSigmoid<V>{M::maximum(y, M::c(0.0)) + log1p_e, M::select(M::ge(y, M::c(0.0)), one, e) * inv_u};
+}
+
+template <typename V, typename M = Ops<V>>
+FE_HD SoftplusSigmoid<V> softplus_sigmoid(V y) {
+  return softplus_sigmoid<V, M>(y, M::exp(M::c(0.0) - M::abs(y)));
 }
 
 template <typename V>
@@ -87,9 +91,22 @@ FE_HD DmolChannel<V> dmol_channel(V x, V u, V s, V inv, V h, V log_half_levels) 
   const V one = M::c(1.0);
   const V plus = inv * (u + h), minus = inv * (u - h), mid = inv * u;
   const V delta = inv * (M::c(2.0) * h);
-  const SoftplusSigmoid<V> p = softplus_sigmoid<V, M>(M::c(0.0) - plus);  // of -plus
-  const SoftplusSigmoid<V> q = softplus_sigmoid<V, M>(minus);
   const V em = M::expm1(M::c(0.0) - delta);  // in (-1, 0]
+  // e^-|plus| and e^-|minus| from one exp where the bin lies on one side of the mean: the one
+  // nearer 0 is exp'd, the other is it times e^-delta = 1 + em (plus = minus + delta). Lanes whose
+  // bin straddles the mean (minus < 0 < plus) need both exps, computed only when some lane does.
+  const V a_plus = M::abs(plus), a_minus = M::abs(minus);
+  const V e_near = M::exp(M::c(0.0) - M::minimum(a_plus, a_minus));
+  const V e_far = e_near * (one + em);
+  const auto right = M::ge(minus, M::c(0.0));  // both >= 0: minus is nearer 0
+  V e_plus = M::select(right, e_far, e_near), e_minus = M::select(right, e_near, e_far);
+  if (!M::all(M::mask_or(right, M::le(plus, M::c(0.0))))) {
+    const auto straddle = M::mask_and(M::lt(minus, M::c(0.0)), M::gt(plus, M::c(0.0)));
+    e_plus = M::select(straddle, M::exp(M::c(0.0) - a_plus), e_plus);
+    e_minus = M::select(straddle, M::exp(M::c(0.0) - a_minus), e_minus);
+  }
+  const SoftplusSigmoid<V> p = softplus_sigmoid<V, M>(M::c(0.0) - plus, e_plus);  // of -plus
+  const SoftplusSigmoid<V> q = softplus_sigmoid<V, M>(minus, e_minus);
   const V log_mass = (M::c(0.0) - p.softplus - q.softplus) + M::log(M::c(0.0) - em);
   const auto low = M::lt(x, M::c(-kDmolEdge)), high = M::gt(x, M::c(kDmolEdge));
   const auto mass = M::gt(log_mass, M::c(kDmolLogMassFloor));

@@ -25,7 +25,7 @@ using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, f
 // |r| <= ln(2)/2 (Cody-Waite: ln 2 split in two constants), e^r by a degree-6 polynomial (peak
 // error about 2 ulp), then 2^n applied as 2^a 2^b with a, b in [-75, 64] (both normal floats), so
 // results are right down to the subnormals and overflow to inf; NaN stays NaN.
-inline Vec<float> exp_f32(const Vec<float>& x) {
+C10_ALWAYS_INLINE Vec<float> exp_f32(const Vec<float>& x) {
   using V = Vec<float>;
   using I = Vec<int32_t>;
   const V xc = at::vec::minimum(at::vec::maximum(x, V(-104.0f)), V(88.8f));  // both propagate NaN
