@@ -79,7 +79,10 @@ def _log_prob_from_logits(x):
 
 def vdvae_log_prob(x: torch.Tensor, l: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """openai/vdvae's discretized_mix_logistic_loss as its code writes it, returning the per-image
-    log-likelihood (nats, summed over pixels and channels) instead of its normalized loss."""
+    log-likelihood (nats, summed over pixels and channels) instead of its normalized loss, for
+    2^bits levels (vdvae: 8 bits), and with torch.clamp for its const_max(log_scales, -7.) (the
+    same values; at a log-scale of exactly -7 clamp passes the whole gradient, torch.max half, and
+    fastelbo's op follows clamp)."""
     xs, nr_mix = list(x.shape), l.shape[-1] // 10
     half_levels = (2 ** bits - 1) / 2.0
     logit_probs = l[:, :, :, :nr_mix]

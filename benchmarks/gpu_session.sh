@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU runs, in at most two device calls (each under 10 minutes):
 #   bash benchmarks/gpu_session.sh test    # install, the whole suite on the GPU, fastelbo check
-#   bash benchmarks/gpu_session.sh bench   # install, fastelbo bench (S1 S2 W1-W5; table, CSV, JSON, MD, PNG)
+#   bash benchmarks/gpu_session.sh bench   # install, fastelbo bench (S1 S2 W1-W7; table, CSV, JSON, MD, PNG)
 # Logs and results land in $OUT (the device tool brings them back); commit the bench files under
 # benchmarks/results/ with the device named. Without matplotlib on that machine, the bench skips the PNG.
 # The C++ backends build just in time with ninja. The GPU machine has no internet: first run

@@ -96,7 +96,7 @@ class ELBO(torch.nn.Module):
         for name, value in options.items():
             if value is None:
                 raise TypeError(f"likelihood {self.likelihood!r} needs the keyword argument {name}")
-            V.integer(name, value, -(2**31))
+            V.integer(name, value, 1 if name in ("n_mix", "bits") else -(2**31))
         return options
 
     def extra_repr(self) -> str:
@@ -161,8 +161,9 @@ class ELBO(torch.nn.Module):
         if self.likelihood == "dmol":
             options = self.likelihood_options
             channel_dim = options["channel_dim"]  # on x (no sample dim): counted from the end for params
-            if not -x.dim() <= channel_dim < x.dim():
-                raise ValueError(f"channel_dim={channel_dim} is out of range for x with {x.dim()} dims")
+            if not -event_dims <= channel_dim - (x.dim() if channel_dim >= 0 else 0) < 0:
+                raise ValueError(f"channel_dim={channel_dim} must name one of x's event dims (the last "
+                                 f"{event_dims} of x's {x.dim()} dims: x has mu's batch dims first)")
             return discretized_logistic_mixture_log_prob(
                 params, x, n_mix=options["n_mix"], bits=options["bits"],
                 channel_dim=channel_dim - x.dim() if channel_dim >= 0 else channel_dim, event_dims=event_dims - 1,

@@ -43,8 +43,17 @@ def value_and_grad(params, x, backend, cotangent=None, **options):
 
 # ---- the reference is the codebases' likelihood ----
 
+@pytest.fixture
+def exact_softplus(monkeypatch):
+    """F.softplus as float64 needs it in the codebases' code below: its default threshold makes it
+    the identity above 20, an error of e^-20 per term (times the scale's inverse in a gradient,
+    up to 1e-6 at the clamp) that the reference does not make; 40 keeps it exact in float64."""
+    softplus = F.softplus
+    monkeypatch.setattr(F, "softplus", lambda t, beta=1.0, threshold=20.0: softplus(t, beta, 40.0))
+
+
 @pytest.mark.parametrize("bits,n_mix", [(8, 10), (5, 2), (8, 1)])
-def test_reference_is_vdvae_loss(bits, n_mix, seed):
+def test_reference_is_vdvae_loss(bits, n_mix, seed, exact_softplus):
     """openai/vdvae's discretized_mix_logistic_loss (benchmarks/dmol.py, its code as written, 8 bits
     generalized to 2^bits levels) in float64: the same value and gradient, with pixels in both edge
     bins and in the density-at-centre branch (means far from x)."""
@@ -97,7 +106,7 @@ def nvae_log_prob(param, samples, num_mix, num_bits=8):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nvae_layout_maps_with_a_view(backend, seed):
+def test_nvae_layout_maps_with_a_view(backend, seed, exact_softplus):
     """NVAE's decoder output (B, 10 M, H, W) is the op's NCHW layout as it is (channel_dim=1, no
     copy); its data in [0, 1] maps to x = 2 x - 1. Per pixel (event_dims=0) the values agree with
     NVAE's log_prob, on data without the 8-bit level 254, which NVAE's 0.99 threshold puts in the top
@@ -132,6 +141,87 @@ def test_far_tails_at_the_clamp_in_float64(backend, seed):
         actual = value_and_grad(params, x, backend, cot, n_mix=n_mix, bits=bits)
         for a, e in zip(actual, expected):
             torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+@needs_fused
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_float32_edge_bins_at_the_clamp(backend):
+    """float32 at the clamp (scale e^-7), x in the lowest bin, the mean a multiple of 2^-14 below
+    it (x - m exact in float32): the gradient with respect to the mean as accurate, relative, as the
+    float32 reference's (a few 1e-6). A far tail value derived as 1 + expm1(-delta) cancelled there
+    (1.5e-4 relative at 8 bits, the whole value at 5 bits)."""
+    for bits in (8, 5):
+        n = 2048
+        x = torch.zeros(1, n, 1, 3, dtype=torch.float64)
+        x[..., 0] = -1.0
+        params = torch.zeros(1, n, 1, 10, dtype=torch.float64)
+        params[..., 1] = -1.0 - (torch.arange(n, dtype=torch.float64) / 2**14).view(1, n, 1)  # mu_0
+        params[..., 2] = -7.0  # its log-scale, at the clamp
+        truth = value_and_grad(params, x, "reference", n_mix=1, bits=bits, event_dims=0)[1][..., 1]
+        actual = value_and_grad(params.float(), x.float(), backend, n_mix=1, bits=bits, event_dims=0)[1][..., 1]
+        normal = truth.abs() > 1e-30  # (where float32 holds the gradient as a normal number)
+        relative = ((actual.double() - truth).abs() / truth.abs())[normal]
+        assert normal.sum() > 100 and relative.max() < 2e-5, (bits, float(relative.max()))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed pixels", "x broadcast over rows", "sliced params", "event_dims=3",
+                                    "1 bit", "10 bits", "float16 x"])
+def test_layouts_and_options_against_the_reference(backend, layout, seed):
+    """float64 (x float16 in one case) against the reference: layouts the kernels cannot address as
+    rows of pixels (H and W transposed, x broadcast along one of the summed pixel dims: the
+    contiguous fallback, whose gradient is copied back into params' layout), sliced params, the
+    batch dim summed too, the extreme bit depths."""
+    g = generator(seed)
+    n_mix, bits, event_dims = 2, 8, 2
+    shape = (3, 4, 5)
+    if layout == "1 bit":
+        bits = 1
+    if layout == "10 bits":
+        bits = 10
+    if layout == "event_dims=3":
+        event_dims = 3
+    x = levels(g, shape + (3,), bits)
+    params = params_for(g, x, n_mix)
+    if layout == "transposed pixels":
+        params = params.transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "x broadcast over rows":
+        x = x[:1, :1]  # (1, 1, 5, 3): the same row of pixels everywhere
+        params = params_for(g, x.expand(shape + (3,)), n_mix)
+    if layout == "sliced params":
+        params = params_for(g, levels(g, (3, 8, 5, 3), bits), n_mix)[:, ::2]
+        x = levels(g, shape + (3,), bits)
+    if layout == "float16 x":
+        x = x.half()
+    cot = randn(g, *shape[: 3 - event_dims]) if event_dims < 3 else torch.randn((), generator=g, dtype=torch.float64)
+    expected = value_and_grad(params, x.double(), "reference", cot, n_mix=n_mix, bits=bits, event_dims=event_dims)
+    actual = value_and_grad(params, x, backend, cot, n_mix=n_mix, bits=bits, event_dims=event_dims)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+    assert actual[1].stride() == params.stride() or not params.is_contiguous()
+
+
+@needs_fused
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_saved_tensor_hooks_see_the_gradient_buffer(backend, seed):
+    """Under torch.autograd.graph.saved_tensors_hooks (save_on_cpu, checkpointing) the call saves
+    its gradient buffer through the hooks (the eager path would keep it aside): the hooks pack a
+    tensor of params' size, and the gradient is the same."""
+    g = generator(seed)
+    x = levels(g, (2, 3, 4, 3), 8, torch.float32)
+    params = params_for(g, x, 2, dtype=torch.float32)
+    expected = value_and_grad(params, x, backend, n_mix=2)
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        actual = value_and_grad(params, x, backend, n_mix=2)
+    assert params.shape in packed and sum(shape == params.shape for shape in packed) >= 2  # params and the buffer
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
 
 
 # ---- memory: no (B, H, W, 3, M) tensor, no copy, the buffer scaled in place ----
@@ -312,8 +402,8 @@ def test_empty_inputs_and_inputs_unmodified(backend):
     assert torch.equal(p.detach(), before[0]) and torch.equal(x, before[1])
 
 
-@needs_fused
-@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the cpu backend is unavailable")
+@pytest.mark.parametrize("backend", ["cpu"])  # (the backend whose work is split over torch's threads)
 def test_bitwise_deterministic_whatever_the_thread_count(backend, seed):
     g = generator(seed)
     x = levels(g, (3, 20, 30, 3), 8, torch.float32)
@@ -354,6 +444,10 @@ def test_elbo_module_dmol(seed):
         fe.ELBO("dmol")
     with pytest.raises(TypeError, match="unexpected keyword argument 'n_mix'"):
         fe.ELBO("bernoulli", n_mix=2)
+    with pytest.raises(ValueError, match="n_mix must be >= 1"):
+        fe.ELBO("dmol", n_mix=0)
+    with pytest.raises(ValueError, match="channel_dim=0 must name one of x's event dims"):
+        fe.ELBO("dmol", n_mix=2, bits=3, channel_dim=0, backend="reference")(x, mu, scale, decoder)
 
 
 def test_op_module_constants_match_the_kernels():
@@ -361,7 +455,11 @@ def test_op_module_constants_match_the_kernels():
     import math
     import pathlib
 
-    header = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "core" / "dmol.h").read_text()
+    root = pathlib.Path(__file__).resolve().parents[1]
+    header = (root / "csrc" / "core" / "dmol.h").read_text()
+    triton_source = (root / "triton_kernels" / "dmol.py").read_text()
     assert "kDmolMinLogScale = -7.0" in header and op_module.MIN_LOG_SCALE == -7.0
     assert "kDmolEdge = 0.999" in header and op_module.EDGE == 0.999
     assert f"{math.log(1e-5):.15f}"[:15] in header and op_module.LOG_MASS_FLOOR == math.log(1e-5)
+    assert "MIN_LOG_SCALE: tl.constexpr = -7.0" in triton_source and "EDGE: tl.constexpr = 0.999" in triton_source
+    assert f"LOG_MASS_FLOOR: tl.constexpr = {math.log(1e-5)!r}" in triton_source

@@ -1,6 +1,6 @@
 // The discretized mixture of logistics (PixelCNN++ / VDVAE / NVAE) per mixture component of one
 // pixel, with its derivatives, torch-free (host and device; V = float, double or an ATen vector:
-// see math.h). The formulas of the README's "Discretized mixture of logistics" section, mirrored by
+// see math.h). The formulas of the README's "The pixel likelihood of image VAEs" section, mirrored by
 // fastelbo/ops/discretized_logistic_mixture_log_prob.py (reference) and triton_kernels/dmol.py.
 //
 // One channel c of one component: mean m, log-scale s (clamped below at -7), inv = e^-s, bin
@@ -13,10 +13,11 @@
 //     log P = log mass where log mass > log 1e-5, else the density at the bin centre times the bin
 //     width: log P = mid - s - 2 softplus(mid) - log((2^bits - 1) / 2)
 // and the derivatives d log P / d u and d log P / d s:
-//   lowest:  inv sigmoid(-plus),                      -plus sigmoid(-plus)
-//   highest: -inv sigmoid(minus),                      minus sigmoid(minus)
-//   mass:    inv (sigmoid(-plus) - sigmoid(minus)),    minus sigmoid(minus) - plus sigmoid(-plus) + delta e^-delta / expm1(-delta)
-//   centre:  inv (1 - 2 sigmoid(mid)),                 -mid (1 - 2 sigmoid(mid)) - 1
+//   lowest:  d/du = inv sigmoid(-plus),                   d/ds = -plus sigmoid(-plus)
+//   highest: d/du = -inv sigmoid(minus),                  d/ds = minus sigmoid(minus)
+//   mass:    d/du = inv (sigmoid(-plus) - sigmoid(minus)),
+//            d/ds = minus sigmoid(minus) - plus sigmoid(-plus) + delta e^-delta / expm1(-delta)
+//   centre:  d/du = inv (1 - 2 sigmoid(mid)),             d/ds = -mid (1 - 2 sigmoid(mid)) - 1
 // The component couples the channels' means through the raw coefficients a (t = tanh a):
 //   m_0 = mu_0,  m_1 = mu_1 + t_0 x_0,  m_2 = mu_2 + t_1 x_0 + t_2 x_1.
 #pragma once
@@ -27,7 +28,7 @@ namespace fastelbo {
 namespace core {
 
 constexpr double kDmolMinLogScale = -7.0;
-constexpr double kDmolEdge = 0.999;                   // |x| beyond it: the lowest / highest bin
+constexpr double kDmolEdge = 0.999;                        // |x| beyond it: the lowest / highest bin
 constexpr double kDmolLogMassFloor = -11.512925464970229;  // log 1e-5
 
 template <typename V>
@@ -92,12 +93,14 @@ FE_HD DmolChannel<V> dmol_channel(V x, V u, V s, V inv, V h, V log_half_levels) 
   const V plus = inv * (u + h), minus = inv * (u - h), mid = inv * u;
   const V delta = inv * (M::c(2.0) * h);
   const V em = M::expm1(M::c(0.0) - delta);  // in (-1, 0]
+  // e^-delta, not 1 + em, which cancels once delta >~ 1 (on the CPU expm1's exp is shared with it)
+  const V e_delta = M::exp(M::c(0.0) - delta);
   // e^-|plus| and e^-|minus| from one exp where the bin lies on one side of the mean: the one
-  // nearer 0 is exp'd, the other is it times e^-delta = 1 + em (plus = minus + delta). Lanes whose
-  // bin straddles the mean (minus < 0 < plus) need both exps, computed only when some lane does.
+  // nearer 0 is exp'd, the other is it times e^-delta (plus = minus + delta). Lanes whose bin
+  // straddles the mean (minus < 0 < plus) need both exps, computed only when some lane does.
   const V a_plus = M::abs(plus), a_minus = M::abs(minus);
   const V e_near = M::exp(M::c(0.0) - M::minimum(a_plus, a_minus));
-  const V e_far = e_near * (one + em);
+  const V e_far = e_near * e_delta;
   const auto right = M::ge(minus, M::c(0.0));  // both >= 0: minus is nearer 0
   V e_plus = M::select(right, e_far, e_near), e_minus = M::select(right, e_near, e_far);
   if (!M::all(M::mask_or(right, M::le(plus, M::c(0.0))))) {

@@ -1,6 +1,6 @@
 """fastelbo.discretized_logistic_mixture_log_prob: the discretized mixture of logistics (PixelCNN++,
 openai/vdvae, NVlabs/NVAE), the log-likelihood of 3-channel images on a grid of 2^bits levels
-rescaled to [-1, 1], summed over the event dims (the README's "Discretized mixture of logistics").
+rescaled to [-1, 1], summed over the event dims (the README's "The pixel likelihood of image VAEs").
 
 Per pixel, 10 M parameters along the channel dim: M mixture logits pi_m, then per colour channel
 c = 0, 1, 2 a block of 3 M: means mu_c,m, log-scales s_c,m (clamped below at -7), raw coefficients
@@ -59,10 +59,17 @@ def discretized_logistic_mixture_log_prob(params, x, *, n_mix, bits=8, channel_d
     name = resolve(backend, params.device)
     if name == "reference":
         return reference(params, x, n_mix, bits, event_dims)
-    if needs_grad(params) and not torch.compiler.is_compiling():
+    if needs_grad(params) and not torch.compiler.is_compiling() and not saved_tensor_hooks_active():
         return EagerFunction.apply(params, x, n_mix, bits, event_dims, OVERLOAD[name])
     op = getattr(torch.ops.fastelbo.discretized_logistic_mixture_log_prob, OVERLOAD[name])
     return op(params, x, n_mix, bits, event_dims, needs_grad(params))[0]
+
+
+def saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks are set (torch.autograd.graph.saved_tensors_hooks, save_on_cpu,
+    non-reentrant checkpointing): they must see the gradient buffer, which the eager path keeps
+    outside save_for_backward, so the call then goes through the torch op (which saves it)."""
+    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
 
 
 def check_arguments(params, x, n_mix, bits, channel_dim, event_dims):
@@ -91,7 +98,7 @@ def check_arguments(params, x, n_mix, bits, channel_dim, event_dims):
                          f"(shape {tuple(x.shape)})")
     V.same_device("x", x, "params", params)
     params, x = params.movedim(from_end, -1), x.movedim(from_end, -1)
-    V.broadcasts_to("x (channels last)", x, params.shape[:-1] + (3,), "params' pixels with 3 channels")
+    V.broadcasts_to("x (channels last)", x, params.shape[:-1] + (3,), "the parameters' pixels (channels last, 3)")
     if x.requires_grad and torch.is_grad_enabled():
         raise ValueError("x must not require grad: the discretized likelihood is differentiated with respect to "
                          "params only (x is discrete data)")
@@ -103,7 +110,8 @@ def check_arguments(params, x, n_mix, bits, channel_dim, event_dims):
 
 
 def on_grid(name, x, bits) -> None:
-    """x on the grid of 2^bits levels in [-1, 1] (to x's dtype's precision)."""
+    """x on the grid of 2^bits levels in [-1, 1] (to x's dtype's precision: in bfloat16, whose
+    8-bit mantissa cannot hold every 8-bit level, the check only bounds x to [-1, 1])."""
     levels = 2 ** bits - 1
     k = (x.double() + 1.0) * (levels / 2.0)
     tolerance = 1e-3 + torch.finfo(x.dtype).eps * levels
@@ -209,7 +217,7 @@ class EagerFunction(torch.autograd.Function):
         op = getattr(torch.ops.fastelbo.discretized_logistic_mixture_log_prob, overload)
         out, buffer = op(params, x, n_mix, bits, event_dims, True)
         ctx.options = (n_mix, bits, event_dims, overload)
-        ctx.buffer = buffer
+        ctx.buffer = buffer  # (not save_for_backward: the backward modifies it; see saved_tensor_hooks_active)
         ctx.save_for_backward(params, x)
         ctx.set_materialize_grads(False)
         return out
