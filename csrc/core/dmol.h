@@ -86,8 +86,9 @@ struct DmolChannel {
 };
 
 // One channel of one component: x the data, u = x - m, s the clamped log-scale, inv = e^-s,
-// h the bin half-width, log_half_levels = log((2^bits - 1) / 2).
-template <typename V, typename M = Ops<V>>
+// h the bin half-width, log_half_levels = log((2^bits - 1) / 2). Without kGrad (a forward pass
+// without gradients) the derivatives are not computed (0).
+template <bool kGrad, typename V, typename M = Ops<V>>
 FE_HD DmolChannel<V> dmol_channel(V x, V u, V s, V inv, V h, V log_half_levels) {
   const V one = M::c(1.0);
   const V plus = inv * (u + h), minus = inv * (u - h), mid = inv * u;
@@ -113,21 +114,27 @@ FE_HD DmolChannel<V> dmol_channel(V x, V u, V s, V inv, V h, V log_half_levels) 
   const V log_mass = (M::c(0.0) - p.softplus - q.softplus) + M::log(M::c(0.0) - em);
   const auto low = M::lt(x, M::c(-kDmolEdge)), high = M::gt(x, M::c(kDmolEdge));
   const auto mass = M::gt(log_mass, M::c(kDmolLogMassFloor));
-  V value = log_mass;
-  V d_u = inv * (p.sigmoid - q.sigmoid);
-  V d_s = minus * q.sigmoid - plus * p.sigmoid + delta * (one + em) / em;
+  V value = log_mass, d_u = M::c(0.0), d_s = M::c(0.0);
+  if constexpr (kGrad) {
+    d_u = inv * (p.sigmoid - q.sigmoid);
+    d_s = minus * q.sigmoid - plus * p.sigmoid + delta * e_delta / em;
+  }
   // The interior where the bin's mass is below 1e-5 (or NaN): the density at its centre, computed
   // only when some lane needs it (rare in the bulk of an image; a NaN lane always does).
   if (!M::all(M::mask_or(mass, M::mask_or(low, high)))) {
     const SoftplusSigmoid<V> r = softplus_sigmoid<V, M>(mid);
-    const V tilt = one - M::c(2.0) * r.sigmoid;  // d (mid - 2 softplus(mid)) / d mid
     value = M::select(mass, value, mid - s - M::c(2.0) * r.softplus - log_half_levels);
-    d_u = M::select(mass, d_u, inv * tilt);
-    d_s = M::select(mass, d_s, M::c(0.0) - mid * tilt - one);
+    if constexpr (kGrad) {
+      const V tilt = one - M::c(2.0) * r.sigmoid;  // d (mid - 2 softplus(mid)) / d mid
+      d_u = M::select(mass, d_u, inv * tilt);
+      d_s = M::select(mass, d_s, M::c(0.0) - mid * tilt - one);
+    }
   }
   value = M::select(low, M::c(0.0) - p.softplus, M::select(high, M::c(0.0) - q.softplus, value));
-  d_u = M::select(low, inv * p.sigmoid, M::select(high, M::c(0.0) - inv * q.sigmoid, d_u));
-  d_s = M::select(low, M::c(0.0) - plus * p.sigmoid, M::select(high, minus * q.sigmoid, d_s));
+  if constexpr (kGrad) {
+    d_u = M::select(low, inv * p.sigmoid, M::select(high, M::c(0.0) - inv * q.sigmoid, d_u));
+    d_s = M::select(low, M::c(0.0) - plus * p.sigmoid, M::select(high, minus * q.sigmoid, d_s));
+  }
   return DmolChannel<V>{value, d_u, d_s};
 }
 
@@ -140,14 +147,13 @@ struct DmolComponent {
 };
 
 // One mixture component of one pixel: x[3] the data, mu[3], s[3] (raw log-scales), a[3] (raw
-// coefficients) the component's parameters per channel. Without need_grad only log_prob is set.
-template <typename V, typename M = Ops<V>>
-FE_HD DmolComponent<V> dmol_component(const V* x, const V* mu, const V* s_raw, const V* a, V h, V log_half_levels,
-                                      bool need_grad) {
+// coefficients) the component's parameters per channel. Without kGrad only log_prob is set.
+template <bool kGrad, typename V, typename M = Ops<V>>
+FE_HD DmolComponent<V> dmol_component(const V* x, const V* mu, const V* s_raw, const V* a, V h, V log_half_levels) {
   DmolComponent<V> out;
   V t[3], dt[3];
   for (int c = 0; c < 3; ++c) {
-    const TanhTerms<V> tt = tanh_terms<V, M>(a[c], need_grad);
+    const TanhTerms<V> tt = tanh_terms<V, M>(a[c], kGrad);
     t[c] = tt.t;
     dt[c] = tt.dt;
   }
@@ -155,15 +161,16 @@ FE_HD DmolComponent<V> dmol_component(const V* x, const V* mu, const V* s_raw, c
   out.log_prob = M::c(0.0);
   for (int c = 0; c < 3; ++c) {
     const V s = M::maximum(s_raw[c], M::c(kDmolMinLogScale));
-    const DmolChannel<V> ch = dmol_channel<V, M>(x[c], x[c] - mean[c], s, M::exp(M::c(0.0) - s), h, log_half_levels);
+    const DmolChannel<V> ch =
+        dmol_channel<kGrad, V, M>(x[c], x[c] - mean[c], s, M::exp(M::c(0.0) - s), h, log_half_levels);
     out.log_prob = out.log_prob + ch.value;
-    if (need_grad) {
+    if constexpr (kGrad) {
       out.d_mean[c] = M::c(0.0) - ch.d_centered;
       // torch.clamp's gradient: passed where s_raw >= -7 (ties included), else 0.
       out.d_scale[c] = M::select(M::ge(s_raw[c], M::c(kDmolMinLogScale)), ch.d_scale, M::c(0.0));
     }
   }
-  if (need_grad) {
+  if constexpr (kGrad) {
     out.d_coeff[0] = out.d_mean[1] * x[0] * dt[0];
     out.d_coeff[1] = out.d_mean[2] * x[0] * dt[1];
     out.d_coeff[2] = out.d_mean[2] * x[1] * dt[2];

@@ -12,12 +12,13 @@
 //   d/d pi_m = w_m - softmax(pi)_m,   d/d (mu, s, a)_c,m = w_m d log p_m / d (mu, s, a)_c,m.
 // Work is split into fixed chunks of pixels, each chunk's sum kept apart and the chunks of an image
 // added in order: the result does not depend on the thread count.
+#include "../core/dmol.h"
+
 #include <limits>
 #include <vector>
 
 #include "../binding/checks.h"
 #include "../binding/plan.h"
-#include "../core/dmol.h"
 #include "common.h"
 #include "ops.h"
 
@@ -62,71 +63,74 @@ void dmol_kernel(const RowPlan& plan, const int64_t cs[3], int64_t M, int64_t bi
   const V h(static_cast<T>(1.0 / levels)), log_half_levels(static_cast<T>(std::log(levels / 2.0)));
   const V neg_inf(-std::numeric_limits<T>::infinity());
   std::vector<T> partial(R * chunks);
-  at::parallel_for(0, R * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(kSlots * M * W);
-    auto slot = [&](int64_t m, int64_t k) { return scratch.data() + (m * kSlots + k) * W; };
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / chunks, c0 = (task % chunks) * kChunkPixels;
-      const scalar_t* p_row = p_ptr + core::row_offset(r, plan.shape, ps);
-      const x_t* x_row = x_ptr + core::row_offset(r, plan.shape, xs);
-      T* g_row = need_grad ? g_ptr + core::row_offset(r, plan.shape, gs) : nullptr;
-      V acc(T(0));
-      for_vectors<W>(std::min(kChunkPixels, N - c0), [&](int64_t offset, auto n) {
-        const int64_t j = c0 + offset;
-        auto param = [&](int64_t k) { return load<T>(p_row + j * ps.sc + k * cs[0], ps.sc, n); };
-        auto put = [&](int64_t k, const V& v) { store<T>(g_row + j * gs.sc + k * cs[2], gs.sc, v, n); };
-        V x[3];
-        for (int c = 0; c < 3; ++c) x[c] = load<T>(x_row + j * xs.sc + c * cs[1], xs.sc, n);
-        // log_softmax of the mixture logits: max, then the sum of e^(pi - max)
-        V pi_max = neg_inf;
-        for (int64_t m = 0; m < M; ++m) pi_max = at::vec::maximum(pi_max, param(m));
-        V pi_sum(T(0));
-        for (int64_t m = 0; m < M; ++m) {
-          const V e = vexp(param(m) - pi_max);
-          pi_sum += e;
-          e.store(slot(m, 1));
-        }
-        const V log_norm = pi_max + pi_sum.log();
-        V a_max = neg_inf;
-        for (int64_t m = 0; m < M; ++m) {
-          V mu[3], s[3], a[3];
-          for (int c = 0; c < 3; ++c) {
-            const int64_t base = M + 3 * M * c + m;
-            mu[c] = param(base);
-            s[c] = param(base + M);
-            a[c] = param(base + 2 * M);
+  static_flag(need_grad, [&](auto grad) {
+    constexpr bool kGrad = decltype(grad)::value;
+    at::parallel_for(0, R * chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(kSlots * M * W);
+      auto slot = [&](int64_t m, int64_t k) { return scratch.data() + (m * kSlots + k) * W; };
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t r = task / chunks, c0 = (task % chunks) * kChunkPixels;
+        const scalar_t* p_row = p_ptr + core::row_offset(r, plan.shape, ps);
+        const x_t* x_row = x_ptr + core::row_offset(r, plan.shape, xs);
+        T* g_row = need_grad ? g_ptr + core::row_offset(r, plan.shape, gs) : nullptr;
+        V acc(T(0));
+        for_vectors<W>(std::min(kChunkPixels, N - c0), [&](int64_t offset, auto n) {
+          const int64_t j = c0 + offset;
+          auto param = [&](int64_t k) { return load<T>(p_row + j * ps.sc + k * cs[0], ps.sc, n); };
+          auto put = [&](int64_t k, const V& v) { store<T>(g_row + j * gs.sc + k * cs[2], gs.sc, v, n); };
+          V x[3];
+          for (int c = 0; c < 3; ++c) x[c] = load<T>(x_row + j * xs.sc + c * cs[1], xs.sc, n);
+          // log_softmax of the mixture logits: max, then the sum of e^(pi - max)
+          V pi_max = neg_inf;
+          for (int64_t m = 0; m < M; ++m) pi_max = at::vec::maximum(pi_max, param(m));
+          V pi_sum(T(0));
+          for (int64_t m = 0; m < M; ++m) {
+            const V e = vexp(param(m) - pi_max);
+            pi_sum += e;
+            e.store(slot(m, 1));
           }
-          const core::DmolComponent<V> comp = core::dmol_component<V>(x, mu, s, a, h, log_half_levels, need_grad);
-          const V am = param(m) - log_norm + comp.log_prob;
-          a_max = at::vec::maximum(a_max, am);
-          am.store(slot(m, 0));
-          if (need_grad) {
+          const V log_norm = pi_max + pi_sum.log();
+          V a_max = neg_inf;
+          for (int64_t m = 0; m < M; ++m) {
+            V mu[3], s[3], a[3];
             for (int c = 0; c < 3; ++c) {
-              comp.d_mean[c].store(slot(m, 2 + c));
-              comp.d_scale[c].store(slot(m, 5 + c));
-              comp.d_coeff[c].store(slot(m, 8 + c));
+              const int64_t base = M + 3 * M * c + m;
+              mu[c] = param(base);
+              s[c] = param(base + M);
+              a[c] = param(base + 2 * M);
+            }
+            const core::DmolComponent<V> comp = core::dmol_component<kGrad, V>(x, mu, s, a, h, log_half_levels);
+            const V am = param(m) - log_norm + comp.log_prob;
+            a_max = at::vec::maximum(a_max, am);
+            am.store(slot(m, 0));
+            if constexpr (kGrad) {
+              for (int c = 0; c < 3; ++c) {
+                comp.d_mean[c].store(slot(m, 2 + c));
+                comp.d_scale[c].store(slot(m, 5 + c));
+                comp.d_coeff[c].store(slot(m, 8 + c));
+              }
             }
           }
-        }
-        V sum(T(0));
-        for (int64_t m = 0; m < M; ++m) sum += vexp(V::loadu(slot(m, 0)) - a_max);
-        const V lse = a_max + sum.log();
-        acc += first(lse, n);
-        if (!need_grad) return;
-        const V inv_pi_sum = V(T(1)) / pi_sum;
-        for (int64_t m = 0; m < M; ++m) {
-          const V w = vexp(V::loadu(slot(m, 0)) - lse);
-          put(m, w - V::loadu(slot(m, 1)) * inv_pi_sum);
-          for (int c = 0; c < 3; ++c) {
-            const int64_t base = M + 3 * M * c + m;
-            put(base, w * V::loadu(slot(m, 2 + c)));
-            put(base + M, w * V::loadu(slot(m, 5 + c)));
-            put(base + 2 * M, w * V::loadu(slot(m, 8 + c)));
+          V sum(T(0));
+          for (int64_t m = 0; m < M; ++m) sum += vexp(V::loadu(slot(m, 0)) - a_max);
+          const V lse = a_max + sum.log();
+          acc += first(lse, n);
+          if constexpr (!kGrad) return;
+          const V inv_pi_sum = V(T(1)) / pi_sum;
+          for (int64_t m = 0; m < M; ++m) {
+            const V w = vexp(V::loadu(slot(m, 0)) - lse);
+            put(m, w - V::loadu(slot(m, 1)) * inv_pi_sum);
+            for (int c = 0; c < 3; ++c) {
+              const int64_t base = M + 3 * M * c + m;
+              put(base, w * V::loadu(slot(m, 2 + c)));
+              put(base + M, w * V::loadu(slot(m, 5 + c)));
+              put(base + 2 * M, w * V::loadu(slot(m, 8 + c)));
+            }
           }
-        }
-      });
-      partial[task] = hsum(acc);
-    }
+        });
+        partial[task] = hsum(acc);
+      }
+    });
   });
   T* out_ptr = out.data_ptr<T>();
   for (int64_t r = 0; r < R; ++r) {

@@ -30,6 +30,8 @@
 // atomics, the same bits on every run for given shapes.
 #pragma once
 
+#include <type_traits>
+
 #include "../../core/dmol.h"
 #include "common.cuh"
 
@@ -84,7 +86,7 @@ __device__ __forceinline__ T dmol_pixel(const DmolParams<S, X, T>& p, int64_t po
   for (int64_t m = 0; m < nm; ++m) logits = max_sum_add(logits, load<T>(p.params, po + m * pc));
   const T log_z = M::log(logits.s);
   // The component m's parameters per channel.
-  auto component = [&](int64_t m, bool need_grad) {
+  auto component = [&](int64_t m, auto grad) {  // grad: std::true_type or std::false_type
     T mu[3], s[3], a[3];
     for (int c = 0; c < 3; ++c) {
       const int64_t base = po + (nm + 3 * nm * c + m) * pc;
@@ -92,13 +94,13 @@ __device__ __forceinline__ T dmol_pixel(const DmolParams<S, X, T>& p, int64_t po
       s[c] = load<T>(p.params, base + nm * pc);
       a[c] = load<T>(p.params, base + 2 * nm * pc);
     }
-    return core::dmol_component<T>(x, mu, s, a, h, log_half_levels, need_grad);
+    return core::dmol_component<decltype(grad)::value, T>(x, mu, s, a, h, log_half_levels);
   };
   // Pass 1: the bracket b_m and its online logsumexp.
   MaxSum<T> mix{neg_inf<T>(), T(0)};
   for (int64_t m = 0; m < nm; ++m) {
     const T log_weight = (load<T>(p.params, po + m * pc) - logits.m) - log_z;
-    mix = max_sum_add(mix, log_weight + component(m, false).log_prob);
+    mix = max_sum_add(mix, log_weight + component(m, std::false_type{}).log_prob);
   }
   const T log_mix = M::log(mix.s);
   // Pass 2: the responsibilities w_m = e^((b_m - max) - log sum) times each component's derivatives.
@@ -106,7 +108,7 @@ __device__ __forceinline__ T dmol_pixel(const DmolParams<S, X, T>& p, int64_t po
     const int64_t gc = p.g_ch;
     for (int64_t m = 0; m < nm; ++m) {
       const T log_weight = (load<T>(p.params, po + m * pc) - logits.m) - log_z;
-      const core::DmolComponent<T> comp = component(m, true);
+      const core::DmolComponent<T> comp = component(m, std::true_type{});
       const T w = M::exp(((log_weight + comp.log_prob) - mix.m) - log_mix);
       p.grad[go + m * gc] = w - M::exp(log_weight);
       for (int c = 0; c < 3; ++c) {
