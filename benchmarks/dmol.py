@@ -7,7 +7,8 @@ image divided by H W 3, averaged over the batch.
     plain (vdvae's discretized_mix_logistic_loss, eager; its (B, H, W, 3, M) tensors):
         means, log_scales = l[..., :M], clamp(l[..., M:2M], min=-7); coeffs = tanh(l[..., 2M:3M])
         m2 = means[:, :, :, 1] + coeffs[:, :, :, 0] x0;  m3 = means[:, :, :, 2] + coeffs[.., 1] x0 + coeffs[.., 2] x1
-        centered = x - means; plus_in, min_in = inv_stdv (centered +- 1/255); cdf_delta = sigmoid(plus_in) - sigmoid(min_in)
+        centered = x - means; plus_in, min_in = inv_stdv (centered +- 1/255)
+        cdf_delta = sigmoid(plus_in) - sigmoid(min_in)
         log_probs = where(x < -0.999, plus_in - softplus(plus_in), where(x > 0.999, -softplus(min_in),
                           where(cdf_delta > 1e-5, log(clamp(cdf_delta, 1e-12)), log_pdf_mid - log 127.5)))
         loss = -logsumexp(log_probs.sum(3) + log_softmax(logits), -1).sum((1, 2)) / (H W 3), mean over B

@@ -23,7 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "gaussian_log_prob",
-    "continuous_bernoulli_log_prob", "categorical_log_prob", "discretized_logistic_mixture_log_prob", "elbo", "linear_bernoulli_log_prob",
+    "continuous_bernoulli_log_prob", "categorical_log_prob", "discretized_logistic_mixture_log_prob", "elbo",
+    "linear_bernoulli_log_prob",
     "linear_gaussian_log_prob", "ELBO", "ELBOOutput",
     "Latent", "reparameterize", "vae_loss", "backends", "set_backend", "use_backend",
     "set_validation", "validation_enabled", "reference", "integrations",

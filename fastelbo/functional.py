@@ -13,5 +13,6 @@ from .ops.linear_bernoulli_log_prob import linear_bernoulli_log_prob
 from .ops.linear_gaussian_log_prob import linear_gaussian_log_prob
 
 __all__ = ["gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "continuous_bernoulli_log_prob",
-           "gaussian_log_prob", "categorical_log_prob", "discretized_logistic_mixture_log_prob", "elbo", "linear_bernoulli_log_prob",
+           "gaussian_log_prob", "categorical_log_prob", "discretized_logistic_mixture_log_prob", "elbo",
+           "linear_bernoulli_log_prob",
            "linear_gaussian_log_prob"]

@@ -68,7 +68,8 @@ def targets(levels: torch.Tensor, likelihood: str) -> torch.Tensor:
         return levels.clone()
     if likelihood == "dmol":
         top = 2 ** DMOL_BITS - 1
-        dither = torch.rand(levels.shape + (3,), generator=torch.Generator().manual_seed(DITHER_SEED), dtype=torch.float64)
+        generator = torch.Generator().manual_seed(DITHER_SEED)
+        dither = torch.rand(levels.shape + (3,), generator=generator, dtype=torch.float64)
         k = torch.floor(levels.double().unsqueeze(-1) * top / (N_LEVELS - 1) + dither).clamp(0, top)
         return (k * (2.0 / top) - 1.0).float().view(-1, IMAGE_SIDE, IMAGE_SIDE, 3)
     raise ValueError("likelihood must be one of bernoulli, continuous_bernoulli, gaussian, categorical, dmol; "

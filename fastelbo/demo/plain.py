@@ -97,7 +97,8 @@ class PlainELBO(torch.nn.Module):
 
             pixels = params.shape[-3:-1]
             images = x.expand(params.shape[:-1] + (3,)).reshape(-1, *pixels, 3)
-            return vdvae_log_prob(images, params.reshape(-1, *pixels, params.shape[-1]), DMOL_BITS).view(params.shape[:-3])
+            flat = params.reshape(-1, *pixels, params.shape[-1])
+            return vdvae_log_prob(images, flat, DMOL_BITS).view(params.shape[:-3])
         classes = params.shape[-1]  # categorical: logits (..., pixels, classes), x (B, pixels) class indices
         target = x.expand(params.shape[:-1])
         nll = F.cross_entropy(params.reshape(-1, classes), target.reshape(-1), reduction="none")

@@ -59,7 +59,8 @@ class ELBO(_module.ELBO):
 
 __all__ = [
     "gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "gaussian_log_prob",
-    "continuous_bernoulli_log_prob", "categorical_log_prob", "discretized_logistic_mixture_log_prob", "elbo", "linear_bernoulli_log_prob",
+    "continuous_bernoulli_log_prob", "categorical_log_prob", "discretized_logistic_mixture_log_prob", "elbo",
+    "linear_bernoulli_log_prob",
     "linear_gaussian_log_prob", "ELBO",
     "reparameterize", "vae_loss",
 ]
