@@ -78,6 +78,33 @@ FE_HD TanhTerms<V> tanh_terms(V a, bool need_dt) {
   return TanhTerms<V>{M::tanh(a), M::c(4.0) * e / (u * u)};
 }
 
+// log(1 - e^-delta) = log(-em) for delta = 2 h e^-s > 0, em = expm1(-delta). In double precision
+// by the log; in single precision without a log call (a call spills every live vector register):
+//   delta >= 1: log1p(-e^-delta), by the atanh series of log1p_atanh (|argument| <= 0.23);
+//   delta <  1: log delta + log((1 - e^-delta) / delta), with log delta = log(2 h) - s exactly
+//     (log(2 h) = -log((2^bits - 1) / 2) = -log_half_levels), and
+//     log((1 - e^-d)/d) = -d/2 + d^2/24 - d^4/2880 + d^6/181440 - d^8/9676800 + d^10/479001600
+//     (the next term is below 3e-10 at d = 1).
+template <typename V, typename M = Ops<V>>
+FE_HD V log_one_minus_exp(V delta, V em, V e_delta, V s, V log_half_levels) {
+  if constexpr (!M::kSingle) {
+    return M::log(M::c(0.0) - em);
+  } else {
+    const auto small = M::lt(delta, M::c(1.0));
+    const V d = M::select(small, delta, M::c(0.0));
+    const V d2 = d * d;
+    V series = M::c(1.0 / 479001600.0);
+    series = series * d2 - M::c(1.0 / 9676800.0);
+    series = series * d2 + M::c(1.0 / 181440.0);
+    series = series * d2 - M::c(1.0 / 2880.0);
+    series = series * d2 + M::c(1.0 / 24.0);
+    const V near = (M::c(0.0) - log_half_levels - s) + (series * d2 - M::c(0.5) * d);
+    const V e = M::select(small, M::c(0.0), e_delta);
+    const V far = log1p_atanh<V, M>((M::c(0.0) - e) / (M::c(2.0) - e));
+    return M::select(small, near, far);
+  }
+}
+
 template <typename V>
 struct DmolChannel {
   V value;       // log P
@@ -111,7 +138,8 @@ FE_HD DmolChannel<V> dmol_channel(V x, V u, V s, V inv, V h, V log_half_levels) 
   }
   const SoftplusSigmoid<V> p = softplus_sigmoid<V, M>(M::c(0.0) - plus, e_plus);  // of -plus
   const SoftplusSigmoid<V> q = softplus_sigmoid<V, M>(minus, e_minus);
-  const V log_mass = (M::c(0.0) - p.softplus - q.softplus) + M::log(M::c(0.0) - em);
+  const V log_mass =
+      (M::c(0.0) - p.softplus - q.softplus) + log_one_minus_exp<V, M>(delta, em, e_delta, s, log_half_levels);
   const auto low = M::lt(x, M::c(-kDmolEdge)), high = M::gt(x, M::c(kDmolEdge));
   const auto mass = M::gt(log_mass, M::c(kDmolLogMassFloor));
   V value = log_mass, d_u = M::c(0.0), d_s = M::c(0.0);
