@@ -269,3 +269,26 @@ def test_forward_mode_ad(likelihood, reduction, seed):
             outs.append(fwad.unpack_dual(out).tangent)
     assert outs[0] is not None
     torch.testing.assert_close(outs[0], outs[1])
+
+
+@needs_fused
+@pytest.mark.parametrize("likelihood", list(HEADS))
+def test_saved_tensor_hooks_see_the_gradient_buffers(likelihood, seed):
+    """Under saved-tensor hooks (save_on_cpu, checkpointing) a reduced call saves its gradients
+    through the hooks (the eager owning path would keep them aside): the hooks pack the weight's
+    gradient, and the gradients are the same."""
+    g = generator(seed)
+    h, w, b, x, options = _problem(g, likelihood)
+    fn = HEADS[likelihood]
+
+    def grads():
+        return torch.autograd.grad(fn(h, w, b, x, reduction="sum", backend=FUSED_BACKENDS[0], **options),
+                                   _leaves(h, w, b, options))
+
+    expected = grads()
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t, lambda t: t):
+        actual = grads()
+    assert sum(shape == w.shape for shape in packed) >= 2  # the weight and its gradient
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)

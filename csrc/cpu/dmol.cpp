@@ -28,7 +28,7 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kChunkPixels = 256;
-// Per component of a pixel vector: a_m (the component's log-weight plus log-density), softmax(pi)_m,
+// Per component of a pixel vector: pi_m, then a_m (the component's log-weight plus log-density), e^(pi_m - max),
 // and the 9 derivatives (mean, scale, coeff per channel).
 constexpr int64_t kSlots = 11;
 
@@ -81,11 +81,16 @@ void dmol_kernel(const RowPlan& plan, const int64_t cs[3], int64_t M, int64_t bi
           V x[3];
           for (int c = 0; c < 3; ++c) x[c] = load<T>(x_row + j * xs.sc + c * cs[1], xs.sc, n);
           // log_softmax of the mixture logits: max, then the sum of e^(pi - max)
+          // (the logits read once, into slot 0, which the component's log-weight overwrites below)
           V pi_max = neg_inf;
-          for (int64_t m = 0; m < M; ++m) pi_max = at::vec::maximum(pi_max, param(m));
+          for (int64_t m = 0; m < M; ++m) {
+            const V pi = param(m);
+            pi.store(slot(m, 0));
+            pi_max = at::vec::maximum(pi_max, pi);
+          }
           V pi_sum(T(0));
           for (int64_t m = 0; m < M; ++m) {
-            const V e = vexp(param(m) - pi_max);
+            const V e = vexp(V::loadu(slot(m, 0)) - pi_max);
             pi_sum += e;
             e.store(slot(m, 1));
           }
@@ -100,7 +105,7 @@ void dmol_kernel(const RowPlan& plan, const int64_t cs[3], int64_t M, int64_t bi
               a[c] = param(base + 2 * M);
             }
             const core::DmolComponent<V> comp = core::dmol_component<kGrad, V>(x, mu, s, a, h, log_half_levels);
-            const V am = param(m) - log_norm + comp.log_prob;
+            const V am = V::loadu(slot(m, 0)) - log_norm + comp.log_prob;
             a_max = at::vec::maximum(a_max, am);
             am.store(slot(m, 0));
             if constexpr (kGrad) {

@@ -29,6 +29,7 @@ import torch
 from .. import _validate as V
 from .._dtypes import compute_dtype
 from ._autograd import differentiating, needs_grad, reference_vjp
+from ._owned_buffers import keep_buffers, owning_function, scaled, taken_buffers, use_owning_path  # noqa: F401
 
 REDUCTIONS = ("none", "sum", "mean")
 # Elements of logits per block when chunk_size is not given: about 1 MiB of float32, the block
@@ -149,59 +150,6 @@ def empty_or(t, like):
     return t if t is not None else like.new_empty(0)
 
 
-def keep_buffers(ctx, output) -> tuple:
-    """Keep the gradients a reduced forward computed (output[1:]) for the backward; returns what to
-    save_for_backward besides the inputs. They are not differentiable outputs.
-
-    Called eagerly through `owning_function` (the public functions' eager path), the gradients are
-    private to the call: they are kept on ctx and the backward takes them over, scales them in
-    place and hands them to autograd as the gradients, so the buffer and the scaled gradient (the
-    size of W each) never exist together (in float16 / bfloat16 the float32 buffer and its half cast
-    do) and no pass copies them. A second backward of a retained graph finds them taken and
-    recomputes them with the forward kernel (the same computation: the same gradients bit for bit),
-    and no one else holds a tensor autograd accumulates into. Through the torch op (torch.compile,
-    or a direct torch.ops call, whose outputs the caller may hold) they are saved and never
-    modified: the backward scales them into new tensors (and a compiled backward reuses their
-    memory itself)."""
-    ctx.mark_non_differentiable(*output[1:])
-    ctx.set_materialize_grads(False)
-    if getattr(ctx, "owns_buffers", False):
-        ctx.buffers = list(output[1:])
-        return ()
-    ctx.buffers = None
-    return tuple(output[1:])
-
-
-def owning_function(forward_kernel, setup_context, backward):
-    """The op's kernel and autograd as a torch.autograd.Function whose backward owns the op's
-    gradient outputs (see keep_buffers): the public functions' eager path for reductions."""
-
-    def forward(ctx, *inputs):  # ctx in forward: apply then binds no signature per call (40 us)
-        output = forward_kernel(*inputs)
-        ctx.owns_buffers = True
-        setup_context(ctx, inputs, output)
-        return output
-
-    return type("OwningFunction", (torch.autograd.Function,), {
-        "forward": staticmethod(forward),
-        "backward": staticmethod(backward),
-    })
-
-
-def taken_buffers(ctx, saved):
-    """(buffers, owned): the kept gradients and whether the backward owns them (may scale them in
-    place), or (None, False) when an earlier backward of a retained graph took them."""
-    if ctx.buffers is not None:
-        buffers, ctx.buffers = ctx.buffers, None
-        return buffers, True
-    return (list(saved), False) if saved else (None, False)
-
-
-def scaled(buffer, factor, dtype, owned: bool):
-    """factor * buffer in `dtype`: in place when the backward owns the buffer, else a new tensor."""
-    return (buffer.mul_(factor) if owned else buffer * factor).to(dtype)
-
-
 def reference_backward(reference_forward, inputs, needs, grad_out):
     """The second order: the reference's vjp, differentiable (create_graph=True)."""
     return reference_vjp(lambda *args: (reference_forward(*args),), inputs, needs, (grad_out,))
@@ -217,4 +165,5 @@ def define(name: str, schema: str, kernel, fake) -> None:
 
 
 __all__ = ["REDUCTIONS", "block_columns", "columns", "check_arguments", "linear_needs", "reduce", "run_blocks",
-           "empty_or", "keep_buffers", "owning_function", "taken_buffers", "scaled", "reference_backward", "define", "differentiating"]
+           "empty_or", "keep_buffers", "owning_function", "taken_buffers", "scaled", "use_owning_path", "reference_backward",
+           "define", "differentiating"]

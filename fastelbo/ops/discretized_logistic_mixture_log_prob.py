@@ -34,6 +34,7 @@ from .. import _validate as V
 from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype
 from ._autograd import differentiating, needs_grad, reference_vjp, scale_buffer
+from ._owned_buffers import keep_buffers, owning_function, scaled, taken_buffers, use_owning_path
 from ._math import saturating_tanh, softplus, sum_event_dims
 
 NAME = "discretized_logistic_mixture_log_prob"
@@ -59,17 +60,10 @@ def discretized_logistic_mixture_log_prob(params, x, *, n_mix, bits=8, channel_d
     name = resolve(backend, params.device)
     if name == "reference":
         return reference(params, x, n_mix, bits, event_dims)
-    if needs_grad(params) and not torch.compiler.is_compiling() and not saved_tensor_hooks_active():
-        return EagerFunction.apply(params, x, n_mix, bits, event_dims, OVERLOAD[name])
+    if needs_grad(params) and use_owning_path():
+        return EAGER.apply(params, x, n_mix, bits, event_dims, OVERLOAD[name])[0]
     op = getattr(torch.ops.fastelbo.discretized_logistic_mixture_log_prob, OVERLOAD[name])
     return op(params, x, n_mix, bits, event_dims, needs_grad(params))[0]
-
-
-def saved_tensor_hooks_active() -> bool:
-    """Whether saved-tensor hooks are set (torch.autograd.graph.saved_tensors_hooks, save_on_cpu,
-    non-reentrant checkpointing): they must see the gradient buffer, which the eager path keeps
-    outside save_for_backward, so the call then goes through the torch op (which saves it)."""
-    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
 
 
 def check_arguments(params, x, n_mix, bits, channel_dim, event_dims):
@@ -175,8 +169,7 @@ def grad_params(grad_out, buffer, params, x, n_mix, bits, event_dims, params_dty
     if grad_out is None:
         return None
     if differentiating():
-        return reference_vjp(lambda p: (reference(p, x, n_mix, bits, event_dims),), (params,), (True,),
-                             (grad_out,))[0]
+        return backward_differentiable(grad_out, params, x, n_mix, bits, event_dims)
     return scale_buffer(buffer, grad_out, event_dims + 1).to(params_dtype)  # the channel dim too
 
 
@@ -203,38 +196,37 @@ AUTOGRAD = {NAME: (backward, setup_context)}
 SECOND_ORDER = {f"{NAME}_backward_differentiable": backward_differentiable}
 
 
-class EagerFunction(torch.autograd.Function):
-    """The public function's eager path with a gradient: the kernel's buffer b is private to the
-    call, so the backward scales it in place and hands it to autograd as the gradient (b and g b,
-    the size of params each in float32, never exist together). A second backward of a retained
-    graph finds it taken and recomputes it with the forward kernel (the same computation: the same
-    gradient bit for bit); a recorded backward (create_graph=True) differentiates the reference.
-    Through the torch op (torch.compile, a direct torch.ops call) the buffer is saved and never
-    modified."""
+# The public function's eager path with a gradient (fastelbo/ops/_owned_buffers.py): the kernel's
+# buffer b is private to the call, so the backward scales it in place and hands it to autograd as
+# the gradient (b and g b, the size of params each in float32, never exist together). A second
+# backward of a retained graph recomputes it with the forward kernel (the same bits); a recorded
+# backward (create_graph=True) differentiates the reference.
 
-    @staticmethod
-    def forward(ctx, params, x, n_mix, bits, event_dims, overload):
-        op = getattr(torch.ops.fastelbo.discretized_logistic_mixture_log_prob, overload)
-        out, buffer = op(params, x, n_mix, bits, event_dims, True)
-        ctx.options = (n_mix, bits, event_dims, overload)
-        ctx.buffer = buffer  # (not save_for_backward: the backward modifies it; see saved_tensor_hooks_active)
-        ctx.save_for_backward(params, x)
-        ctx.set_materialize_grads(False)
-        return out
+def eager_kernel(params, x, n_mix, bits, event_dims, overload):
+    return getattr(torch.ops.fastelbo.discretized_logistic_mixture_log_prob, overload)(params, x, n_mix, bits,
+                                                                                        event_dims, True)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        none = (None,) * 5
-        if grad_out is None:
-            return (None, *none)
-        params, x = ctx.saved_tensors
-        n_mix, bits, event_dims, overload = ctx.options
-        if differentiating():
-            return (backward_differentiable(grad_out, params, x, n_mix, bits, event_dims), *none)
-        buffer, ctx.buffer = ctx.buffer, None
-        if buffer is None:  # a retained graph's second backward: the forward's buffer again
-            op = getattr(torch.ops.fastelbo.discretized_logistic_mixture_log_prob, overload)
-            with torch.no_grad():
-                buffer = op(params, x, n_mix, bits, event_dims, True)[1]
-        grad = buffer.mul_(grad_out.reshape(grad_out.shape + (1,) * (event_dims + 1)))
-        return (grad.to(params.dtype), *none)
+
+def eager_setup_context(ctx, inputs, output):
+    params, x, n_mix, bits, event_dims, overload = inputs
+    ctx.options = (n_mix, bits, event_dims, overload)
+    ctx.save_for_backward(params, x, *keep_buffers(ctx, output))
+
+
+def eager_backward(ctx, grad_out, grad_buffer):
+    none = (None,) * 5
+    if grad_out is None:
+        return (None, *none)
+    params, x, *saved = ctx.saved_tensors
+    n_mix, bits, event_dims, overload = ctx.options
+    if differentiating():
+        return (backward_differentiable(grad_out, params, x, n_mix, bits, event_dims), *none)
+    buffers, owned = taken_buffers(ctx, saved)
+    if buffers is None:  # a retained graph's second backward: the forward's buffer again
+        with torch.no_grad():
+            buffers, owned = [eager_kernel(params, x, n_mix, bits, event_dims, overload)[1]], True
+    factor = grad_out.reshape(grad_out.shape + (1,) * (event_dims + 1))
+    return (scaled(buffers[0], factor, params.dtype, owned), *none)
+
+
+EAGER = owning_function(eager_kernel, eager_setup_context, eager_backward)

@@ -43,7 +43,7 @@ def linear_bernoulli_log_prob(input, weight, bias, x, *, reduction="none", chunk
     name = resolve(backend, input.device)
     if name == "reference":
         return reference(input, weight, bias, x, reduction)
-    op = EAGER.apply if reduction and not torch.compiler.is_compiling() else torch.ops.fastelbo.linear_bernoulli_log_prob
+    op = EAGER.apply if reduction and head.use_owning_path() else torch.ops.fastelbo.linear_bernoulli_log_prob
     return op(input, weight, bias, x, reduction, chunk_size, OVERLOAD[name], head.linear_needs(input, weight, bias))[0]
 
 

@@ -56,7 +56,7 @@ def linear_gaussian_log_prob(input, weight, bias, x, *, logvar=0.0, reduction="n
                          reduction)
     needs = head.linear_needs(input, weight, bias) + [tensor_logvar and needs_grad(logvar)]
     value = 0.0 if tensor_logvar else logvar
-    op = EAGER.apply if reduction and not torch.compiler.is_compiling() else torch.ops.fastelbo.linear_gaussian_log_prob
+    op = EAGER.apply if reduction and head.use_owning_path() else torch.ops.fastelbo.linear_gaussian_log_prob
     return op(input, weight, bias, x, logvar if tensor_logvar else None, value, reduction, chunk_size, OVERLOAD[name],
               needs)[0]
 
