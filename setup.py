@@ -23,7 +23,8 @@ setup(
                  "fastelbo.benchmarks": "benchmarks"},
     # The C++ sources travel with the package: fastelbo builds them just in time, with ninja.
     package_data={"fastelbo.csrc": ["*.md", "core/*.h", "binding/*.h", "binding/*.cpp", "cpu/*.h", "cpu/*.cpp",
-                                    "cuda/*.cu", "cuda/*.md", "cuda/kernels/*.cuh"]},
+                                    "cuda/*.cu", "cuda/*.md", "cuda/kernels/*.cuh", "cuda_sim/*.h", "cuda_sim/*.cpp",
+                                    "cuda_sim/include/*.h", "cuda_sim/include/c10/cuda/*.h"]},
     install_requires=["torch>=2.4", "numpy", "ninja"],
     # "demo": `fastelbo demo` (scikit-learn's bundled digits) and the PNG plots of `fastelbo bench`.
     # "test": diffusers for tests/test_integrations.py (fastelbo.integrations against its own class).

@@ -26,9 +26,14 @@ import torch.autograd.forward_ad as _forward_ad
 NAMES = ("reference", "cpu", "triton", "cuda")
 CHOICES = ("auto",) + NAMES
 
+# FASTELBO_CUDA_SIM=1 (read when fastelbo is imported): backend "cuda" runs the CUDA bindings and
+# kernels in the CPU simulator of csrc/cuda_sim/, on CPU tensors, as TRITON_INTERPRET=1 runs the
+# Triton kernels: a test of the CUDA code on machines without a GPU (slow; never chosen by "auto").
+CUDA_SIM = os.environ.get("FASTELBO_CUDA_SIM", "").strip() == "1"
+
 # Backends bound to one device type ("reference" runs anywhere, "triton" on CUDA tensors or, in
 # Triton's interpreter, on CPU tensors).
-_DEVICE_TYPE = {"cpu": "cpu", "cuda": "cuda"}
+_DEVICE_TYPE = {"cpu": "cpu", "cuda": "cpu" if CUDA_SIM else "cuda"}
 
 
 def runs_on(name: str, device_type: str) -> bool:
@@ -37,7 +42,7 @@ def runs_on(name: str, device_type: str) -> bool:
 
 
 # Tried in this order by "auto" for each device type; "reference" closes every list.
-_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton",) if CUDA_SIM else ("cuda", "triton")}
 
 # The module that registers a backend's kernels, imported when a call first resolves to it. One
 # module serves "cpu" and "cuda": the same C++ operators, which the dispatcher routes by device.
@@ -45,13 +50,14 @@ _MODULES = {
     "reference": None,
     "cpu": "fastelbo.cpp_backend.library",
     "triton": "fastelbo.triton_backend.register",
-    "cuda": "fastelbo.cpp_backend.library",
+    "cuda": "fastelbo.cpp_backend.cuda_sim" if CUDA_SIM else "fastelbo.cpp_backend.library",
 }
 
 # The overload of torch.ops.fastelbo.<op> that holds a fused backend's kernels. The C++ kernels
 # (the default overload) check their own arguments before they run (csrc/binding/checks.h): the
-# public functions call them without checking in Python first.
-OVERLOAD = {"cpu": "default", "cuda": "default", "triton": "triton"}
+# public functions call them without checking in Python first. The simulated CUDA kernels are the
+# `.cuda_sim` overload (their Python checks run first, as Triton's).
+OVERLOAD = {"cpu": "default", "cuda": "cuda_sim" if CUDA_SIM else "default", "triton": "triton"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,7 +97,14 @@ def _cpp_reason(name: str) -> str | None:
     """Builds the C++ library on first use (ninja, about a minute); why it is unavailable, or None."""
     from .cpp_backend import _build
 
-    reason = _build.cpu_library() if name == "cpu" else _build.cuda_library()
+    if name == "cpu":
+        reason = _build.cpu_library()
+    elif CUDA_SIM:
+        reason = _build.cuda_sim_library()
+    else:
+        reason = _build.cuda_library()
+        if reason is not None and not torch.cuda.is_available():
+            reason += " (FASTELBO_CUDA_SIM=1 runs its kernels on CPU tensors in fastelbo's CUDA simulator, to test them)"
     return reason if reason is not None else _import_error(name)
 
 
@@ -160,7 +173,8 @@ def _device_error(name: str, device_type: str) -> str | None:
         return ("backend 'triton' runs on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1); "
                 "got tensors on cpu")
     if not runs_on(name, device_type):
-        return f"backend {name!r} runs on {_DEVICE_TYPE[name]} tensors; got tensors on {device_type}"
+        simulated = " in the CUDA simulator (FASTELBO_CUDA_SIM=1)" if name == "cuda" and CUDA_SIM else ""
+        return f"backend {name!r} runs on {_DEVICE_TYPE[name]} tensors{simulated}; got tensors on {device_type}"
     return None
 
 

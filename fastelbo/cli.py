@@ -41,7 +41,7 @@ def check_targets(names: list[str], status: dict, devices: list[str]) -> tuple[l
         if name == "triton" and "cuda" in own:
             own = ["cuda"]
         if not own:
-            wanted = "CPU" if name == "cpu" else "CUDA"
+            wanted = "CPU" if _backend._DEVICE_TYPE.get(name) == "cpu" else "CUDA"
             skipped.append(f"  {name:<10} skipped: it takes {wanted} tensors, not {' or '.join(devices)} (see --device)")
         targets += [(name, d) for d in own]
     return targets, skipped
@@ -59,6 +59,9 @@ def cmd_check(args) -> int:
     print(f"fastelbo check on {' and '.join(devices)}, torch {torch.__version__}")
     if interpreted:
         print("  triton     runs in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1): slow, but the same kernels")
+    if _backend.CUDA_SIM and ("cuda", "cpu") in targets:
+        print("  cuda       runs in fastelbo's CUDA simulator on CPU tensors (FASTELBO_CUDA_SIM=1): slow, but the same "
+              "bindings and kernels")
     for line in skipped:
         print(line)
     dtypes = [DTYPE_NAMES[d] for d in (args.dtype or DTYPE_NAMES)]

@@ -2,10 +2,13 @@ import os
 
 import torch
 
-# Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter. It reads this variable
-# when a kernel module is imported, so it is set here, before any test module imports one.
+# Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter, and the CUDA kernels in
+# fastelbo's CPU simulator (backend "cuda" on CPU tensors). Triton reads its variable when a kernel
+# module is imported, fastelbo its own when it is imported: both are set here, before any test
+# module imports either.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("FASTELBO_CUDA_SIM", "1")
 
 import pytest
 

@@ -20,6 +20,9 @@ def test_check_prints_table_and_passes():
         if status != "available":
             assert f"{name:<10} unavailable: {status}" in out
     assert "0 failed" in out
+    if __import__("fastelbo")._backend.CUDA_SIM:  # tests/conftest.py sets FASTELBO_CUDA_SIM=1 without a GPU
+        assert "FASTELBO_CUDA_SIM=1" in out
+        assert any(line.split()[1:3] == ["cuda", "cpu"] and line.endswith("pass") for line in out.splitlines())
 
 
 def test_check_exit_status_reports_failures(monkeypatch, capsys):
@@ -36,9 +39,13 @@ def test_unknown_subcommand_is_an_error():
         cli.main(["frobnicate"])
 
 
-def test_check_targets_every_backend_on_its_devices():
+def test_check_targets_every_backend_on_its_devices(monkeypatch):
     """Without --device, each available backend is checked on every device present that it takes
-    (Triton on CPU tensors, in its interpreter, only where no GPU is)."""
+    (Triton on CPU tensors, in its interpreter, only where no GPU is; "cuda" on CPU tensors only in
+    the CUDA simulator)."""
+    from fastelbo import _backend
+
+    monkeypatch.setitem(_backend._DEVICE_TYPE, "cuda", "cuda")  # as without FASTELBO_CUDA_SIM
     status = dict.fromkeys(["reference", "cpu", "triton", "cuda"], "available")
     targets, skipped = cli.check_targets(list(status), status, ["cpu", "cuda"])
     assert targets == [("reference", "cpu"), ("reference", "cuda"), ("cpu", "cpu"), ("triton", "cuda"),
@@ -49,3 +56,6 @@ def test_check_targets_every_backend_on_its_devices():
     status["cpu"] = "the build failed"
     targets, skipped = cli.check_targets(["cpu", "reference"], status, ["cpu"])
     assert targets == [("reference", "cpu")] and skipped == ["  cpu        unavailable: the build failed"]
+    monkeypatch.setitem(_backend._DEVICE_TYPE, "cuda", "cpu")  # FASTELBO_CUDA_SIM=1
+    targets, skipped = cli.check_targets(["cuda"], status, ["cpu"])
+    assert targets == [("cuda", "cpu")] and skipped == []

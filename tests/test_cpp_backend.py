@@ -374,9 +374,14 @@ def test_public_functions_name_the_argument_the_kernel_refused():
     assert info.value.__context__ is None
 
 
-def test_the_analytic_elbo_shortcut_still_resolves_an_explicit_backend():
+def test_the_analytic_elbo_shortcut_still_resolves_an_explicit_backend(monkeypatch):
     """fe.elbo(kl="analytic") with one sample is a native subtraction, but an explicit backend that
     is unknown, unavailable or on another device is still the error it is on the other paths."""
+    import fastelbo._backend as registry
+
+    # "cuda" on CUDA tensors only, as without FASTELBO_CUDA_SIM (whose "cuda" takes CPU tensors).
+    monkeypatch.setitem(registry._DEVICE_TYPE, "cuda", "cuda")
+    monkeypatch.setattr(registry, "_RESOLVED", {})
     mu = torch.zeros(3, 4, device=DEVICE)
     lat = fe.gaussian_latent(mu, mu, backend=CPP)
     log_lik = torch.zeros(3, device=DEVICE)

@@ -1,13 +1,19 @@
-"""CUDA device code run on the CPU: the kernels of csrc/cuda/kernels/ compiled unchanged as host
-C++ against the simulator of the CUDA execution model in tests/cpp/cuda_sim/ (cuda_sim.h: blocks
-in order, each block's threads as cooperatively scheduled fibers, real barriers and warp
-shuffles), held to the reference; and deliberately broken copies of a kernel (a removed
-__syncthreads(), a wrong shuffle offset, an off-by-one in a row bound) failing the same
-comparison, so a green run means something.
+"""CUDA code run on the CPU, in fastelbo's simulator of the CUDA execution model (csrc/cuda_sim/:
+blocks in order, each block's threads as cooperatively scheduled fibers, real barriers and warp
+shuffles).
 
-So far the simulator runs the discretized logistic mixture's kernels from a small driver
-(tests/cpp/cuda_sim/run_dmol.cpp, which launches them as csrc/cuda/dmol.cu does for contiguous
-channels-last tensors); the other kernels, and the ATen bindings themselves, are not run yet.
+Under FASTELBO_CUDA_SIM=1 (tests/conftest.py sets it without a GPU) the "cuda" backend runs the
+real bindings and kernels of csrc/cuda/ on CPU tensors, so the whole suite (every op case in every
+dtype, gradcheck, the layouts, compile, the hostile inputs) runs over them; this file adds what is
+particular to the CUDA code: its Philox words and noise against docs/RNG.md, the same eps as the
+other backends from one generator state, and the simulator's own checks.
+
+The simulator must be able to fail: deliberately broken copies of a kernel (a removed
+__syncthreads(), a wrong shuffle offset, an off-by-one in a row bound; a shuffle only half its
+mask reaches, a shuffle naming an exited lane) run in a torch-free driver (tests/cpp/cuda_sim/run_dmol.cpp,
+which launches the discretized logistic mixture's kernels as csrc/cuda/dmol.cu does for contiguous
+channels-last tensors) and fail the comparison with the reference, or stop with the simulator's
+error, where the unbroken kernels pass.
 """
 from __future__ import annotations
 
@@ -20,11 +26,15 @@ import numpy as np
 import pytest
 import torch
 
+import fastelbo as fe
+from fastelbo import rng
+from fastelbo._backend import CUDA_SIM
 from helpers import generator
 from test_dmol import levels, params_for, value_and_grad
 
 ROOT = Path(__file__).resolve().parents[1]
-SIM = ROOT / "tests" / "cpp" / "cuda_sim"
+SIM = ROOT / "csrc" / "cuda_sim"
+DRIVER = ROOT / "tests" / "cpp" / "cuda_sim" / "run_dmol.cpp"
 GXX = shutil.which("g++")
 
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ is not on PATH")
@@ -33,7 +43,7 @@ pytestmark = pytest.mark.skipif(GXX is None, reason="g++ is not on PATH")
 def build(csrc: Path, out: Path) -> Path:
     """run_dmol compiled against the kernels under csrc (csrc/cuda/kernels, csrc/core)."""
     cmd = [GXX, "-std=c++17", "-O1", "-include", str(SIM / "cuda_sim.h"), "-I", str(SIM / "include"),
-           "-I", str(csrc / "cuda"), str(SIM / "run_dmol.cpp"), "-o", str(out)]
+           "-I", str(csrc / "cuda"), str(DRIVER), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -47,9 +57,9 @@ def run_dmol(tmp_path_factory) -> Path:
 TYPES = {torch.float64: "f64", torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 
 
-def simulate(binary: Path, params: torch.Tensor, x: torch.Tensor, n_mix: int, bits: int, tmp: Path):
+def simulate(binary: Path, params: torch.Tensor, x: torch.Tensor, n_mix: int, bits: int, tmp: Path, errors=None):
     """(out, gradient buffer) of the CUDA kernels in the simulator, or None if the run failed
-    (a deadlock or a shuffle the simulator refuses)."""
+    (a deadlock or a shuffle the simulator refuses: its message appended to `errors`)."""
     batch, height, width = x.shape[:3]
     dtype = params.dtype
     names = [tmp / n for n in ("params.bin", "x.bin", "out.bin", "grad.bin")]
@@ -60,6 +70,8 @@ def simulate(binary: Path, params: torch.Tensor, x: torch.Tensor, n_mix: int, bi
     proc = subprocess.run([str(binary), precision, str(batch), str(height * width), str(n_mix), str(bits),
                            *map(str, names)], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
+        if errors is not None:
+            errors.append(proc.stderr)
         return None
     np_dtype = np.float64 if dtype == torch.float64 else np.float32  # the compute type
     out = torch.from_numpy(np.fromfile(names[2], dtype=np_dtype))
@@ -67,7 +79,7 @@ def simulate(binary: Path, params: torch.Tensor, x: torch.Tensor, n_mix: int, bi
     return out, grad
 
 
-def agrees(binary, shape, n_mix, bits, dtype, seed, tmp) -> bool:
+def agrees(binary, shape, n_mix, bits, dtype, seed, tmp, errors=None) -> bool:
     """The simulated kernels' value and gradient against the float64 reference on the same
     (rounded) inputs (float64: 1e-10; float32 and the half types, which compute in float32: the
     table's float32 tolerances; the gradient buffer is float32 for them, before any rounding to
@@ -75,7 +87,7 @@ def agrees(binary, shape, n_mix, bits, dtype, seed, tmp) -> bool:
     g = generator(seed)
     x = levels(g, shape + (3,), bits)
     params = params_for(g, x, n_mix).to(dtype)
-    result = simulate(binary, params, x, n_mix, bits, tmp)
+    result = simulate(binary, params, x, n_mix, bits, tmp, errors)
     if result is None:
         return False
     truth = value_and_grad(params.double(), x.to(dtype).double(), "reference", n_mix=n_mix, bits=bits)
@@ -108,20 +120,102 @@ MUTATIONS = {
                              "for (int64_t c = c0 + lane; c < c1 - 1; c += tpr)"),
 }
 
+# Mistakes a device would hang or fault on: the simulator stops the launch with its error.
+HANGS = {
+    # group_sum's shuffles called by half of each warp with the full mask: those lanes wait for the
+    # other half, which waits for the block at row_sum's __syncthreads() (a hang on the device)
+    "divergent shuffle": ("cuda/kernels/common.cuh",
+                          "for (int offset = lanes >> 1; offset > 0; offset >>= 1) v += __shfl_xor_sync(",
+                          "for (int offset = lanes >> 1; offset > 0; offset >>= 1)\n"
+                          "    if ((threadIdx.x & 31) < 16) v += __shfl_xor_sync(",
+                          "deadlock"),
+    # one lane of every other warp leaves row_sum before its warp sum and goes on to exit: the
+    # full mask of its warp's shuffle names a lane that has exited
+    "shuffle with exited lanes": ("cuda/kernels/common.cuh",
+                                  "  if (tpr <= 32) return group_sum(v, tpr);\n",
+                                  "  if (tpr <= 32) return group_sum(v, tpr);\n  if (threadIdx.x % 64 == 63) return v;\n",
+                                  "exited"),
+}
 
-@pytest.mark.parametrize("mutation", list(MUTATIONS))
-def test_the_simulator_catches_broken_kernels(mutation, tmp_path):
-    """A copy of the kernels with one mistake: the comparison that passes above fails (or the run
-    stops), on the case that reaches the mistake (rows of 323 pixels: a whole block per row, so
-    row_sum goes through shared memory)."""
-    path, old, new = MUTATIONS[mutation]
+
+def broken_copy(tmp_path: Path, path: str, old: str, new: str) -> Path:
+    """run_dmol built against a copy of csrc's kernels with `old` replaced by `new` in `path`."""
     csrc = tmp_path / "csrc"
     for folder in ("cuda/kernels", "core"):
         shutil.copytree(ROOT / "csrc" / folder, csrc / folder)
     source = (csrc / path).read_text()
     assert source.count(old) == 1, f"the mutation's text is not in {path} once: update the test"
     (csrc / path).write_text(source.replace(old, new))
-    binary = build(csrc, tmp_path / "run_dmol_broken")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    assert not agrees(binary, (2, 17, 19), 3, 5, torch.float64, 11, run_dir)
+    return build(csrc, tmp_path / "run_dmol_broken")
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_the_simulator_catches_broken_kernels(mutation, tmp_path):
+    """A copy of the kernels with one mistake: the comparison that passes above fails (or the run
+    stops), on the case that reaches the mistake (rows of 323 pixels: a whole block per row, so
+    row_sum goes through shared memory)."""
+    binary = broken_copy(tmp_path, *MUTATIONS[mutation])
+    assert not agrees(binary, (2, 17, 19), 3, 5, torch.float64, 11, tmp_path / "run")
+
+
+@pytest.mark.parametrize("mutation", list(HANGS))
+def test_the_simulator_stops_hangs_and_bad_shuffles(mutation, tmp_path):
+    """A shuffle some lanes of its mask never reach, a shuffle whose mask names exited lanes: a hang
+    or undefined on the device, an error here (the launch check raises it in the bindings)."""
+    path, old, new, message = HANGS[mutation]
+    binary = broken_copy(tmp_path, path, old, new)
+    errors = []
+    assert not agrees(binary, (2, 17, 19), 3, 5, torch.float64, 11, tmp_path / "run", errors)
+    assert errors and "cuda_sim: " in errors[0] and message in errors[0], errors
+
+
+# ---- the "cuda" backend in the simulator (FASTELBO_CUDA_SIM=1) ----
+
+needs_sim = pytest.mark.skipif(not CUDA_SIM or fe.backends()["cuda"] != "available",
+                               reason="the CUDA simulator runs under FASTELBO_CUDA_SIM=1 (tests/conftest.py sets it "
+                                      "without a GPU)")
+
+
+@needs_sim
+def test_philox_words_match_bit_for_bit(seed):
+    """csrc/core/philox.h as the simulated CUDA kernel runs it: fastelbo/rng.py's words, the known
+    answer included."""
+    g = generator(seed, "cpu")
+    counter = torch.randint(0, 2**32, (4, 300), generator=g, dtype=torch.int64)
+    key = torch.randint(0, 2**32, (2, 300), generator=g, dtype=torch.int64)
+    counter[:, 0], key[:, 0] = 0, 0  # the Random123 known-answer vector
+    counter[:, 1], key[:, 1] = 0xFFFFFFFF, 0xFFFFFFFF
+    got = torch.ops.fastelbo.philox_words.cuda_sim(counter, key)
+    assert torch.equal(got, torch.stack(rng.philox4x32_10(tuple(counter), tuple(key))))
+    assert [hex(int(w)) for w in got[:, 0]] == ["0x6627e8d5", "0xe169c58d", "0xbc57ac4c", "0x9b00dbd8"]
+
+
+@needs_sim
+@pytest.mark.parametrize("n_samples,n_rows,dim", [(1, 5, 1), (3, 7, 13), (2, 33, 4), (1, 3, 260)])
+def test_noise_matches_the_reference_scheme(n_samples, n_rows, dim, seed):
+    s = rng.draw_seed(torch.device("cpu"), generator(seed, "cpu"))
+    op = torch.ops.fastelbo.normal_noise.cuda_sim
+    torch.testing.assert_close(op(s, n_samples, n_rows, dim, False), rng.normal_noise(s, n_samples, n_rows, dim),
+                               rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(op(s, n_samples, n_rows, dim, True),
+                               rng.normal_noise(s, n_samples, n_rows, dim, torch.float64), rtol=1e-14, atol=1e-14)
+
+
+@needs_sim
+def test_same_generator_state_same_z_on_every_backend(seed):
+    """docs/RNG.md's promise across backends: one generator state, one eps (to float rounding)."""
+    mu = torch.zeros(6, 9)
+    others = [b for b in ("reference", "cpu", "triton") if fe.backends()[b] == "available"]
+    z = {b: fe.gaussian_latent(mu, mu, n_samples=2, generator=generator(seed, "cpu"), backend=b).z
+         for b in ["cuda"] + others}
+    for b in others:
+        torch.testing.assert_close(z["cuda"], z[b], rtol=2e-6, atol=2e-6, msg=b)
+
+
+@needs_sim
+def test_the_bindings_checks_run_in_the_simulator():
+    """The call goes through the real binding: its own argument checks (csrc/binding/checks.h)."""
+    with pytest.raises(ValueError, match="x of shape"):
+        torch.ops.fastelbo.bernoulli_log_prob.cuda_sim(torch.zeros(2, 3), torch.zeros(2, 4), 1, False)

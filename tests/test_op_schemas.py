@@ -1,7 +1,8 @@
 """One name and one contract per op on every backend: each op module's SCHEMAS are exactly the C++
 library's schemas and the Triton overloads', each module's public function is fe.<its name>,
 every fused op the backends register belongs to an op module, and torch.library.opcheck passes on
-every op of both overloads (the C++ kernels' default, Triton's `.triton`) on the same cases."""
+every op of every overload (the C++ kernels' default, Triton's `.triton`, the CUDA simulator's
+`.cuda_sim`) on the same cases."""
 import pytest
 import torch
 
@@ -49,18 +50,23 @@ def test_the_cpp_schemas_are_the_op_modules():
             assert str(getattr(torch.ops.fastelbo, name).default._schema) == _parsed(name, schema), name
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is unavailable here")
-def test_the_triton_overloads_have_the_same_schemas():
-    import fastelbo.triton_backend.register  # noqa: F401
-
+@pytest.mark.parametrize("overload,module", [("triton", "fastelbo.triton_backend.register"),
+                                             ("cuda_sim", "fastelbo.cpp_backend.cuda_sim")])
+def test_the_python_registered_overloads_have_the_same_schemas(overload, module):
+    if overload == "triton" and not HAS_TRITON:
+        pytest.skip("triton is unavailable here")
+    if overload == "cuda_sim" and fe.backends()["cuda"] != "available":
+        pytest.skip("the CUDA simulator is unavailable here")
+    __import__(module)
     for name, schema in SCHEMAS.items():
-        triton_schema = str(getattr(torch.ops.fastelbo, name).triton._schema)
-        assert triton_schema == _parsed(name, schema).replace(f"fastelbo::{name}(", f"fastelbo::{name}.triton("), name
+        got = str(getattr(getattr(torch.ops.fastelbo, name), overload)._schema)
+        assert got == _parsed(name, schema).replace(f"fastelbo::{name}(", f"fastelbo::{name}.{overload}("), name
 
 
 # ---- opcheck: schemas, fakes, autograd registration, on both overloads ----
 
-OVERLOADS = {"default": "cpu", "triton": "triton"}  # the overload -> the backend that registers it
+# The overload -> the backend that registers it (`.cuda_sim`: "cuda" under FASTELBO_CUDA_SIM=1).
+OVERLOADS = {"default": "cpu", "triton": "triton", "cuda_sim": "cuda"}
 
 
 def _leaf(t):
@@ -111,8 +117,8 @@ def _opcheck_cases(seed):
 def test_opcheck(overload, index, seed):
     assert len(_opcheck_cases(seed)) == 21  # the parametrization covers every case
     backend = OVERLOADS[overload]
-    if fe.backends()[backend] != "available":
-        pytest.skip(f"backend {backend!r} is unavailable here")
+    if fe.backends()[backend] != "available" or fe._backend.OVERLOAD[backend] != overload:
+        pytest.skip(f"backend {backend!r} is unavailable here, or has no overload {overload!r}")
     __import__(fe._backend._MODULES[backend])  # registers the backend's kernels
     name, args = _opcheck_cases(seed)[index]
     torch.library.opcheck(getattr(getattr(torch.ops.fastelbo, name), overload), args)

@@ -135,6 +135,14 @@ inline std::vector<int64_t> batch_sizes(const at::Tensor& t, int64_t event_dims)
 }  // namespace cuda
 }  // namespace fastelbo
 
+// FE_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...) is
+// kernel<<<grid, block, shared_bytes, stream>>>(args...): the bindings launch through it so that
+// the CPU simulator (csrc/cuda_sim/cuda_sim.h, which defines it first) runs the same bindings on CPU
+// tensors. The kernel comes last, as a template-id with commas may.
+#ifndef FE_LAUNCH
+#define FE_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#endif
+
 // AT_DISPATCH over float, double, Half, BFloat16 with S (the CUDA storage type) and T (compute).
 #define FE_DISPATCH_FLOAT(DTYPE, NAME, ...)                                                   \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, DTYPE, NAME, [&] {                \

@@ -103,10 +103,10 @@ Tensor2 discretized_logistic_mixture_log_prob_cuda(const Tensor& params, const T
       p.log_half_levels = std::log(levels / 2.0);
       p.grid = grid;
       const dim3 blocks(grid_x(grid.row_blocks), static_cast<unsigned>(grid.chunks));
-      dmol_log_prob_kernel<S, X, T><<<blocks, kBlock, 0, stream>>>(p);
+      FE_LAUNCH(blocks, kBlock, 0, stream, dmol_log_prob_kernel<S, X, T>)(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (grid.chunks > 1) {
-        dmol_sum_partials_kernel<T><<<grid_x(flat_blocks(plan.shape.rows)), kBlock, 0, stream>>>(
+        FE_LAUNCH(grid_x(flat_blocks(plan.shape.rows)), kBlock, 0, stream, dmol_sum_partials_kernel<T>)(
             ptr<const T>(partial), ptr<T>(out), plan.shape.rows, grid.chunks);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }

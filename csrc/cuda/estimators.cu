@@ -47,7 +47,7 @@ Tensor2 elbo_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_
     p.mode = static_cast<int>(mode);
     p.beta = beta;
     p.log_k = std::log(static_cast<double>(k));
-    elbo_kernel<T><<<grid_x(flat_blocks(rows)), kBlock, 0, stream>>>(p);
+    FE_LAUNCH(grid_x(flat_blocks(rows)), kBlock, 0, stream, elbo_kernel<T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   finish_output(out, out_c);

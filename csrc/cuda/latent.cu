@@ -163,7 +163,7 @@ Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
     p.kl = ptr<T>(kl);
     p.n_samples = k;
     p.half_log_2pi_d = static_cast<double>(dim) * core::kHalfLog2Pi;
-    gaussian_latent_forward_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
+    FE_LAUNCH(grid_x(latent_blocks(rows, dim)), kBlock, 0, stream, gaussian_latent_forward_kernel<S, T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   finish_output(z, z_out);
@@ -222,7 +222,7 @@ Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTens
     out.fill<S, T>(p, s);
     p.n_samples = k;
     p.stl = stl;
-    gaussian_latent_backward_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
+    FE_LAUNCH(grid_x(latent_blocks(rows, dim)), kBlock, 0, stream, gaussian_latent_backward_kernel<S, T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.finish(s, prior_mu, prior_scale, mu);
@@ -244,7 +244,7 @@ Tensor gaussian_kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& 
     p.in = latent_inputs<S>(s, param);
     p.out = ptr<T>(out);
     p.per_dim = per_dim;
-    gaussian_kl_forward_kernel<S, T><<<grid_x(latent_blocks(s.rows, s.dim)), kBlock, 0, stream>>>(p);
+    FE_LAUNCH(grid_x(latent_blocks(s.rows, s.dim)), kBlock, 0, stream, gaussian_kl_forward_kernel<S, T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -274,7 +274,7 @@ Tensor4 gaussian_kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Te
     p.g_sd = per_dim ? g.stride(1) : 0;
     out.fill<S, T>(p, s);
     p.per_dim = per_dim;
-    gaussian_kl_backward_kernel<S, T><<<grid_x(latent_blocks(rows, dim)), kBlock, 0, stream>>>(p);
+    FE_LAUNCH(grid_x(latent_blocks(rows, dim)), kBlock, 0, stream, gaussian_kl_backward_kernel<S, T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.finish(s, prior_mu, prior_scale, mu);

@@ -38,8 +38,8 @@ Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dim
       p.l_st = plan.strides[0];
       p.x_st = plan.strides[1];
       p.continuous = continuous;
-      binary_log_prob_kernel<S, X, T>
-          <<<grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream>>>(p);
+      FE_LAUNCH(grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream,
+                binary_log_prob_kernel<S, X, T>)(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -86,8 +86,8 @@ Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTen
       p.v_st = logvar.defined() ? plan.strides[2] : RowStrides{0, 0, 0, 0};
       p.logvar_value = logvar_value;
       p.half_log_2pi_n = static_cast<double>(plan.shape.cols) * core::kHalfLog2Pi;
-      gaussian_log_prob_kernel<S, X, T>
-          <<<grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream>>>(p);
+      FE_LAUNCH(grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream,
+                gaussian_log_prob_kernel<S, X, T>)(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -152,7 +152,7 @@ Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& bu
     p.rows_per_chunk = cg.rows_per_chunk;
     TORCH_CHECK(cg.chunks <= 65535, "fastelbo cuda: grid too large");
     const dim3 grid(grid_x(cg.col_tiles), static_cast<unsigned>(cg.chunks));
-    gaussian_log_prob_bwd_kernel<S, T><<<grid, kBlock, 0, stream>>>(p);
+    FE_LAUNCH(grid, kBlock, 0, stream, gaussian_log_prob_bwd_kernel<S, T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return finish(grad_logvar);
@@ -179,8 +179,8 @@ Tensor2 categorical_log_prob_cuda(const Tensor& logits, const Tensor& target, in
         p.shape = plan.shape;
         p.l_st = plan.strides[0];
         p.t_st = plan.strides[1];
-        categorical_log_prob_kernel<S, I, T>
-            <<<grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream>>>(p);
+        FE_LAUNCH(grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream,
+                  categorical_log_prob_kernel<S, I, T>)(p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });

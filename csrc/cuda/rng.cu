@@ -22,8 +22,7 @@ Tensor normal_noise_cuda(const Tensor& seed, int64_t n_samples, int64_t n_rows, 
     p.n_samples = n_samples;
     p.rows = n_rows;
     p.dim = dim;
-    normal_noise_kernel<T>
-        <<<grid_x(flat_blocks(n_samples * n_rows * ceil_div(dim, 4))), kBlock, 0, stream>>>(p);
+    FE_LAUNCH(grid_x(flat_blocks(n_samples * n_rows * ceil_div(dim, 4))), kBlock, 0, stream, normal_noise_kernel<T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -45,7 +44,7 @@ Tensor philox_words_cuda(const Tensor& counter, const Tensor& key) {
   p.out = out.data_ptr<int64_t>();
   p.n = n;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  philox_words_kernel<int64_t><<<grid_x(flat_blocks(n)), kBlock, 0, stream>>>(p);
+  FE_LAUNCH(grid_x(flat_blocks(n)), kBlock, 0, stream, philox_words_kernel<int64_t>)(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

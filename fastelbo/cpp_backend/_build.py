@@ -126,6 +126,7 @@ class LibrarySpec:
     directory: str
     sources: tuple
     options: tuple  # ((keyword of torch's load(), (flags...)), ...)
+    include_dirs: tuple = ()  # extra -I folders (absolute; the hash covers their files, not where they are)
 
     @property
     def marker(self) -> str:
@@ -185,10 +186,18 @@ def library_spec(kind: str, root: str | None = None) -> LibrarySpec:
         sources = sorted(glob.glob(os.path.join(root, "cuda", "*.cu")))
         options = (("extra_cflags", ("-O3",)), ("extra_cuda_cflags", ("-O3",)))
         folders, prefix, what = ("core", "binding", "cuda"), "fastelbo_cuda", "CUDA backend"
+    elif kind == "cuda_sim":
+        # The CUDA bindings and kernels as host C++ on the simulator (csrc/cuda_sim/cuda_sim.h), whose
+        # include/ stands in for the CUDA headers: the "cuda" backend on CPU tensors (FASTELBO_CUDA_SIM=1).
+        sources = sorted(glob.glob(os.path.join(root, "cuda_sim", "*.cpp")))
+        options = (("extra_cflags", ("-O2", "-DFASTELBO_CUDA_SIM")),)
+        include_dirs = (os.path.join(root, "cuda_sim", "include"),)
+        folders, prefix, what = ("core", "binding", "cuda", "cuda_sim"), "fastelbo_cuda_sim", "CUDA simulator backend"
     else:
         raise ValueError(f"unknown library {kind!r}")
     name = f"{prefix}_{source_hash(root, folders, sources, options)}"
-    return LibrarySpec(kind, what, name, os.path.join(extensions_root(), name), tuple(sources), options)
+    return LibrarySpec(kind, what, name, os.path.join(extensions_root(), name), tuple(sources), options,
+                       include_dirs if kind == "cuda_sim" else ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,7 +399,8 @@ def _obtain(spec: LibrarySpec, may_build: bool) -> Result:
         try:
             with _environment(CXX=cxx):
                 built = load(name=spec.name, sources=list(spec.sources), build_directory=staging,
-                             is_python_module=False, verbose=os.environ.get("FASTELBO_BUILD_VERBOSE") == "1",
+                             extra_include_paths=list(spec.include_dirs), is_python_module=False,
+                             verbose=os.environ.get("FASTELBO_BUILD_VERBOSE") == "1",
                              **{k: list(v) for k, v in spec.options})
             library = os.path.join(spec.directory, os.path.basename(built))
             os.replace(built, library)
@@ -462,6 +472,13 @@ def build(kind: str) -> Result:
 def cpu_library() -> str | None:
     """Build (if needed) and load the CPU library; None on success, else why it is unavailable."""
     return _library("cpu", explicit=False).reason
+
+
+def cuda_sim_library() -> str | None:
+    """Build (if needed) and load the CUDA simulator library (the CUDA bindings on CPU tensors, as the
+    `.cuda_sim` overload; fastelbo/cpp_backend/cuda_sim.py); None on success, else why it is
+    unavailable."""
+    return _library("cuda_sim", explicit=False).reason
 
 
 def cuda_library() -> str | None:

@@ -91,7 +91,7 @@ def setup_context(ctx, inputs, output):
 
 
 def backward(ctx, grad_out, grad_buffer):
-    """The Triton overload's autograd (the C++ op's: csrc/binding/autograd.cpp)."""
+    """The `.triton` and `.cuda_sim` overloads' autograd (the C++ op's: csrc/binding/autograd.cpp)."""
     buffer, target = ctx.saved_tensors
     return (backward_differentiable(grad_out, grad_buffer, buffer, target, ctx.event_dims, ctx.logits_dtype),
             None, None, None)

@@ -182,7 +182,7 @@ def setup_context(ctx, inputs, output):
 
 
 def backward(ctx, grad_out, grad_buffer):
-    """The Triton overload's autograd (the C++ op's: csrc/binding/autograd.cpp)."""
+    """The `.triton` and `.cuda_sim` overloads' autograd (the C++ op's: csrc/binding/autograd.cpp)."""
     buffer, params, x = ctx.saved_tensors
     return (grad_params(grad_out, buffer, params, x, *ctx.options), None, None, None, None, None)
 

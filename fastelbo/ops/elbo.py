@@ -223,7 +223,7 @@ def setup_context(ctx, inputs, output):
 
 
 def backward(ctx, grad, _):
-    """The Triton overload's autograd (the C++ op's: csrc/binding/autograd.cpp)."""
+    """The `.triton` and `.cuda_sim` overloads' autograd (the C++ op's: csrc/binding/autograd.cpp)."""
     weights, *log_weights = ctx.saved_tensors
     if grad is None:
         return None, None, None, None, None, None

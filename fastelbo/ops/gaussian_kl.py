@@ -91,12 +91,12 @@ def setup_context(ctx, inputs, output):
 
 
 def backward(ctx, grad):
-    """The Triton overload's autograd: its backward kernel, or the second order."""
+    """The `.triton` and `.cuda_sim` overloads' autograd: its backward kernel, or the second order."""
     mu, scale, prior_mu, prior_scale = ctx.saved_tensors
     if differentiating():
         return (*backward_differentiable(grad, mu, scale, prior_mu, prior_scale, *ctx.options,
                                          ctx.needs_input_grad[:4]), None, None)
-    grads = torch.ops.fastelbo.gaussian_kl_backward.triton(grad, mu, scale, prior_mu, prior_scale, *ctx.options)
+    grads = getattr(torch.ops.fastelbo.gaussian_kl_backward, ctx.overload)(grad, mu, scale, prior_mu, prior_scale, *ctx.options)
     has_prior = prior_mu is not None
     return grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None, None, None
 

@@ -296,14 +296,14 @@ def setup_context(ctx, inputs, output):
 
 
 def backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl):
-    """The Triton overload's autograd: its backward kernel, or the second order."""
+    """The `.triton` and `.cuda_sim` overloads' autograd: its backward kernel, or the second order."""
     mu, scale, prior_mu, prior_scale, eps, seed = ctx.saved_tensors
     if differentiating():
         grads = backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale,
                                         eps, seed, *ctx.options, ctx.needs_input_grad[:4])
         return (*grads, None, None, None, None, None)
-    grads = torch.ops.fastelbo.gaussian_latent_backward.triton(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale,
-                                                               prior_mu, prior_scale, eps, seed, *ctx.options)
+    grads = getattr(torch.ops.fastelbo.gaussian_latent_backward, ctx.overload)(
+        grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, *ctx.options)
     has_prior = prior_mu is not None
     return (grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None,
             None, None, None, None, None)

@@ -121,7 +121,7 @@ def setup_context(ctx, inputs, output):
 
 
 def backward(ctx, grad_out, grad_buffer):
-    """The Triton overload's autograd (the C++ op's is the same in csrc/binding/autograd.cpp)."""
+    """The `.triton` and `.cuda_sim` overloads' autograd (the C++ op's: csrc/binding/autograd.cpp)."""
     buffer, logvar = ctx.saved_tensors
     logvar_value, event_dims = ctx.options
     mean_dtype, x_shape, x_dtype = ctx.meta
@@ -133,8 +133,8 @@ def backward(ctx, grad_out, grad_buffer):
     if grad_out is None:
         return None, None, None, None, None, None
     need_logvar = needs[2] and logvar is not None
-    scaled, grad_logvar = torch.ops.fastelbo.gaussian_log_prob_backward.triton(grad_out, buffer, logvar, logvar_value,
-                                                                               event_dims, need_logvar)
+    scaled, grad_logvar = getattr(torch.ops.fastelbo.gaussian_log_prob_backward, ctx.overload)(
+        grad_out, buffer, logvar, logvar_value, event_dims, need_logvar)
     grad_mean = scaled.to(mean_dtype) if needs[0] else None
     grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype) if needs[1] else None  # d/dx = -d/dm
     return grad_mean, grad_x, grad_logvar if need_logvar else None, None, None, None

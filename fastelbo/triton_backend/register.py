@@ -1,14 +1,14 @@
 """The Triton kernels as the `.triton` overload of each fastelbo op: the same op names and schemas
 as the C++ kernels (fastelbo/ops/<name>.py: SCHEMAS), these launchers as their kernels (CUDA
 tensors, or CPU tensors under TRITON_INTERPRET=1), and each op's fakes and autograd rules
-(FAKES, AUTOGRAD). Choosing backend "triton" makes the public functions call
-torch.ops.fastelbo.<name>.triton instead of torch.ops.fastelbo.<name>.default.
+(FAKES, AUTOGRAD; fastelbo/ops/_overloads.py). Choosing backend "triton" makes the public
+functions call torch.ops.fastelbo.<name>.triton instead of torch.ops.fastelbo.<name>.default.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import ops
+from ..ops._overloads import define as define_overload
 from . import dmol, estimators, latent, likelihoods, rng
 
 KERNELS = {
@@ -26,14 +26,4 @@ KERNELS = {
     "elbo": estimators.elbo,
 }
 
-LIBRARY = torch.library.Library("fastelbo", "FRAGMENT")
-
-for _op in ops.MODULES:
-    for _name, _schema in _op.SCHEMAS.items():
-        LIBRARY.define(f"{_name}.triton{_schema}")
-        for _key in ("CUDA", "CPU"):
-            LIBRARY.impl(f"{_name}.triton", KERNELS[_name], _key)
-        torch.library.register_fake(f"fastelbo::{_name}.triton", _op.FAKES[_name], lib=LIBRARY)
-    for _name, (_backward, _setup_context) in _op.AUTOGRAD.items():
-        torch.library.register_autograd(f"fastelbo::{_name}.triton", _backward, setup_context=_setup_context,
-                                        lib=LIBRARY)
+LIBRARY = define_overload("triton", KERNELS, ("CUDA", "CPU"))

@@ -37,7 +37,8 @@ template <typename S, typename T>
 struct LatentFwdParams {
   LatentInputs<S> in;
   const S* eps;          // explicit noise, contiguous (K, R, D); null: Philox from *seed
-  const int64_t* seed;   // 0-dim int64 on the device (read by the kernel, never by the host)
+  const int64_t* seed;   // 0-dim int64 on the device (read by the kernel, never by the host); null
+                         // with explicit noise (whose pointer is null too when D = 0: no element)
   S* z;                  // (K, R, D)
   T* log_q;              // (K, R)
   T* log_p;              // (K, R)
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(kBlock) gaussian_latent_forward_kernel(const L
   const int64_t iters = ceil_div(ceil_div(D, 4), lanes);
   const detail::LatentRowBase base = active ? detail::latent_row_base(p.in, row) : detail::LatentRowBase{0, 0, 0, 0};
 
-  const core::PhiloxKey key = p.eps == nullptr ? core::seed_key(*p.seed) : core::PhiloxKey{0u, 0u};
+  const core::PhiloxKey key = p.seed != nullptr ? core::seed_key(*p.seed) : core::PhiloxKey{0u, 0u};
   const T half_log_2pi_d = static_cast<T>(p.half_log_2pi_d);
   for (int64_t k = 0; k < p.n_samples; ++k) {  // the launcher guarantees K >= 1
     T log_q = T(0), log_p = T(0), kl = T(0);    // kl: with the first sample's pass
@@ -278,7 +279,7 @@ __global__ void __launch_bounds__(kBlock) gaussian_latent_backward_kernel(const 
   const bool has_prior = p.in.prior_mu != nullptr;
   const int64_t iters = ceil_div(ceil_div(D, 4), lanes);
   const detail::LatentRowBase base = active ? detail::latent_row_base(p.in, row) : detail::LatentRowBase{0, 0, 0, 0};
-  const core::PhiloxKey key = p.eps == nullptr ? core::seed_key(*p.seed) : core::PhiloxKey{0u, 0u};
+  const core::PhiloxKey key = p.seed != nullptr ? core::seed_key(*p.seed) : core::PhiloxKey{0u, 0u};
 
   T sum_gq = T(0);  // sum_k gq_k (without stl)
   if (active && p.grad_log_q != nullptr && !p.stl)

@@ -3,7 +3,8 @@
 //   run_dmol <f64|f32|f16|bf16> R N n_mix bits params.bin x.bin out.bin grad.bin
 // params (R, N, 10 n_mix) and x (R, N, 3) stored in the given type (f16 / bf16: their 16-bit
 // patterns); writes out (R,) and the gradient buffer (R, N, 10 n_mix) in the compute type
-// (float64 for f64, float32 otherwise). Built by tests/test_cuda_sim.py with g++ -include cuda_sim.h.
+// (float64 for f64, float32 otherwise); a failure the simulator reports (a deadlock, a bad shuffle) exits with 3.
+// Built by tests/test_cuda_sim.py with g++ -include cuda_sim.h (csrc/cuda_sim/).
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -56,11 +57,16 @@ int run(int64_t R, int64_t N, int64_t M, int bits, char** paths) {
   p.h = 1.0 / levels;
   p.log_half_levels = std::log(levels / 2.0);
   p.grid = g;
-  fe_sim::launch(dim3(static_cast<unsigned>(g.row_blocks), static_cast<unsigned>(g.chunks)), dim3(kBlock),
-                 dmol_log_prob_kernel<S, S, T>, p);
+  FE_LAUNCH(dim3(static_cast<unsigned>(g.row_blocks), static_cast<unsigned>(g.chunks)), kBlock, 0, nullptr,
+            dmol_log_prob_kernel<S, S, T>)(p);
   if (g.chunks > 1) {
-    fe_sim::launch(dim3(static_cast<unsigned>(flat_blocks(R))), dim3(kBlock), dmol_sum_partials_kernel<T>,
-                   static_cast<const T*>(partial.data()), out.data(), R, g.chunks);
+    FE_LAUNCH(dim3(static_cast<unsigned>(flat_blocks(R))), kBlock, 0, nullptr, dmol_sum_partials_kernel<T>)(
+        static_cast<const T*>(partial.data()), out.data(), R, g.chunks);
+  }
+  const std::string error = fe_sim::take_error();
+  if (!error.empty()) {
+    std::fprintf(stderr, "%s\n", error.c_str());
+    return 3;
   }
   write(paths[2], out);
   write(paths[3], grad);

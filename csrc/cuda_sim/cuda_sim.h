@@ -1,0 +1,304 @@
+// A small CPU simulator of the CUDA execution model fastelbo's kernels use, so that the CUDA sources
+// of csrc/cuda/ (device code in kernels/*.cuh and csrc/core/, and the ATen bindings *.cu) compile
+// unchanged as host C++ (g++ -include this file, with include/ ahead of torch's headers) and run on
+// CPU tensors: the "cuda" backend under FASTELBO_CUDA_SIM=1 (fastelbo/cpp_backend/cuda_sim.py).
+//
+// What it models:
+//   - a grid's blocks run one after another; the blockDim.x threads of a block are fibers
+//     (ucontext) scheduled cooperatively and deterministically: each thread runs, in thread order,
+//     until it reaches a barrier (__syncthreads, or a warp shuffle) or returns; a barrier releases
+//     its threads when every live thread of the block (of the warp, for a shuffle) has reached it.
+//     So each thread runs as far ahead of the others as the barriers allow: a missing
+//     __syncthreads() lets thread 0 read shared memory the other warps have not written yet,
+//     every time, rather than now and then;
+//   - __shared__ is one array per kernel instantiation (and host thread), shared by the block's
+//     threads (blocks run one after another, so it is per block; as on the device it is not cleared
+//     between blocks);
+//   - __shfl_xor_sync exchanges a value between the lanes of a 32-thread warp (threads
+//     32w..32w+31) with the intrinsic's semantics for a full or partial mask: it completes when
+//     every lane of its mask has reached it (the other lanes may be anywhere); a mask naming a lane
+//     that has exited, or lanes of one mask waiting with different masks, or a partner outside the
+//     mask, is an error (undefined on the device);
+//   - threadIdx, blockIdx, blockDim, gridDim (1-D blocks, 2-D grids), and the launch itself:
+//     FE_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...), the bindings' spelling of
+//     kernel<<<grid, block, shared_bytes, stream>>>(args...) (csrc/cuda/aten_utils.cuh); dynamic
+//     shared memory is not simulated (the kernels use none, and a launch asking for it fails);
+//   - __half and __nv_bfloat16 as 16-bit storage with the round-to-nearest-even conversions of
+//     cuda_fp16.h / cuda_bf16.h (include/ holds the two headers);
+//   - every __syncthreads() is one barrier (the device's barrier 0 counts arrivals, not call
+//     sites), and a thread that has returned counts as arrived at its block's later barriers (as on
+//     Volta and later GPUs); when every live thread waits and no barrier can release them (e.g.
+//     threads at __syncthreads() while lanes of their warp wait for them in a shuffle), the run
+//     stops with "deadlock", as the device would hang;
+//   - include/c10/cuda/ stands in for the c10 CUDA headers the bindings use: the device guard does
+//     nothing, the current stream is a null handle, the launch check reports a failed launch.
+// Each host thread has a simulator of its own (thread_local), so ops may run in several threads.
+// What it does not model: memory ordering between threads outside barriers and between blocks
+// (threads here see every write at once), blocks running concurrently, timing, occupancy, warp
+// divergence beyond the barriers, fast-math intrinsics (expf and the rest are the host's libm,
+// within an ulp or two of CUDA's), atomics and streams.
+#pragma once
+
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+
+// A stream handle, as cuda_runtime_api.h declares it (no stream is simulated).
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3() = default;
+  dim3(unsigned x_, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace fe_sim {
+
+constexpr size_t kStackBytes = 256 * 1024;  // per simulated thread
+
+enum State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
+
+struct Thread {
+  ucontext_t context;
+  std::unique_ptr<char[]> stack;  // not zero-filled: pages a fiber never touches stay unmapped
+  dim3 index;
+  State state = kRunnable;
+  unsigned shuffle_mask = 0;  // the mask of the shuffle it waits at
+};
+
+struct Warp {
+  uint64_t slots[32];
+};
+
+struct Sim {
+  ucontext_t scheduler;
+  std::vector<Thread> threads;
+  std::vector<Warp> warps;
+  int current = -1;  // the thread running, -1 in the scheduler
+  dim3 block_index, block_dim, grid_dim;
+  std::function<void()> body;
+  std::string error;  // the first failure since take_error(), as a device's sticky error
+};
+
+inline Sim& sim() {
+  static thread_local Sim s;
+  return s;
+}
+
+inline Thread& self() { return sim().threads[sim().current]; }
+
+// A failure where the device would fault or hang: recorded (the first one counts) for the launch
+// check to raise (take_error). Inside a simulated thread the block stops: the thread leaves for
+// the scheduler for good, and launch() runs no further thread nor block.
+inline void fail(const std::string& what) {
+  Sim& s = sim();
+  if (s.error.empty()) {
+    s.error = "cuda_sim: " + what + " (block " + std::to_string(s.block_index.x) + "," +
+              std::to_string(s.block_index.y) + (s.current >= 0 ? ", thread " + std::to_string(s.current) : "") + ")";
+  }
+  if (s.current >= 0) {
+    self().state = kDone;
+    swapcontext(&self().context, &s.scheduler);  // never resumed
+  }
+}
+
+// The recorded failure, cleared ("" if none).
+inline std::string take_error() {
+  std::string error;
+  error.swap(sim().error);
+  return error;
+}
+
+inline void wait_at(State barrier) {
+  Thread& t = self();
+  t.state = barrier;
+  swapcontext(&t.context, &sim().scheduler);
+}
+
+inline void entry() {
+  sim().body();
+  self().state = kDone;  // then uc_link: back to the scheduler
+}
+
+// Release the threads waiting at a barrier that every thread it concerns has reached: a
+// __syncthreads() when every live thread of the block waits at one; a warp shuffle when every lane
+// its mask names waits at a shuffle with that mask. A mask naming a lane that has exited, or lanes
+// that wait with different masks, is an error (undefined on the device).
+inline bool release_barriers() {
+  Sim& s = sim();
+  const int n = static_cast<int>(s.threads.size());
+  int live = 0, at_block = 0;
+  for (const Thread& t : s.threads) {
+    live += t.state != kDone;
+    at_block += t.state == kAtBlockBarrier;
+  }
+  bool released = false;
+  if (at_block > 0 && at_block == live) {
+    for (Thread& t : s.threads) {
+      if (t.state == kAtBlockBarrier) t.state = kRunnable;
+    }
+    released = true;
+  }
+  for (int w = 0; w < n / 32; ++w) {
+    Thread* lanes = &s.threads[w * 32];
+    for (int l = 0; l < 32; ++l) {
+      if (lanes[l].state != kAtWarpBarrier) continue;
+      const unsigned mask = lanes[l].shuffle_mask;
+      bool all_here = true;
+      for (int m = 0; m < 32; ++m) {
+        if (!((mask >> m) & 1u)) continue;
+        if (lanes[m].state == kDone) {
+          s.current = w * 32 + l;  // for the message
+          fail("__shfl_xor_sync: the mask names a lane that has exited");
+          s.current = -1;
+          return false;
+        }
+        if (lanes[m].state == kAtWarpBarrier && lanes[m].shuffle_mask != mask) {
+          s.current = w * 32 + l;
+          fail("__shfl_xor_sync: lanes of one mask wait with different masks");
+          s.current = -1;
+          return false;
+        }
+        all_here = all_here && lanes[m].state == kAtWarpBarrier;
+      }
+      if (!all_here) continue;
+      for (int m = 0; m < 32; ++m) {
+        if ((mask >> m) & 1u) lanes[m].state = kRunnable;
+      }
+      released = true;
+    }
+  }
+  return released;
+}
+
+// Run one block: every thread in order until it waits or returns, then release barriers, again.
+inline void run_block() {
+  Sim& s = sim();
+  for (size_t i = 0; i < s.threads.size(); ++i) {
+    Thread& t = s.threads[i];
+    t.index = dim3(static_cast<unsigned>(i));
+    t.state = kRunnable;
+    getcontext(&t.context);
+    t.context.uc_stack.ss_sp = t.stack.get();
+    t.context.uc_stack.ss_size = kStackBytes;
+    t.context.uc_link = &s.scheduler;
+    makecontext(&t.context, entry, 0);
+  }
+  for (;;) {
+    bool ran = false;
+    for (size_t i = 0; i < s.threads.size(); ++i) {
+      if (s.threads[i].state != kRunnable) continue;
+      s.current = static_cast<int>(i);
+      swapcontext(&s.scheduler, &s.threads[i].context);
+      s.current = -1;
+      if (!s.error.empty()) return;  // a thread failed: the block stops
+      ran = true;
+    }
+    const bool released = release_barriers();
+    if (!s.error.empty()) return;
+    bool done = true;
+    for (const Thread& t : s.threads) done = done && t.state == kDone;
+    if (done) return;
+    if (!ran && !released) return fail("deadlock: the block's waiting threads are at barriers that cannot release");
+  }
+}
+
+template <typename T>
+T shuffle_xor(unsigned mask, T value, int lane_mask) {
+  static_assert(sizeof(T) <= 8, "cuda_sim: shuffles of at most 8 bytes");
+  Sim& s = sim();
+  if (s.current < 0) {
+    fail("__shfl_xor_sync called outside a kernel");
+    return value;
+  }
+  const int lane = s.current % 32, first = s.current - lane, partner = lane ^ lane_mask;
+  if (!((mask >> lane) & 1u) || partner > 31 || !((mask >> partner) & 1u)) {
+    fail("__shfl_xor_sync: the lane or its partner is not in the mask");
+  }
+  for (int l = 0; l < 32; ++l) {
+    if (((mask >> l) & 1u) && s.threads[first + l].state == kDone) {
+      fail("__shfl_xor_sync: the mask names a lane that has exited");
+    }
+  }
+  self().shuffle_mask = mask;
+  Warp& warp = s.warps[s.current / 32];
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  warp.slots[lane] = bits;
+  wait_at(kAtWarpBarrier);  // every lane of the mask has written
+  const uint64_t theirs = sim().warps[sim().current / 32].slots[partner];
+  wait_at(kAtWarpBarrier);  // every lane of the mask has read
+  T other;
+  std::memcpy(&other, &theirs, sizeof(T));
+  return other;
+}
+
+// kernel<<<grid, block>>>(args...): the grid's blocks in order, each block's threads as fibers.
+template <typename Kernel, typename... Args>
+void launch(dim3 grid, dim3 block, Kernel kernel, const Args&... args) {
+  Sim& s = sim();
+  if (!s.error.empty()) return;  // a failed launch before this one: nothing runs (a sticky error)
+  if (block.y != 1 || block.z != 1 || grid.z != 1) return fail("launch: 1-D blocks and 2-D grids only");
+  if (block.x == 0 || block.x % 32 != 0 || block.x > 1024) {
+    return fail("launch: blockDim.x must be a multiple of 32 <= 1024");
+  }
+  if (grid.x == 0 || grid.y == 0 || grid.y > 65535) return fail("launch: invalid grid");
+  s.block_dim = block;
+  s.grid_dim = grid;
+  if (s.threads.size() != block.x) {
+    s.threads = std::vector<Thread>(block.x);
+    for (Thread& t : s.threads) t.stack.reset(new char[kStackBytes]);
+    s.warps = std::vector<Warp>(block.x / 32);
+  }
+  s.body = [&] { kernel(args...); };
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      s.block_index = dim3(bx, by);
+      run_block();
+      if (!s.error.empty()) {
+        s.body = nullptr;
+        return;
+      }
+    }
+  }
+  s.body = nullptr;
+}
+
+// FE_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...): a callable that launches.
+template <typename Kernel>
+auto launcher(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel) {
+  return [=](const auto&... args) {
+    if (shared_bytes != 0) return fail("launch: dynamic shared memory is not simulated");
+    launch(grid, block, kernel, args...);
+  };
+}
+
+}  // namespace fe_sim
+
+#define FE_LAUNCH(grid, block, shared_bytes, stream, ...) ::fe_sim::launcher(grid, block, shared_bytes, __VA_ARGS__)
+
+#define threadIdx (::fe_sim::self().index)
+#define blockIdx (::fe_sim::sim().block_index)
+#define blockDim (::fe_sim::sim().block_dim)
+#define gridDim (::fe_sim::sim().grid_dim)
+
+inline void __syncthreads() { fe_sim::wait_at(fe_sim::kAtBlockBarrier); }
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  return fe_sim::shuffle_xor(mask, value, lane_mask);
+}

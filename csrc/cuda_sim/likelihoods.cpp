@@ -1,0 +1,3 @@
+// csrc/cuda/likelihoods.cu compiled as host C++ for the CPU simulator (cuda_sim.h, first).
+#include "cuda_sim.h"
+#include "../cuda/likelihoods.cu"

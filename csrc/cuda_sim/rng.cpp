@@ -1,0 +1,3 @@
+// csrc/cuda/rng.cu compiled as host C++ for the CPU simulator (cuda_sim.h, first).
+#include "cuda_sim.h"
+#include "../cuda/rng.cu"

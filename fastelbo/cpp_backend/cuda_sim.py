@@ -1,0 +1,30 @@
+"""The "cuda" backend in the CPU simulator (FASTELBO_CUDA_SIM=1): the CUDA bindings and kernels of
+csrc/cuda/, compiled as host C++ against csrc/cuda_sim/ (a CPU model of blocks, barriers, warp
+shuffles and shared memory; the CUDA sources are not edited for it), run on CPU tensors.
+
+They are the `.cuda_sim` overload of each fastelbo op: the op modules' schemas, fakes and Python
+autograd (fastelbo/ops/_overloads.py, as Triton's `.triton` overload), whose kernels the C++
+library registers for the CPU key (csrc/cuda/register.cu built with FASTELBO_CUDA_SIM). So a call
+on backend "cuda" goes through the real binding's launch logic (grid and block sizes, row plans,
+dtype dispatch, the seed read on the "device") into the real kernels, one simulated thread at a time.
+
+Importing this module builds (if needed) and loads the simulator library; it raises ImportError
+with the reason when the library is unavailable.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops._overloads import define as define_overload
+from . import _build
+
+LIBRARY = define_overload("cuda_sim")
+# The Philox words of docs/RNG.md (tests compare them bit for bit with the reference's).
+LIBRARY.define("philox_words.cuda_sim(Tensor counter, Tensor key) -> Tensor")
+torch.library.register_fake("fastelbo::philox_words.cuda_sim",
+                            lambda counter, key: counter.new_empty((4, counter.shape[1]), dtype=torch.int64),
+                            lib=LIBRARY)
+
+_reason = _build.cuda_sim_library()
+if _reason is not None:
+    raise ImportError(f"fastelbo's CUDA simulator library is unavailable: {_reason}")
