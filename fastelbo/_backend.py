@@ -41,6 +41,11 @@ def runs_on(name: str, device_type: str) -> bool:
     return _DEVICE_TYPE.get(name, device_type) == device_type
 
 
+if CUDA_SIM and torch.cuda.is_available():
+    warnings.warn("fastelbo: FASTELBO_CUDA_SIM=1 makes backend 'cuda' the CUDA simulator, on CPU tensors; on this "
+                  "machine's GPU the CUDA kernels are unused ('auto' on CUDA tensors tries 'triton'). Unset it to run "
+                  "them on the GPU.", stacklevel=2)
+
 # Tried in this order by "auto" for each device type; "reference" closes every list.
 _AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton",) if CUDA_SIM else ("cuda", "triton")}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,35 @@ def test_the_bindings_checks_run_in_the_simulator():
     """The call goes through the real binding: its own argument checks (csrc/binding/checks.h)."""
     with pytest.raises(ValueError, match="x of shape"):
         torch.ops.fastelbo.bernoulli_log_prob.cuda_sim(torch.zeros(2, 3), torch.zeros(2, 4), 1, False)
+
+
+def _asan_runtime() -> str | None:
+    """gcc's AddressSanitizer runtime, or None."""
+    if GXX is None:
+        return None
+    path = subprocess.run([GXX, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return os.path.realpath(path) if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@needs_sim
+@pytest.mark.skipif(_asan_runtime() is None, reason="gcc's AddressSanitizer runtime (libasan) is not installed")
+def test_the_cuda_kernels_stay_in_bounds_under_addresssanitizer():
+    """Every op case in every dtype and the fused-backend tests on the "cuda" backend, with the
+    simulator library built with AddressSanitizer (FASTELBO_CUDA_SIM_ASAN=1): a read or write of a
+    kernel outside its tensors' memory, which on the CPU might only read a neighbour's bytes, stops
+    the run with ASan's report. The library it loads must be the instrumented one."""
+    probe = ("from fastelbo.cpp_backend import _build; assert _build.cuda_sim_library() is None; "
+             "print(_build._results['cuda_sim'].library)")
+    env = dict(os.environ, FASTELBO_CUDA_SIM="1", FASTELBO_CUDA_SIM_ASAN="1", LD_PRELOAD=_asan_runtime(),
+               ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    library = proc.stdout.strip().splitlines()[-1]
+    assert "_asan_" in os.path.basename(library) and b"__asan_report_load" in Path(library).read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
+                           "tests/test_backends_vs_reference.py", "tests/test_fused_backends.py"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "ERROR: AddressSanitizer" not in output, output[-4000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout

@@ -229,6 +229,35 @@ def test_empty_batches_with_learnable_shared_parameters(backend):
     assert mu.grad.shape == (0, 4)
 
 
+def test_latent_with_explicit_noise_and_no_latent_dims(backend):
+    """D = 0 with an explicit (empty) eps and a prior: nothing to draw, nothing to read; sums over
+    nothing (the CUDA kernels once read the seed through a null pointer here)."""
+    mu = torch.zeros(3, 1, 5, 0, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    prior = (torch.zeros(1, 5, 1, dtype=torch.float64, device=DEVICE), torch.zeros((), dtype=torch.float64, device=DEVICE))
+    for kwargs in ({}, {"prior": prior}, {"prior": prior, "n_samples": 2}):
+        eps = torch.zeros((2,) * ("n_samples" in kwargs) + tuple(mu.shape), dtype=torch.float64, device=DEVICE)
+        lat = fe.gaussian_latent(mu, mu, stl=True, eps=eps, backend=backend, **kwargs)
+        want = fe.gaussian_latent(mu, mu, stl=True, eps=eps, backend="reference", **kwargs)
+        for a, b in zip(lat, want):
+            assert a.shape == b.shape and torch.equal(a, b)
+        lat.log_q.sum().backward()
+        assert torch.equal(mu.grad, torch.zeros_like(mu))
+
+
+@pytest.mark.parametrize("classes", [2, 4, 5, 8, 40])
+def test_categorical_with_an_infinite_logit(backend, classes):
+    """A +inf logit makes the logsumexp inf - inf: NaN, as the reference, on every column and for
+    every row length (the CUDA kernel's online logsumexp once gave -inf for a short row)."""
+    for column in (0, 1, classes - 1):
+        logits = torch.zeros(2, classes, dtype=torch.float64, device=DEVICE)
+        logits[0, column] = float("inf")
+        target = torch.tensor([0, 1], device=DEVICE)
+        value = fe.categorical_log_prob(logits, target, event_dims=0, backend=backend)
+        want = fe.categorical_log_prob(logits, target, event_dims=0, backend="reference")
+        assert torch.isnan(want[0]) and torch.isnan(value[0]), (column, value)
+        torch.testing.assert_close(value, want, equal_nan=True)
+
+
 @pytest.mark.parametrize("estimator", ["elbo", "iwae"])
 def test_nan_in_nan_out_of_the_estimators(backend, estimator):
     """A NaN log-likelihood gives a NaN value even when every other log-weight is -inf."""

@@ -5,20 +5,21 @@
 //
 // What it models:
 //   - a grid's blocks run one after another; the blockDim.x threads of a block are fibers
-//     (ucontext) scheduled cooperatively and deterministically: each thread runs, in thread order,
+//     (ucontext) scheduled cooperatively and deterministically: each thread runs, in thread order
+//     (thread 0 first, or the last thread first: the order alternates over blocks and launches),
 //     until it reaches a barrier (__syncthreads, or a warp shuffle) or returns; a barrier releases
-//     its threads when every live thread of the block (of the warp, for a shuffle) has reached it.
-//     So each thread runs as far ahead of the others as the barriers allow: a missing
-//     __syncthreads() lets thread 0 read shared memory the other warps have not written yet,
-//     every time, rather than now and then;
+//     its threads when every live thread of the block (every lane of its mask, for a shuffle) has
+//     reached it. So each thread runs as far ahead of the others as the barriers allow: a missing
+//     __syncthreads() lets the threads that run first read shared memory the others have not
+//     written yet (or overwrite what they have not read), deterministically, in both orders;
 //   - __shared__ is one array per kernel instantiation (and host thread), shared by the block's
-//     threads (blocks run one after another, so it is per block; as on the device it is not cleared
-//     between blocks);
+//     threads (blocks run one after another, so it is per block); zero before the first launch,
+//     then holding what the previous block left: a read of shared memory no thread wrote is not
+//     flagged;
 //   - __shfl_xor_sync exchanges a value between the lanes of a 32-thread warp (threads
 //     32w..32w+31) with the intrinsic's semantics for a full or partial mask: it completes when
 //     every lane of its mask has reached it (the other lanes may be anywhere); a mask naming a lane
-//     that has exited, or lanes of one mask waiting with different masks, or a partner outside the
-//     mask, is an error (undefined on the device);
+//     that has exited, or a partner outside the mask, is an error (undefined on the device);
 //   - threadIdx, blockIdx, blockDim, gridDim (1-D blocks, 2-D grids), and the launch itself:
 //     FE_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...), the bindings' spelling of
 //     kernel<<<grid, block, shared_bytes, stream>>>(args...) (csrc/cuda/aten_utils.cuh); dynamic
@@ -36,16 +37,19 @@
 // What it does not model: memory ordering between threads outside barriers and between blocks
 // (threads here see every write at once), blocks running concurrently, timing, occupancy, warp
 // divergence beyond the barriers, fast-math intrinsics (expf and the rest are the host's libm,
-// within an ulp or two of CUDA's), atomics and streams.
+// within an ulp or two of CUDA's), atomics and streams; device memory is host memory, so an access
+// out of a tensor's bounds reads or writes whatever is there (or crashes the process): built with
+// AddressSanitizer (FASTELBO_CUDA_SIM_ASAN=1) such an access is reported.
 #pragma once
 
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -70,11 +74,34 @@ namespace fe_sim {
 
 constexpr size_t kStackBytes = 256 * 1024;  // per simulated thread
 
+// A simulated thread's stack: mapped on demand (pages a fiber never touches cost nothing), with an
+// inaccessible guard page below it, so an overflow faults instead of writing into a neighbour's.
+class Stack {
+ public:
+  Stack() = default;
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+  ~Stack() {
+    if (base_ != nullptr) munmap(base_, kStackBytes + kGuardBytes);
+  }
+  void allocate() {
+    void* p = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    base_ = static_cast<char*>(p);
+    mprotect(base_, kGuardBytes, PROT_NONE);
+  }
+  char* bottom() const { return base_ + kGuardBytes; }
+
+ private:
+  static constexpr size_t kGuardBytes = 4096;
+  char* base_ = nullptr;
+};
+
 enum State { kRunnable, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
 struct Thread {
   ucontext_t context;
-  std::unique_ptr<char[]> stack;  // not zero-filled: pages a fiber never touches stay unmapped
+  Stack stack;
   dim3 index;
   State state = kRunnable;
   unsigned shuffle_mask = 0;  // the mask of the shuffle it waits at
@@ -88,10 +115,11 @@ struct Sim {
   ucontext_t scheduler;
   std::vector<Thread> threads;
   std::vector<Warp> warps;
-  int current = -1;  // the thread running, -1 in the scheduler
-  dim3 block_index, block_dim, grid_dim;
+  int current = -1;                          // the thread running, -1 in the scheduler
+  dim3 block_index, block_dim, grid_dim{0};  // grid_dim.x = 0: no launch running
   std::function<void()> body;
-  std::string error;  // the first failure since take_error(), as a device's sticky error
+  uint64_t launches = 0;  // launches so far (the thread order of a block alternates with it)
+  std::string error;      // the first failure since take_error(), as a device's sticky error
 };
 
 inline Sim& sim() {
@@ -101,15 +129,23 @@ inline Sim& sim() {
 
 inline Thread& self() { return sim().threads[sim().current]; }
 
-// A failure where the device would fault or hang: recorded (the first one counts) for the launch
-// check to raise (take_error). Inside a simulated thread the block stops: the thread leaves for
-// the scheduler for good, and launch() runs no further thread nor block.
+// Record a failure where the device would fault or hang (the first one counts) for the launch
+// check to raise (take_error). `where` names the block, and the thread if any.
+inline void record_error(const std::string& what, int thread) {
+  Sim& s = sim();
+  if (!s.error.empty()) return;
+  s.error = "cuda_sim: " + what;
+  if (s.grid_dim.x > 0) {  // inside a launch
+    s.error += " (block " + std::to_string(s.block_index.x) + "," + std::to_string(s.block_index.y) +
+               (thread >= 0 ? ", thread " + std::to_string(thread) : "") + ")";
+  }
+}
+
+// A failure in the running simulated thread: recorded, and the block stops (the thread leaves for
+// the scheduler for good; launch() runs no further thread nor block). Outside a kernel: recorded.
 inline void fail(const std::string& what) {
   Sim& s = sim();
-  if (s.error.empty()) {
-    s.error = "cuda_sim: " + what + " (block " + std::to_string(s.block_index.x) + "," +
-              std::to_string(s.block_index.y) + (s.current >= 0 ? ", thread " + std::to_string(s.current) : "") + ")";
-  }
+  record_error(what, s.current);
   if (s.current >= 0) {
     self().state = kDone;
     swapcontext(&self().context, &s.scheduler);  // never resumed
@@ -136,8 +172,9 @@ inline void entry() {
 
 // Release the threads waiting at a barrier that every thread it concerns has reached: a
 // __syncthreads() when every live thread of the block waits at one; a warp shuffle when every lane
-// its mask names waits at a shuffle with that mask. A mask naming a lane that has exited, or lanes
-// that wait with different masks, is an error (undefined on the device).
+// its mask names waits at a shuffle with that mask (a lane waiting with another mask has not
+// reached this one yet: if it never can, the block deadlocks). A mask naming a lane that has
+// exited is an error (undefined on the device), recorded here in the scheduler.
 inline bool release_barriers() {
   Sim& s = sim();
   const int n = static_cast<int>(s.threads.size());
@@ -162,18 +199,10 @@ inline bool release_barriers() {
       for (int m = 0; m < 32; ++m) {
         if (!((mask >> m) & 1u)) continue;
         if (lanes[m].state == kDone) {
-          s.current = w * 32 + l;  // for the message
-          fail("__shfl_xor_sync: the mask names a lane that has exited");
-          s.current = -1;
+          record_error("__shfl_xor_sync: the mask names a lane that has exited", w * 32 + l);
           return false;
         }
-        if (lanes[m].state == kAtWarpBarrier && lanes[m].shuffle_mask != mask) {
-          s.current = w * 32 + l;
-          fail("__shfl_xor_sync: lanes of one mask wait with different masks");
-          s.current = -1;
-          return false;
-        }
-        all_here = all_here && lanes[m].state == kAtWarpBarrier;
+        all_here = all_here && lanes[m].state == kAtWarpBarrier && lanes[m].shuffle_mask == mask;
       }
       if (!all_here) continue;
       for (int m = 0; m < 32; ++m) {
@@ -186,23 +215,28 @@ inline bool release_barriers() {
 }
 
 // Run one block: every thread in order until it waits or returns, then release barriers, again.
-inline void run_block() {
+// The order is thread 0 first, or (`reverse`) the last thread first: a missing barrier lets the
+// threads that run first see the others' shared memory before they write it, so the two orders
+// between them catch a reader on either side of its writer.
+inline void run_block(bool reverse) {
   Sim& s = sim();
-  for (size_t i = 0; i < s.threads.size(); ++i) {
+  const int n = static_cast<int>(s.threads.size());
+  for (int i = 0; i < n; ++i) {
     Thread& t = s.threads[i];
     t.index = dim3(static_cast<unsigned>(i));
     t.state = kRunnable;
     getcontext(&t.context);
-    t.context.uc_stack.ss_sp = t.stack.get();
+    t.context.uc_stack.ss_sp = t.stack.bottom();
     t.context.uc_stack.ss_size = kStackBytes;
     t.context.uc_link = &s.scheduler;
     makecontext(&t.context, entry, 0);
   }
   for (;;) {
     bool ran = false;
-    for (size_t i = 0; i < s.threads.size(); ++i) {
+    for (int j = 0; j < n; ++j) {
+      const int i = reverse ? n - 1 - j : j;
       if (s.threads[i].state != kRunnable) continue;
-      s.current = static_cast<int>(i);
+      s.current = i;
       swapcontext(&s.scheduler, &s.threads[i].context);
       s.current = -1;
       if (!s.error.empty()) return;  // a thread failed: the block stops
@@ -213,7 +247,9 @@ inline void run_block() {
     bool done = true;
     for (const Thread& t : s.threads) done = done && t.state == kDone;
     if (done) return;
-    if (!ran && !released) return fail("deadlock: the block's waiting threads are at barriers that cannot release");
+    if (!ran && !released) {
+      return record_error("deadlock: the block's waiting threads are at barriers that cannot release", -1);
+    }
   }
 }
 
@@ -261,21 +297,21 @@ void launch(dim3 grid, dim3 block, Kernel kernel, const Args&... args) {
   s.grid_dim = grid;
   if (s.threads.size() != block.x) {
     s.threads = std::vector<Thread>(block.x);
-    for (Thread& t : s.threads) t.stack.reset(new char[kStackBytes]);
+    for (Thread& t : s.threads) t.stack.allocate();
     s.warps = std::vector<Warp>(block.x / 32);
   }
   s.body = [&] { kernel(args...); };
+  ++s.launches;
   for (unsigned by = 0; by < grid.y; ++by) {
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       s.block_index = dim3(bx, by);
-      run_block();
-      if (!s.error.empty()) {
-        s.body = nullptr;
-        return;
-      }
+      run_block(((s.launches + bx + by) & 1u) != 0);  // thread order alternating over blocks and launches
+      if (!s.error.empty()) break;
     }
+    if (!s.error.empty()) break;
   }
   s.body = nullptr;
+  s.grid_dim = dim3(0);
 }
 
 // FE_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...): a callable that launches.
@@ -296,7 +332,10 @@ auto launcher(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel) {
 #define blockDim (::fe_sim::sim().block_dim)
 #define gridDim (::fe_sim::sim().grid_dim)
 
-inline void __syncthreads() { fe_sim::wait_at(fe_sim::kAtBlockBarrier); }
+inline void __syncthreads() {
+  if (fe_sim::sim().current < 0) return fe_sim::fail("__syncthreads called outside a kernel");
+  fe_sim::wait_at(fe_sim::kAtBlockBarrier);
+}
 
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {

@@ -120,7 +120,7 @@ def extensions_root() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LibrarySpec:
-    kind: str  # "cpu" or "cuda"
+    kind: str  # "cpu", "cuda" or "cuda_sim"
     what: str  # for messages: "C++ CPU backend"
     name: str  # fastelbo_cpu_avx2_<hash>: a C identifier (torch passes it as TORCH_EXTENSION_NAME)
     directory: str
@@ -172,8 +172,8 @@ def source_hash(root: str, folders, sources, options) -> str:
 
 
 def library_spec(kind: str, root: str | None = None) -> LibrarySpec:
-    """The sources, flags, name and build directory of library `kind` ("cpu" or "cuda"), built from
-    the sources in `root` (default: csrc_dir()). Pure: nothing is built or written."""
+    """The sources, flags, name and build directory of library `kind` ("cpu", "cuda" or "cuda_sim"),
+    built from the sources in `root` (default: csrc_dir()). Pure: nothing is built or written."""
     root = csrc_dir() if root is None else root
     if kind == "cpu":
         capability = cpu_capability()
@@ -189,10 +189,19 @@ def library_spec(kind: str, root: str | None = None) -> LibrarySpec:
     elif kind == "cuda_sim":
         # The CUDA bindings and kernels as host C++ on the simulator (csrc/cuda_sim/cuda_sim.h), whose
         # include/ stands in for the CUDA headers: the "cuda" backend on CPU tensors (FASTELBO_CUDA_SIM=1).
+        # FASTELBO_CUDA_SIM_ASAN=1: built with AddressSanitizer, which then reports any read or write
+        # of the kernels outside a tensor's memory (the process must preload the ASan runtime:
+        # LD_PRELOAD=$(gcc -print-file-name=libasan.so); tests/test_cuda_sim.py does).
         sources = sorted(glob.glob(os.path.join(root, "cuda_sim", "*.cpp")))
+        prefix = "fastelbo_cuda_sim"
         options = (("extra_cflags", ("-O2", "-DFASTELBO_CUDA_SIM")),)
+        if os.environ.get("FASTELBO_CUDA_SIM_ASAN", "").strip() == "1":
+            prefix += "_asan"
+            options = (("extra_cflags", ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address",
+                                         "-DFASTELBO_CUDA_SIM")),
+                       ("extra_ldflags", ("-fsanitize=address",)))
         include_dirs = (os.path.join(root, "cuda_sim", "include"),)
-        folders, prefix, what = ("core", "binding", "cuda", "cuda_sim"), "fastelbo_cuda_sim", "CUDA simulator backend"
+        folders, what = ("core", "binding", "cuda", "cuda_sim"), "CUDA simulator backend"
     else:
         raise ValueError(f"unknown library {kind!r}")
     name = f"{prefix}_{source_hash(root, folders, sources, options)}"

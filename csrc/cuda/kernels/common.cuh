@@ -126,10 +126,13 @@ __device__ __forceinline__ MaxSum<T> max_sum_merge(MaxSum<T> a, MaxSum<T> b) {
   return MaxSum<T>{m, a.s * fa + b.s * fb};
 }
 
-// Add one value to an online-logsumexp state (NaN propagates through the sum; -inf adds 0).
+// Add one value to an online-logsumexp state (NaN propagates through the sum; -inf adds 0; +inf
+// makes the sum NaN, as the reference's exp(x - max) = exp(inf - inf) does, whatever else is there).
 template <typename T>
 __device__ __forceinline__ MaxSum<T> max_sum_add(MaxSum<T> a, T x) {
-  if (x > a.m) return MaxSum<T>{x, a.s * core::Ops<T>::exp(a.m - x) + T(1)};  // a.m = -inf: a.s = 0
+  if (x > a.m) {  // a.m = -inf: a.s = 0
+    return MaxSum<T>{x, x == -neg_inf<T>() ? quiet_nan<T>() : a.s * core::Ops<T>::exp(a.m - x) + T(1)};
+  }
   if (x != neg_inf<T>()) a.s += core::Ops<T>::exp(x - a.m);
   return a;
 }

@@ -1,6 +1,7 @@
 // cuda_sim: __half as 16-bit storage with cuda_fp16.h's conversions (round to nearest even).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
