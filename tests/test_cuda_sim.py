@@ -252,3 +252,22 @@ def test_the_cuda_kernels_stay_in_bounds_under_addresssanitizer():
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "ERROR: AddressSanitizer" not in output, output[-4000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+@needs_sim
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channel_dim", [-1, 1])
+def test_dmol_rows_of_several_chunks_through_the_binding(dtype, channel_dim, seed):
+    """Images of 323 pixels: a whole block per row, split into two chunks whose partial sums the
+    second kernel adds (dmol_sum_partials_kernel), on the "cuda" backend against the reference,
+    value and gradient (the op cases' images are too small to reach it)."""
+    g = generator(seed, "cpu")
+    x = levels(g, (2, 17, 19, 3), 8)
+    params = params_for(g, x, 3).to(dtype)
+    if channel_dim == 1:
+        params, x = params.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2)  # NCHW views, no copy
+    got = value_and_grad(params, x.to(dtype), "cuda", n_mix=3, bits=8, channel_dim=channel_dim)
+    want = value_and_grad(params.double(), x.double(), "reference", n_mix=3, bits=8, channel_dim=channel_dim)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=tolerance, atol=tolerance)
