@@ -12,15 +12,18 @@ allocating anything that large:
     tests/test_triton_backend.py).
 
 Real kernels past 2^31 elements (marked `large`: deselect with -m "not large"), on the "cpu"
-backend when the machine has the memory (MemAvailable), and on "cuda" and "triton" when a GPU is
-present: every big tensor repeats a small pattern, so each row of the result is checked against
+backend when the machine has the memory (MemAvailable), on "cuda" and "triton" when a GPU is
+present, and on the CUDA kernels in the simulator (FASTELBO_CUDA_SIM=1) on the blocks of the rows
+checked only: every big tensor repeats a small pattern, so each row of the result is checked against
 the same backend on the pattern (and that against the reference) -- a wrapped or truncated offset
 reads or writes the wrong row and fails. Likelihood forward and gradient buffers, the full
 likelihood backward, the latent's K samples and its backward (eps regenerated at rows past 2^31).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
 import math
 import os
 import shutil
@@ -287,6 +290,8 @@ def test_triton_noise_of_rows_past_2_32(seed):
 # ---- real kernels past 2^31 elements ----
 
 TARGETS = [("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]  # (backend, device)
+# The CUDA kernels in the simulator (FASTELBO_CUDA_SIM=1), on the blocks of the rows a test checks.
+SIMULATED = [("cuda", "cpu")] if fe._backend.CUDA_SIM else []
 MARGIN = {"cpu": 3 * GiB, "cuda": 2 * GiB}
 
 
@@ -309,6 +314,31 @@ def _mem_available(device: torch.device) -> int:
     except OSError:
         pass
     return 0
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _likelihood_rows_per_block(cols: int) -> int:
+    """Rows per block of the CUDA row-reduction kernels (csrc/cuda/kernels/common.cuh)."""
+    return 256 // min(256, _next_pow2(-(-cols // 4)))
+
+
+def _latent_rows_per_block(dim: int) -> int:
+    """Rows per block of the CUDA latent kernels (latent_lanes, csrc/cuda/kernels/common.cuh)."""
+    return 256 // min(32, _next_pow2(-(-dim // 4)))
+
+
+def _simulated_blocks(backend: str, device: torch.device, rows, rows_per_block: int):
+    """For the CUDA kernels in the simulator, a context in which launches run only the blocks of
+    `rows` (a few microseconds per simulated thread: every block would take hours); a no-op for
+    every other backend."""
+    if backend != "cuda" or device.type != "cpu":
+        return contextlib.nullcontext()
+    from fastelbo.cpp_backend.cuda_sim import only_blocks
+
+    return only_blocks(sorted({(r // rows_per_block, r // rows_per_block + 1) for r in rows}))
 
 
 def _require_memory(device: torch.device, nbytes: int, what: str) -> None:
@@ -340,12 +370,9 @@ def _tile(pattern: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def _op(backend: str, name: str):
-    """The backend's kernel of op `name`: torch.ops.fastelbo.<name>.triton or .default."""
-    if backend == "triton":
-        import fastelbo.triton_backend.register  # noqa: F401 -- defines the .triton overloads
-        return getattr(torch.ops.fastelbo, name).triton
-    import fastelbo.cpp_backend.library  # noqa: F401
-    return getattr(torch.ops.fastelbo, name).default
+    """The backend's kernel of op `name`: torch.ops.fastelbo.<name>.default, .triton or .cuda_sim."""
+    importlib.import_module(fe._backend._MODULES[backend])  # registers the backend's kernels
+    return getattr(getattr(torch.ops.fastelbo, name), fe._backend.OVERLOAD[backend])
 
 
 def _rows_match(big: torch.Tensor, small: torch.Tensor, tol: tuple[float, float] | None) -> str | None:
@@ -472,6 +499,38 @@ def test_likelihood_backward_past_2_31_elements(backend, device, seed):
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.large
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "categorical"])
+@pytest.mark.parametrize("backend,device", SIMULATED)
+def test_simulated_cuda_likelihood_past_2_31_elements(likelihood, backend, device, seed):
+    """The CUDA likelihood kernels in the simulator on 2.15e9 bfloat16 logits (tiled from the
+    pattern: real offsets past 2^31 into the input) with their float32 gradient buffer (8.6 GB),
+    on the blocks of the first rows, the rows across and past element 2^31 and the last rows: each
+    of those rows' value and gradient equals the same kernels' on the pattern, bit for bit."""
+    device = _target(backend, device)
+    _require_memory(device, P * M * DX * (2 + 4), "(75000, 7, 4099) bfloat16 logits and their float32 gradient")
+    pattern, x, logvar, target = _likelihood_inputs(seed, device)
+    call = {
+        "bernoulli": lambda l: _op(backend, "bernoulli_log_prob")(l, x, 1, True),
+        "gaussian": lambda l: _op(backend, "gaussian_log_prob")(l, x, logvar, 0.0, 1, True),
+        "categorical": lambda l: _op(backend, "categorical_log_prob")(l, target, 0, True),
+    }[likelihood]
+    small_out, small_grad = call(pattern[None])
+    logits = _tile(pattern, M)
+    across = TWO_31 // DX  # the row holding element 2^31
+    rows = [0, 1, 2, across - 1, across, across + 1, across + 2, M * P - 2, M * P - 1]
+    with _simulated_blocks(backend, device, rows, _likelihood_rows_per_block(DX)):
+        out, grad = call(logits)
+    del logits
+    assert out.shape == (M, P) and grad.shape == (M, P, DX)
+    out, grad = out.view(M * P), grad.view(M * P, DX)
+    for row in rows:
+        assert torch.equal(out[row], small_out[0, row % P]), f"the value of row {row}"
+        assert torch.equal(grad[row], small_grad[0, row % P]), f"the gradient of row {row}"
+    del out, grad
+    _release(device)
+
+
 # The latent: z (K, B, D) in bfloat16 with K B D = 2.17e9; sample k starts at element k B D, so
 # samples 2080 (across element 2^31) to 2099 lie past it.
 K, B, D = 2100, 1031, 1001
@@ -522,7 +581,7 @@ assert (P * LB_M - 20_000) * D > TWO_31
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("backend,device", TARGETS)
+@pytest.mark.parametrize("backend,device", TARGETS + SIMULATED)
 def test_latent_backward_past_2_31_elements(backend, device, seed):
     """The latent's backward kernel (eps regenerated from the seed) on 2.17e9 elements, with
     per-row grad log p and grad kl: rows before and past element 2^31 equal
@@ -536,11 +595,13 @@ def test_latent_backward_past_2_31_elements(backend, device, seed):
     grad_log_p = torch.randn(1, LB_M, P, generator=g).to(device)
     grad_kl = torch.randn(LB_M, P, generator=g).to(device)
     seed_t = rng.draw_seed(device, generator(seed, device.type))
-    grad_mu, grad_scale, _, _ = _op(backend, "gaussian_latent_backward")(
-        None, None, grad_log_p, grad_kl, mu.expand(LB_M, P, D), scale.expand(LB_M, P, D), None, None, None, seed_t,
-        0, 1, False)
-    assert grad_mu.shape == grad_scale.shape == (LB_M, P, D) and grad_mu.dtype == torch.bfloat16
     picked = [0, TWO_31 // (P * D), TWO_31 // (P * D) + 1, LB_M - 1]  # blocks of 7 rows
+    rows = [P * m + i for m in picked for i in range(P)]
+    with _simulated_blocks(backend, device, rows, _latent_rows_per_block(D)):
+        grad_mu, grad_scale, _, _ = _op(backend, "gaussian_latent_backward")(
+            None, None, grad_log_p, grad_kl, mu.expand(LB_M, P, D), scale.expand(LB_M, P, D), None, None, None,
+            seed_t, 0, 1, False)
+    assert grad_mu.shape == grad_scale.shape == (LB_M, P, D) and grad_mu.dtype == torch.bfloat16
     got = [(grad_mu[m].cpu().double(), grad_scale[m].cpu().double()) for m in picked]
     del grad_mu, grad_scale
     _release(device)

@@ -51,6 +51,7 @@
 #include <functional>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -119,12 +120,32 @@ struct Sim {
   dim3 block_index, block_dim, grid_dim{0};  // grid_dim.x = 0: no launch running
   std::function<void()> body;
   uint64_t launches = 0;  // launches so far (the thread order of a block alternates with it)
-  std::string error;      // the first failure since take_error(), as a device's sticky error
+  // The blocks to run, as [begin, end) ranges of linear block indices (blockIdx.y * gridDim.x +
+  // blockIdx.x); empty: every block. A test hook (set_block_ranges) for the kernels' 64-bit index
+  // arithmetic at blocks past 2^31 elements, without simulating the million blocks before them.
+  std::vector<std::pair<int64_t, int64_t>> block_ranges;
+  std::string error;  // the first failure since take_error(), as a device's sticky error
 };
 
 inline Sim& sim() {
   static thread_local Sim s;
   return s;
+}
+
+// Run only the blocks in these ranges (of this host thread's launches) until cleared (n = 0).
+inline void set_block_ranges(const int64_t* begin_end, int64_t n) {
+  Sim& s = sim();
+  s.block_ranges.clear();
+  for (int64_t i = 0; i < n; ++i) s.block_ranges.emplace_back(begin_end[2 * i], begin_end[2 * i + 1]);
+}
+
+inline bool block_selected(int64_t linear) {
+  const Sim& s = sim();
+  if (s.block_ranges.empty()) return true;
+  for (const auto& r : s.block_ranges) {
+    if (linear >= r.first && linear < r.second) return true;
+  }
+  return false;
 }
 
 inline Thread& self() { return sim().threads[sim().current]; }
@@ -304,6 +325,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel, const Args&... args) {
   ++s.launches;
   for (unsigned by = 0; by < grid.y; ++by) {
     for (unsigned bx = 0; bx < grid.x; ++bx) {
+      if (!block_selected(static_cast<int64_t>(by) * grid.x + bx)) continue;
       s.block_index = dim3(bx, by);
       run_block(((s.launches + bx + by) & 1u) != 0);  // thread order alternating over blocks and launches
       if (!s.error.empty()) break;

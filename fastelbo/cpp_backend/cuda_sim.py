@@ -13,6 +13,9 @@ with the reason when the library is unavailable.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+
 import torch
 
 from ..ops._overloads import define as define_overload
@@ -28,3 +31,19 @@ torch.library.register_fake("fastelbo::philox_words.cuda_sim",
 _reason = _build.cuda_sim_library()
 if _reason is not None:
     raise ImportError(f"fastelbo's CUDA simulator library is unavailable: {_reason}")
+
+
+@contextlib.contextmanager
+def only_blocks(ranges):
+    """Inside the block, the simulated kernels launched by this thread run only the blocks whose
+    linear index (blockIdx.y * gridDim.x + blockIdx.x) lies in one of `ranges`, [begin, end) pairs;
+    the others leave their outputs unwritten. A test hook: it lets the tests run the blocks past
+    2^31 elements of a huge tensor (64-bit index arithmetic) without the million blocks before them."""
+    library = ctypes.CDLL(_build._results["cuda_sim"].library)
+    flat = [int(v) for begin_end in ranges for v in begin_end]
+    values = (ctypes.c_int64 * max(1, len(flat)))(*flat)
+    library.fastelbo_cuda_sim_set_block_ranges(values, ctypes.c_int64(len(flat) // 2))
+    try:
+        yield
+    finally:
+        library.fastelbo_cuda_sim_set_block_ranges(values, ctypes.c_int64(0))
