@@ -152,6 +152,28 @@ def broken_copy(tmp_path: Path, path: str, old: str, new: str) -> Path:
     return build(csrc, tmp_path / "run_dmol_broken")
 
 
+def test_the_simulators_own_rules(tmp_path):
+    """tests/cpp/cuda_sim/sim_unit.cpp on tiny kernels: the two thread orders (over the blocks of a
+    launch and over launches), a missing barrier caught whether the reader reads a later thread's
+    slot (the forward order catches it) or an earlier one's (only the reverse order does), shuffles
+    under partial masks, a hang and a shuffle naming exited lanes reported (in both orders: in the
+    shuffle, and in the scheduler), a launch after a failure running again."""
+    binary = tmp_path / "sim_unit"
+    cmd = [GXX, "-std=c++17", "-O1", "-include", str(SIM / "cuda_sim.h"), "-I", str(SIM / "include"),
+           str(DRIVER.parent / "sim_unit.cpp"), "-o", str(binary)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k != "FASTELBO_CUDA_SIM_ORDER"}
+    proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300, env=env)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and len(lines) == 12 and all(line.startswith("ok ") for line in lines), proc.stdout
+    # Forcing one order (FASTELBO_CUDA_SIM_ORDER, for replaying a failure) loses one of the two readers.
+    for order, missed in (("forward", "previous"), ("reverse", "next")):
+        proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300,
+                              env=dict(env, FASTELBO_CUDA_SIM_ORDER=order))
+        assert f"FAIL without the barrier, reading the {missed} thread's slot goes wrong" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
 def test_the_simulator_catches_broken_kernels(mutation, tmp_path):
     """A copy of the kernels with one mistake: the comparison that passes above fails (or the run
@@ -223,10 +245,13 @@ def test_the_bindings_checks_run_in_the_simulator():
 
 
 def _asan_runtime() -> str | None:
-    """gcc's AddressSanitizer runtime, or None."""
-    if GXX is None:
+    """The AddressSanitizer runtime of the compiler the library is built with (as
+    fastelbo/cpp_backend/_build.py picks it: $CXX, else c++, else g++), or None."""
+    compiler = shutil.which((os.environ.get("CXX") or "c++").split()[0]) or GXX
+    if compiler is None:
         return None
-    path = subprocess.run([GXX, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    proc = subprocess.run([compiler, "-print-file-name=libasan.so"], capture_output=True, text=True)
+    path = proc.stdout.strip()
     return os.path.realpath(path) if os.path.isabs(path) and os.path.exists(path) else None
 
 
@@ -235,8 +260,9 @@ def _asan_runtime() -> str | None:
 def test_the_cuda_kernels_stay_in_bounds_under_addresssanitizer():
     """Every op case in every dtype and the fused-backend tests on the "cuda" backend, with the
     simulator library built with AddressSanitizer (FASTELBO_CUDA_SIM_ASAN=1): a read or write of a
-    kernel outside its tensors' memory, which on the CPU might only read a neighbour's bytes, stops
-    the run with ASan's report. The library it loads must be the instrumented one."""
+    kernel outside every live allocation (into ASan's redzones around each tensor's memory, or
+    freed memory), which on the CPU might only read a neighbour's bytes, stops the run with ASan's
+    report. The library it loads must be the instrumented one."""
     probe = ("from fastelbo.cpp_backend import _build; assert _build.cuda_sim_library() is None; "
              "print(_build._results['cuda_sim'].library)")
     env = dict(os.environ, FASTELBO_CUDA_SIM="1", FASTELBO_CUDA_SIM_ASAN="1", LD_PRELOAD=_asan_runtime(),

@@ -298,6 +298,8 @@ MARGIN = {"cpu": 3 * GiB, "cuda": 2 * GiB}
 def _target(backend: str, device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip(f"backend {backend!r} on CUDA tensors needs a GPU")
+    if not fe._backend.runs_on(backend, device):
+        pytest.skip(f"backend {backend!r} takes no {device} tensors here (FASTELBO_CUDA_SIM=1: the simulator's)")
     if fe.backends()[backend] != "available":
         pytest.skip(f"backend {backend!r} is unavailable here: {fe.backends()[backend]}")
     return torch.device(device)

@@ -44,9 +44,11 @@
 
 #include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <new>
@@ -83,18 +85,19 @@ class Stack {
   Stack(const Stack&) = delete;
   Stack& operator=(const Stack&) = delete;
   ~Stack() {
-    if (base_ != nullptr) munmap(base_, kStackBytes + kGuardBytes);
+    if (base_ != nullptr) munmap(base_, kStackBytes + guard_);
   }
-  void allocate() {
-    void* p = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void allocate() {  // throws std::bad_alloc
+    guard_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* p = mmap(nullptr, kStackBytes + guard_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
     base_ = static_cast<char*>(p);
-    mprotect(base_, kGuardBytes, PROT_NONE);
+    if (mprotect(base_, guard_, PROT_NONE) != 0) throw std::bad_alloc();
   }
-  char* bottom() const { return base_ + kGuardBytes; }
+  char* bottom() const { return base_ + guard_; }
 
  private:
-  static constexpr size_t kGuardBytes = 4096;
+  size_t guard_ = 0;
   char* base_ = nullptr;
 };
 
@@ -151,7 +154,7 @@ inline bool block_selected(int64_t linear) {
 inline Thread& self() { return sim().threads[sim().current]; }
 
 // Record a failure where the device would fault or hang (the first one counts) for the launch
-// check to raise (take_error). `where` names the block, and the thread if any.
+// check to raise (take_error); the message names the block, and `thread` if it is >= 0.
 inline void record_error(const std::string& what, int thread) {
   Sim& s = sim();
   if (!s.error.empty()) return;
@@ -233,6 +236,19 @@ inline bool release_barriers() {
     }
   }
   return released;
+}
+
+// Whether a block runs its threads last first. FASTELBO_CUDA_SIM_ORDER=forward or reverse fixes
+// the order (to replay a failure); by default it alternates over the blocks of a launch and over
+// the launches of the host thread, so a test sees both orders across its launches (which order a
+// one-block launch gets depends on how many launches the thread made before it).
+inline bool reversed_order(uint64_t launch, unsigned bx, unsigned by) {
+  static const int fixed = [] {
+    const char* order = std::getenv("FASTELBO_CUDA_SIM_ORDER");
+    if (order == nullptr) return -1;
+    return std::strcmp(order, "reverse") == 0 ? 1 : (std::strcmp(order, "forward") == 0 ? 0 : -1);
+  }();
+  return fixed >= 0 ? fixed == 1 : ((launch + bx + by) & 1u) != 0;
 }
 
 // Run one block: every thread in order until it waits or returns, then release barriers, again.
@@ -317,8 +333,9 @@ void launch(dim3 grid, dim3 block, Kernel kernel, const Args&... args) {
   s.block_dim = block;
   s.grid_dim = grid;
   if (s.threads.size() != block.x) {
-    s.threads = std::vector<Thread>(block.x);
-    for (Thread& t : s.threads) t.stack.allocate();
+    std::vector<Thread> threads(block.x);  // every stack mapped before any replaces the old ones
+    for (Thread& t : threads) t.stack.allocate();
+    s.threads = std::move(threads);
     s.warps = std::vector<Warp>(block.x / 32);
   }
   s.body = [&] { kernel(args...); };
@@ -327,7 +344,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel, const Args&... args) {
     for (unsigned bx = 0; bx < grid.x; ++bx) {
       if (!block_selected(static_cast<int64_t>(by) * grid.x + bx)) continue;
       s.block_index = dim3(bx, by);
-      run_block(((s.launches + bx + by) & 1u) != 0);  // thread order alternating over blocks and launches
+      run_block(reversed_order(s.launches, bx, by));
       if (!s.error.empty()) break;
     }
     if (!s.error.empty()) break;
