@@ -189,8 +189,8 @@ def library_spec(kind: str, root: str | None = None) -> LibrarySpec:
     elif kind == "cuda_sim":
         # The CUDA bindings and kernels as host C++ on the simulator (csrc/cuda_sim/cuda_sim.h), whose
         # include/ stands in for the CUDA headers: the "cuda" backend on CPU tensors (FASTELBO_CUDA_SIM=1).
-        # FASTELBO_CUDA_SIM_ASAN=1: built with AddressSanitizer, which then reports any read or write
-        # of the kernels outside a tensor's memory (the process must preload the ASan runtime:
+        # FASTELBO_CUDA_SIM_ASAN=1: built with AddressSanitizer, which then reports the kernels' reads
+        # and writes outside every live allocation (the process must preload the ASan runtime:
         # LD_PRELOAD=$(gcc -print-file-name=libasan.so); tests/test_cuda_sim.py does).
         sources = sorted(glob.glob(os.path.join(root, "cuda_sim", "*.cpp")))
         prefix = "fastelbo_cuda_sim"
