@@ -101,3 +101,13 @@ def normal_noise(seed: torch.Tensor, n_samples: int, n_rows: int, dim: int,
     n2, n3 = box_muller(w2, w3, dtype)
     lanes = torch.stack((n0, n1, n2, n3), dim=-1)  # element 4g + j is lane j of group g
     return lanes.reshape(n_samples, n_rows, 4 * groups)[..., :dim]
+
+
+# The test-only op `philox_words` (csrc/binding/schema.cpp; its `.cuda_sim` overload in
+# fastelbo/cpp_backend/cuda_sim.py): these Philox words as a kernel computes them.
+PHILOX_WORDS_SCHEMA = "(Tensor counter, Tensor key) -> Tensor"
+
+
+def philox_words_fake(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """philox_words' output for torch.compile: (4, n) int64 words."""
+    return counter.new_empty((4, counter.shape[1]), dtype=torch.int64)

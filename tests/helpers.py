@@ -19,6 +19,9 @@ from fastelbo.testing import DTYPES
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [name for name, status in fe.backends().items() if status == "available" and runs_on(name, DEVICE)]
 FUSED_BACKENDS = [name for name in BACKENDS if name != "reference"]
+# Backend "cuda" is the CUDA simulator on CPU tensors here (FASTELBO_CUDA_SIM=1, which
+# tests/conftest.py sets without a GPU) and available.
+SIMULATED_CUDA = fe._backend.CUDA_SIM and "cuda" in BACKENDS
 FLOAT_DTYPES = list(DTYPES)
 PARAMS = ["logvar", "log_std", "softplus", "soft_log_std"]
 

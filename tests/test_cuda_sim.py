@@ -29,8 +29,7 @@ import torch
 
 import fastelbo as fe
 from fastelbo import rng
-from fastelbo._backend import CUDA_SIM
-from helpers import generator
+from helpers import SIMULATED_CUDA, generator
 from test_dmol import levels, params_for, value_and_grad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +40,11 @@ GXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ is not on PATH")
 
 
-def build(csrc: Path, out: Path) -> Path:
-    """run_dmol compiled against the kernels under csrc (csrc/cuda/kernels, csrc/core)."""
+def build(csrc: Path, out: Path, source: Path = DRIVER) -> Path:
+    """A torch-free driver (default run_dmol) compiled on the simulator against the kernels under
+    csrc (csrc/cuda/kernels, csrc/core)."""
     cmd = [GXX, "-std=c++17", "-O1", "-include", str(SIM / "cuda_sim.h"), "-I", str(SIM / "include"),
-           "-I", str(csrc / "cuda"), str(DRIVER), "-o", str(out)]
+           "-I", str(csrc / "cuda"), str(source), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -156,13 +156,9 @@ def test_the_simulators_own_rules(tmp_path):
     """tests/cpp/cuda_sim/sim_unit.cpp on tiny kernels: the two thread orders (over the blocks of a
     launch and over launches), a missing barrier caught whether the reader reads a later thread's
     slot (the forward order catches it) or an earlier one's (only the reverse order does), shuffles
-    under partial masks, a hang and a shuffle naming exited lanes reported (in both orders: in the
-    shuffle, and in the scheduler), a launch after a failure running again."""
-    binary = tmp_path / "sim_unit"
-    cmd = [GXX, "-std=c++17", "-O1", "-include", str(SIM / "cuda_sim.h"), "-I", str(SIM / "include"),
-           str(DRIVER.parent / "sim_unit.cpp"), "-o", str(binary)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    under partial masks, a hang and a shuffle naming exited lanes reported (in both orders: lanes
+    exiting before the shuffle's lanes wait, and after), a launch after a failure running again."""
+    binary = build(ROOT / "csrc", tmp_path / "sim_unit", DRIVER.parent / "sim_unit.cpp")
     env = {k: v for k, v in os.environ.items() if k != "FASTELBO_CUDA_SIM_ORDER"}
     proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300, env=env)
     lines = proc.stdout.splitlines()
@@ -196,7 +192,7 @@ def test_the_simulator_stops_hangs_and_bad_shuffles(mutation, tmp_path):
 
 # ---- the "cuda" backend in the simulator (FASTELBO_CUDA_SIM=1) ----
 
-needs_sim = pytest.mark.skipif(not CUDA_SIM or fe.backends()["cuda"] != "available",
+needs_sim = pytest.mark.skipif(not SIMULATED_CUDA,
                                reason="the CUDA simulator runs under FASTELBO_CUDA_SIM=1 (tests/conftest.py sets it "
                                       "without a GPU)")
 

@@ -8,7 +8,7 @@ import torch
 
 import fastelbo as fe
 from fastelbo import ops, rng
-from helpers import HAS_TRITON, generator, rand, randn
+from helpers import HAS_TRITON, SIMULATED_CUDA, generator, rand, randn
 
 SCHEMAS = {name: schema for op in ops.MODULES for name, schema in op.SCHEMAS.items()}
 
@@ -45,6 +45,8 @@ def test_the_cpp_schemas_are_the_op_modules():
                if name.startswith("fastelbo::") and "." not in name}
     heads = {name for op in ops.LINEAR_HEADS for name in op.SCHEMAS}
     assert cpp_ops - {"philox_words"} - second_order - heads == set(SCHEMAS)
+    philox = str(torch.ops.fastelbo.philox_words.default._schema)
+    assert philox == _parsed("philox_words", rng.PHILOX_WORDS_SCHEMA)
     for op in ops.LINEAR_HEADS:
         for name, schema in op.SCHEMAS.items():
             assert str(getattr(torch.ops.fastelbo, name).default._schema) == _parsed(name, schema), name
@@ -55,7 +57,7 @@ def test_the_cpp_schemas_are_the_op_modules():
 def test_the_python_registered_overloads_have_the_same_schemas(overload, module):
     if overload == "triton" and not HAS_TRITON:
         pytest.skip("triton is unavailable here")
-    if overload == "cuda_sim" and not (fe._backend.CUDA_SIM and fe.backends()["cuda"] == "available"):
+    if overload == "cuda_sim" and not SIMULATED_CUDA:
         pytest.skip("the CUDA simulator runs only under FASTELBO_CUDA_SIM=1")
     __import__(module)
     for name, schema in SCHEMAS.items():

@@ -18,15 +18,14 @@ import ctypes
 
 import torch
 
+from .. import rng
 from ..ops._overloads import define as define_overload
 from . import _build
 
 LIBRARY = define_overload("cuda_sim")
 # The Philox words of docs/RNG.md (tests compare them bit for bit with the reference's).
-LIBRARY.define("philox_words.cuda_sim(Tensor counter, Tensor key) -> Tensor")
-torch.library.register_fake("fastelbo::philox_words.cuda_sim",
-                            lambda counter, key: counter.new_empty((4, counter.shape[1]), dtype=torch.int64),
-                            lib=LIBRARY)
+LIBRARY.define(f"philox_words.cuda_sim{rng.PHILOX_WORDS_SCHEMA}")
+torch.library.register_fake("fastelbo::philox_words.cuda_sim", rng.philox_words_fake, lib=LIBRARY)
 
 _reason = _build.cuda_sim_library()
 if _reason is not None:

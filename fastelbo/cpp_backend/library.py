@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
+from .. import ops, rng
 from . import _build
 
 _reason = _build.cpu_library()
@@ -19,13 +19,9 @@ if _reason is not None:
     raise ImportError(f"fastelbo's C++ library is unavailable: {_reason}")
 
 
-def _philox_words_fake(counter, key):
-    return counter.new_empty((4, counter.shape[1]), dtype=torch.int64)
-
-
 for _op in ops.MODULES:
     for _name, _fake in _op.FAKES.items():
         torch.library.register_fake(f"fastelbo::{_name}", _fake)
     for _name, _impl in _op.SECOND_ORDER.items():
         torch.library.impl(f"fastelbo::{_name}", "CompositeImplicitAutograd")(_impl)
-torch.library.register_fake("fastelbo::philox_words", _philox_words_fake)
+torch.library.register_fake("fastelbo::philox_words", rng.philox_words_fake)
