@@ -1,12 +1,15 @@
 """Drop-in replacements for the two helpers of the classic VAE example code."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _validate as V
-from .functional import bernoulli_log_prob, gaussian_kl, gaussian_latent
+from .functional import gaussian_kl, gaussian_latent
 from .ops._event_dims import batch_shape
-from .module import REDUCTIONS, reduce
+from .ops.bernoulli_log_prob import log_prob_for_loss
+from .module import REDUCTIONS, expected_row_grad, reduce
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, *, generator=None, eps=None) -> torch.Tensor:
@@ -36,6 +39,10 @@ def vae_loss(recon_logits, x, mu, logvar, *, beta=1.0, reduction="sum", dim=-1) 
         )
     beta = V.real("beta", beta, minimum=0.0)
     V.choice("reduction", reduction, REDUCTIONS)
-    log_lik = bernoulli_log_prob(recon_logits, x, event_dims=event_dims)
+    # The loss's gradient reaches each row's log-likelihood as expected_row_grad: the Bernoulli's
+    # buffer is scaled by it in the forward pass and handed over in the backward (no pass there).
+    dtype = torch.float64 if recon_logits.dtype == torch.float64 else torch.float32
+    log_lik = log_prob_for_loss(recon_logits, x, event_dims, None,
+                                expected_row_grad(math.prod(batch), 1, reduction, dtype))
     kl = gaussian_kl(mu, logvar, dim=dim)
     return -reduce(log_lik - beta * kl, reduction)

@@ -1,19 +1,22 @@
 """fe.ELBO: the whole VAE objective as a loss module."""
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from . import _validate as V
 from ._backend import CHOICES as BACKEND_CHOICES
 from ._types import ELBOOutput
 from .ops._event_dims import batch_shape, dim_list, layout_for
+from .ops.bernoulli_log_prob import log_prob_for_loss as bernoulli_for_loss
+from .ops.continuous_bernoulli_log_prob import log_prob_for_loss as continuous_bernoulli_for_loss
 from .functional import (
     ESTIMATORS,
     KL_MODES,
     PARAMS,
-    bernoulli_log_prob,
     categorical_log_prob,
-    continuous_bernoulli_log_prob,
     discretized_logistic_mixture_log_prob,
     elbo,
     gaussian_kl,
@@ -26,6 +29,9 @@ LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "categorical", "
 # None: required.
 LIKELIHOOD_OPTIONS = {"dmol": {"n_mix": None, "bits": 8, "channel_dim": -1}}
 REDUCTIONS = ("mean", "sum", "none")
+# The likelihoods whose kernels scale their gradient buffer by the gradient the loss will give them
+# (expected_row_grad), by name: their log-prob function for a loss.
+_FUSED_LOSS_LIKELIHOODS = {"bernoulli": bernoulli_for_loss, "continuous_bernoulli": continuous_bernoulli_for_loss}
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -34,6 +40,25 @@ def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return values.sum()
     return values
+
+
+@functools.lru_cache(maxsize=256)
+def expected_row_grad(n_points: int, n_samples: int, reduction: str, dtype: torch.dtype) -> float:
+    """The gradient loss.backward() gives each log-likelihood value when loss = -reduce(value), value
+    the ELBO per data point (fe.ELBO with estimator "elbo", fe.vae_loss): the float of the
+    log-likelihood's dtype that the backward's own ops make (the negation, the mean's division by
+    the number of data points, the ELBO op's mean over the K samples), computed with those ops, so
+    that the binary likelihoods' backward recognizes it exactly and hands its buffer over as the
+    logits' gradient (the loss-level fusion: fastelbo/ops/bernoulli_log_prob.py). 1.0 (no scaling)
+    for reduction "none" or no data points."""
+    if reduction not in ("mean", "sum") or n_points == 0:
+        return 1.0
+    g = -torch.ones(1, dtype=dtype)
+    if reduction == "mean":
+        g = g / n_points
+    if n_samples > 1:
+        g = g / n_samples
+    return float(g[0])
 
 
 class ELBO(torch.nn.Module):
@@ -127,7 +152,14 @@ class ELBO(torch.nn.Module):
     def _forward(self, x, mu, scale, decoder, generator, event_dims) -> ELBOOutput:
         latent = gaussian_latent(mu, scale, param=self.param, dim=self.dim, stl=self.stl, generator=generator,
                                  n_samples=self.n_samples if self.n_samples > 1 else None, backend=self.backend)
-        log_lik = self._log_lik(decoder(latent.z), x, event_dims)
+        params = decoder(latent.z)
+        expected_grad = 1.0
+        if (self.likelihood in _FUSED_LOSS_LIKELIHOODS and self.estimator == "elbo" and self.free_bits == 0
+                and isinstance(params, torch.Tensor)):
+            dtype = torch.float64 if params.dtype == torch.float64 else torch.float32  # the log-probs' dtype
+            n_points = math.prod(batch_shape(mu, self.dim))
+            expected_grad = expected_row_grad(n_points, self.n_samples, self.reduction, dtype)
+        log_lik = self._log_lik(params, x, event_dims, expected_grad)
         value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)  # on the latent's backend
         samples = latent.z.dim() - mu.dim()
         if self.kl == "analytic":
@@ -148,16 +180,14 @@ class ELBO(torch.nn.Module):
             loss = -reduce(value, self.reduction)
         return ELBOOutput(loss, value, log_lik, kl, latent.z)
 
-    def _log_lik(self, params, x, event_dims):
+    def _log_lik(self, params, x, event_dims, expected_grad):
         if self.likelihood == "gaussian":
             mean, logvar = params if isinstance(params, (tuple, list)) else (params, 0.0)
             return gaussian_log_prob(mean, x, logvar=logvar, event_dims=event_dims, backend=self.backend)
         if isinstance(params, (tuple, list)):
             raise TypeError(f"decoder must return a logits tensor for likelihood={self.likelihood!r}")
-        if self.likelihood == "bernoulli":
-            return bernoulli_log_prob(params, x, event_dims=event_dims, backend=self.backend)
-        if self.likelihood == "continuous_bernoulli":
-            return continuous_bernoulli_log_prob(params, x, event_dims=event_dims, backend=self.backend)
+        if self.likelihood in _FUSED_LOSS_LIKELIHOODS:
+            return _FUSED_LOSS_LIKELIHOODS[self.likelihood](params, x, event_dims, self.backend, expected_grad)
         if self.likelihood == "dmol":
             options = self.likelihood_options
             channel_dim = options["channel_dim"]  # on x (no sample dim): counted from the end for params

@@ -401,11 +401,11 @@ def _elbo_case(name, kl, estimator, n_samples, beta=1.0):
     return OpCase(name, _decoder_inputs, run, ("mu", "scale", "weight"))
 
 
-def _module_case(name, **options):
+def _module_case(name, likelihood="bernoulli", **options):
     def run(t, backend, g):
         import fastelbo as fe
 
-        loss = fe.ELBO("bernoulli", backend=backend, **options)
+        loss = fe.ELBO(likelihood, backend=backend, **options)
         with _default_generator(g):
             out = loss(t["x"], t["mu"], t["scale"], lambda z: z @ t["weight"])
         return (out.loss, out.elbo, out.log_lik, out.kl)
@@ -495,6 +495,9 @@ CASES: tuple[OpCase, ...] = (
     _elbo_case("elbo[dreg,K=4]", "mc", "dreg", 4),
     _event_dims_elbo_case("elbo[dreg,K=3,dim=(1,2,3)]", "dreg", 3),
     _module_case("ELBO[analytic,free_bits]", free_bits=0.3),
+    _module_case("ELBO[analytic,mean]"),  # the loss-level fusion: buffers scaled by the loss's gradient
+    _module_case("ELBO[continuous_bernoulli,mc,K=3,sum]", "continuous_bernoulli", n_samples=3, kl="mc",
+                 reduction="sum"),
     _module_case("ELBO[iwae,K=3,sum]", n_samples=3, kl="mc", estimator="iwae", reduction="sum"),
     _vae_loss_case(),
     _reparameterize_case(),

@@ -100,6 +100,8 @@ def _opcheck_cases(seed):
         ("bernoulli_log_prob", (rg(logits), x, 1, True)),
         ("continuous_bernoulli_log_prob", (rg(logits), x.bool(), 2, True)),
         ("bernoulli_log_prob", (logits, rg(x), 1, False)),  # only x's gradient: no buffer
+        ("bernoulli_log_prob", (rg(logits), x, 1, True, -0.3)),  # the buffer scaled for a loss
+        ("continuous_bernoulli_log_prob", (rg(logits), rg(x), 1, True, 0.125)),
         ("gaussian_log_prob", (rg(logits), x, rg(logvar), 0.0, 1, True)),
         ("gaussian_log_prob", (rg(logits), rg(x), None, -0.3, 1, True)),
         ("gaussian_log_prob_backward", (randn(g, 2, 3, **f32), buffer, logvar, 0.0, 1, True)),
@@ -115,9 +117,9 @@ def _opcheck_cases(seed):
 
 
 @pytest.mark.parametrize("overload", list(OVERLOADS))
-@pytest.mark.parametrize("index", range(21))
+@pytest.mark.parametrize("index", range(23))
 def test_opcheck(overload, index, seed):
-    assert len(_opcheck_cases(seed)) == 21  # the parametrization covers every case
+    assert len(_opcheck_cases(seed)) == 23  # the parametrization covers every case
     backend = OVERLOADS[overload]
     if fe.backends()[backend] != "available" or fe._backend.OVERLOAD[backend] != overload:
         pytest.skip(f"backend {backend!r} is unavailable here, or has no overload {overload!r}")

@@ -16,12 +16,13 @@ from .math import bernoulli_terms, cb_log_normalizer_terms, row_offset, scalar
 def binary_log_prob_kernel(
     l_ptr, x_ptr, out_ptr, grad_ptr,
     R, N, n1, n2,
-    l_s0, l_s1, l_s2, l_sc, x_s0, x_s1, x_s2, x_sc,
+    l_s0, l_s1, l_s2, l_sc, x_s0, x_s1, x_s2, x_sc, g_hi, g_lo,
     CONTINUOUS: tl.constexpr, NEED_GRAD: tl.constexpr, DTYPE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Bernoulli:              sum_n x l - softplus(l),           d/dl = x - sigmoid(l)
-    continuous Bernoulli:     sum_n x l - softplus(l) + log C(l), d/dl = x - sigmoid(l) + dlog C/dl"""
+    continuous Bernoulli:     sum_n x l - softplus(l) + log C(l), d/dl = x - sigmoid(l) + dlog C/dl
+    The buffer holds (g_hi + g_lo) d/dl, the gradient the caller expects each row to receive."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     l_rows = row_offset(rows, n1, n2, l_s0, l_s1, l_s2)[:, None]
@@ -39,7 +40,9 @@ def binary_log_prob_kernel(
             grad += dlog_c
         acc += tl.sum(tl.where(mask, value, 0.0), axis=1)
         if NEED_GRAD:
-            tl.store(grad_ptr + rows[:, None] * N + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=mask)
+            g_scale = scalar(g_hi, g_lo, DTYPE)
+            tl.store(grad_ptr + rows[:, None] * N + cols[None, :], (grad * g_scale).to(grad_ptr.dtype.element_ty),
+                     mask=mask)
     tl.store(out_ptr + rows, acc, mask=row_mask)
 
 

@@ -7,7 +7,8 @@
 //
 // First order is C++ only (no Python): the formulas of the ops' modules (fastelbo/ops/), ported.
 //   gaussian_latent, gaussian_kl: their *_backward kernels
-//   (continuous_)bernoulli_log_prob: grad_logits = g b (b = d out/d logits, the op's buffer), grad_x = g logits
+//   (continuous_)bernoulli_log_prob: grad_logits = (g / c) b (b = c d out/d logits, the op's buffer, c its
+//                      expected_grad), or b itself where g == c (hand_over), grad_x = g logits
 //   gaussian_log_prob: the gaussian_log_prob_backward kernel (grad_mean, grad_logvar), grad_x = -grad_mean
 //   categorical:       grad_logits = g b
 //   discretized_logistic_mixture: grad_params = g b
@@ -32,6 +33,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <array>
@@ -80,16 +82,16 @@ FASTELBO_OP(gaussian_kl_backward_op, "fastelbo::gaussian_kl_backward",
 FASTELBO_OP(gaussian_kl_backward_differentiable_op, "fastelbo::gaussian_kl_backward_differentiable",
             Tensor4(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, int64_t, bool,
                     std::array<bool, 4>))
-FASTELBO_OP(bernoulli_op, "fastelbo::bernoulli_log_prob", Tensor2(const Tensor&, const Tensor&, int64_t, bool))
+FASTELBO_OP(bernoulli_op, "fastelbo::bernoulli_log_prob", Tensor2(const Tensor&, const Tensor&, int64_t, bool, double))
 FASTELBO_OP(continuous_bernoulli_op, "fastelbo::continuous_bernoulli_log_prob",
-            Tensor2(const Tensor&, const Tensor&, int64_t, bool))
+            Tensor2(const Tensor&, const Tensor&, int64_t, bool, double))
 FASTELBO_OP(bernoulli_backward_differentiable_op, "fastelbo::bernoulli_log_prob_backward_differentiable",
             Tensor2(const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, int64_t,
-                    at::ScalarType, std::array<bool, 2>))
+                    at::ScalarType, double, std::array<bool, 2>))
 FASTELBO_OP(continuous_bernoulli_backward_differentiable_op,
             "fastelbo::continuous_bernoulli_log_prob_backward_differentiable",
             Tensor2(const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, int64_t,
-                    at::ScalarType, std::array<bool, 2>))
+                    at::ScalarType, double, std::array<bool, 2>))
 FASTELBO_OP(gaussian_op, "fastelbo::gaussian_log_prob",
             Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, int64_t, bool))
 FASTELBO_OP(gaussian_backward_op, "fastelbo::gaussian_log_prob_backward",
@@ -299,26 +301,64 @@ Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& scale, const OptTens
 }
 
 // ---- Bernoulli and continuous Bernoulli ----
-// out = sum x l - (softplus(l) or the continuous Bernoulli's terms); d out/d l = b (the buffer),
-// d out/d x = l. One Function for the two ops (bernoulli_log_prob, continuous_bernoulli_log_prob).
+// out = sum x l - (softplus(l) or the continuous Bernoulli's terms); the buffer is c d out/d l with c
+// the gradient the caller expects each row to receive (expected_grad, 1 by default), d out/d x = l.
+// One Function for the two ops (bernoulli_log_prob, continuous_bernoulli_log_prob).
 
-Tensor2 binary_op(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad) {
-  return continuous ? continuous_bernoulli_op().call(logits, x, event_dims, need_grad)
-                    : bernoulli_op().call(logits, x, event_dims, need_grad);
+Tensor2 binary_op(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad,
+                  double expected_grad) {
+  return continuous ? continuous_bernoulli_op().call(logits, x, event_dims, need_grad, expected_grad)
+                    : bernoulli_op().call(logits, x, event_dims, need_grad, expected_grad);
+}
+
+template <typename T>
+bool all_equal(const Tensor& t, double value) {
+  const Tensor dense = t.contiguous();  // a per-row gradient: small next to the buffer
+  const T* data = dense.const_data_ptr<T>();
+  const T target = static_cast<T>(value);
+  for (int64_t i = 0, n = dense.numel(); i < n; ++i) {
+    if (data[i] != target) return false;
+  }
+  return true;
+}
+
+bool plain_cpu(const Tensor& t) {
+  return t.is_cpu() && t.layout() == at::kStrided && t.has_storage() &&
+         !t.unsafeGetTensorImpl()->is_python_dispatch();  // not a FakeTensor (torch.compile's tracing)
+}
+
+// Whether the backward may hand the buffer itself over as the logits' gradient: every row's
+// incoming gradient is exactly expected_grad, so the buffer already is g d out/d l, and a product
+// would copy it. Only where that is free and safe: CPU tensors (reading g needs no device sync), the
+// logits in the buffer's dtype (no cast), a graph freed after this backward (with retain_graph the
+// buffer serves the next backward too, so it must not become a gradient that autograd accumulates
+// into or a user modifies), and no holder but this node (the op's buffer output, if its caller kept
+// it, shares the storage; the node's saved copy and its unpacked one are two). The buffer is then
+// the gradient's only owner once the engine releases this node's saved tensors, so AccumulateGrad
+// takes it as .grad without a copy.
+bool hand_over(const Tensor& buffer, const Tensor& grad_out, double expected_grad, at::ScalarType logits_dtype) {
+  if (buffer.scalar_type() != logits_dtype || grad_out.scalar_type() != logits_dtype || !plain_cpu(buffer) ||
+      !plain_cpu(grad_out) || torch::autograd::get_current_graph_task_keep_graph() ||
+      buffer.storage().use_count() > 2) {
+    return false;
+  }
+  return logits_dtype == at::kDouble ? all_equal<double>(grad_out, expected_grad)
+                                     : all_equal<float>(grad_out, expected_grad);
 }
 
 struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& x, int64_t event_dims,
-                               bool continuous, bool need_grad, Tensor* aside) {
+                               bool continuous, bool need_grad, double expected_grad, Tensor* aside) {
     Tensor2 out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = binary_op(logits, x, event_dims, continuous, need_grad);
+      out = binary_op(logits, x, event_dims, continuous, need_grad, expected_grad);
     }
     const Tensor& buffer = std::get<1>(out);
     ctx->set_materialize_grads(false);
     ctx->saved_data["event_dims"] = event_dims;
     ctx->saved_data["continuous"] = continuous;
+    ctx->saved_data["expected_grad"] = expected_grad;
     save_dtype(ctx, "logits_dtype", logits.scalar_type());
     // d/dx of x l is l: keep the logits when a float x asks for its gradient, or for the continuous
     // Bernoulli, whose buffer is not differentiable (its second derivative is recomputed from its
@@ -334,45 +374,54 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
     const Tensor &buffer = saved[0], &logits = saved[1], &x = saved[2];
     const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
     const at::ScalarType logits_dtype = saved_dtype(ctx, "logits_dtype");
+    const double expected_grad = ctx->saved_data["expected_grad"].toDouble();
     const bool needs_logits = ctx->needs_input_grad(0), needs_x = ctx->needs_input_grad(1);
     if (second_order(grad_buffer)) {
       const auto& op = ctx->saved_data["continuous"].toBool() ? continuous_bernoulli_backward_differentiable_op()
                                                                : bernoulli_backward_differentiable_op();
       auto [grad_logits, grad_x] =
-          op.call(opt(grad_out), opt(grad_buffer), buffer, opt(logits), x, event_dims, logits_dtype,
+          op.call(opt(grad_out), opt(grad_buffer), buffer, opt(logits), x, event_dims, logits_dtype, expected_grad,
                   {needs_logits, needs_x});
-      return {grad_logits, grad_x, Tensor(), Tensor(), Tensor(), Tensor()};
+      return {grad_logits, grad_x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     }
     Tensor grad_logits, grad_x;
     if (grad_out.defined()) {
       const Tensor g = expand_events(grad_out, event_dims);
       if (needs_logits) {
-        grad_logits = buffer.mul(g).to(logits_dtype);
+        if (hand_over(buffer, grad_out, expected_grad, logits_dtype)) {
+          grad_logits = buffer.detach();  // (the unpacked buffer has this node as its grad_fn)
+        } else {
+          grad_logits = buffer.mul(expected_grad == 1.0 ? g : g.div(expected_grad)).to(logits_dtype);
+        }
       }
       if (needs_x) {
         grad_x = logits.mul(g).sum_to_size_symint(x.sym_sizes()).to(x.scalar_type());
       }
     }
-    return {grad_logits, grad_x, Tensor(), Tensor(), Tensor(), Tensor()};
+    return {grad_logits, grad_x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
-Tensor2 binary_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad) {
+Tensor2 binary_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad,
+                        double expected_grad) {
   if (!recording(logits, x)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return binary_op(logits, x, event_dims, continuous, need_grad);
+    return binary_op(logits, x, event_dims, continuous, need_grad, expected_grad);
   }
   Tensor aside;
-  const variable_list out = BinaryFunction::apply(logits, x, event_dims, continuous, need_grad, &aside);
+  const variable_list out =
+      BinaryFunction::apply(logits, x, event_dims, continuous, need_grad, expected_grad, &aside);
   return with_aside(out, aside);
 }
 
-Tensor2 bernoulli_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
-  return binary_autograd(logits, x, event_dims, false, need_grad);
+Tensor2 bernoulli_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
+                           double expected_grad) {
+  return binary_autograd(logits, x, event_dims, false, need_grad, expected_grad);
 }
 
-Tensor2 continuous_bernoulli_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
-  return binary_autograd(logits, x, event_dims, true, need_grad);
+Tensor2 continuous_bernoulli_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
+                                      double expected_grad) {
+  return binary_autograd(logits, x, event_dims, true, need_grad, expected_grad);
 }
 
 // ---- Gaussian ----

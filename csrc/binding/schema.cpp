@@ -19,7 +19,11 @@
 // gaussian_latent_backward: grad_mu, grad_scale, grad_prior_mu (prior_mu's shape), grad_prior_scale
 // gaussian_kl:       (*batch) or per_dim (*mu.shape);  gaussian_kl_backward: as gaussian_latent_backward
 // bernoulli_log_prob, continuous_bernoulli_log_prob:
-//                    (out (*batch), grad_logits buffer (logits' shape, compute dtype) or empty)
+//                    (out (*batch), grad_logits buffer (logits' shape, compute dtype) or empty); the
+//                    buffer is expected_grad d out/d logits, expected_grad being the gradient the
+//                    caller expects every row of out to receive (fe.ELBO and fe.vae_loss know it:
+//                    the loss's), so that a backward receiving exactly it can hand the buffer over as
+//                    the logits' gradient, without a pass (csrc/binding/autograd.cpp)
 // gaussian_log_prob: (out, grad_mean buffer (mean's shape, compute dtype) or empty)
 // gaussian_log_prob_backward(grad_out, grad_mean_buffer, logvar?, ...):
 //                    (grad_mean = grad_out * buffer (compute dtype, mean's shape),
@@ -42,7 +46,8 @@
 // without a gradient:
 //   gaussian_latent_backward_differentiable: (mu, scale, prior_mu, prior_scale), by the reference
 //   gaussian_kl_backward_differentiable:     (mu, scale, prior_mu, prior_scale), by the reference
-//   bernoulli_log_prob_backward_differentiable: (logits, x): g b + (d b/d l) u in b itself
+//   bernoulli_log_prob_backward_differentiable: (logits, x): g b + (d b/d l) u in b itself (b the
+//       buffer over its expected_grad)
 //   continuous_bernoulli_log_prob_backward_differentiable: (logits, x), the reference from the kept logits
 //   gaussian_log_prob_backward_differentiable: (mean, x, logvar) in torch ops on b
 //   categorical_log_prob_backward_differentiable: logits: g b + the softmax Jacobian in b
@@ -62,8 +67,12 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def(
       "gaussian_kl_backward(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, "
       "bool per_dim) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("bernoulli_log_prob(Tensor logits, Tensor x, int event_dims, bool need_grad) -> (Tensor, Tensor)");
-  m.def("continuous_bernoulli_log_prob(Tensor logits, Tensor x, int event_dims, bool need_grad) -> (Tensor, Tensor)");
+  m.def(
+      "bernoulli_log_prob(Tensor logits, Tensor x, int event_dims, bool need_grad, float expected_grad=1.0) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "continuous_bernoulli_log_prob(Tensor logits, Tensor x, int event_dims, bool need_grad, float expected_grad=1.0) "
+      "-> (Tensor, Tensor)");
   m.def(
       "gaussian_log_prob(Tensor mean, Tensor x, Tensor? logvar, float logvar_value, int event_dims, "
       "bool need_grad) -> (Tensor, Tensor)");
@@ -87,10 +96,12 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
       "int param, bool per_dim, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bernoulli_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
-      "Tensor? logits, Tensor x, int event_dims, ScalarType logits_dtype, bool[2] needs) -> (Tensor, Tensor)");
+      "Tensor? logits, Tensor x, int event_dims, ScalarType logits_dtype, float expected_grad, bool[2] needs) "
+      "-> (Tensor, Tensor)");
   m.def(
       "continuous_bernoulli_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
-      "Tensor? logits, Tensor x, int event_dims, ScalarType logits_dtype, bool[2] needs) -> (Tensor, Tensor)");
+      "Tensor? logits, Tensor x, int event_dims, ScalarType logits_dtype, float expected_grad, bool[2] needs) "
+      "-> (Tensor, Tensor)");
   m.def(
       "gaussian_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
       "Tensor? logvar, float logvar_value, int event_dims, ScalarType mean_dtype, SymInt[] x_shape, "

@@ -1,6 +1,8 @@
 // The likelihoods log p(x|z) on the CPU, summed over the event dims: one pass that writes each
 // row's log-prob and, when gradients are needed, the elementwise gradient into a buffer fastelbo
 // owns (contiguous, compute dtype); the backward pass scales it by the row's incoming gradient.
+// The binary likelihoods write it times expected_grad, the gradient the caller expects each row
+// to receive (the op's schema: csrc/binding/schema.cpp).
 //
 //   Bernoulli:             x l - softplus(l),                 d/dl = x - sigmoid(l)
 //   continuous Bernoulli:  x l - softplus(l) + log C(l),      d/dl = x - sigmoid(l) + dlog C/dl
@@ -34,7 +36,8 @@ Tensor grad_buffer(bool need, const Tensor& like, at::ScalarType dtype) {
 }
 
 template <typename scalar_t, typename x_t>
-void binary_kernel(const RowPlan& plan, bool continuous, bool need_grad, Tensor& out, Tensor& grad) {
+void binary_kernel(const RowPlan& plan, bool continuous, bool need_grad, double expected_grad, Tensor& out,
+                   Tensor& grad) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
@@ -44,6 +47,7 @@ void binary_kernel(const RowPlan& plan, bool continuous, bool need_grad, Tensor&
   const int64_t R = plan.shape.rows, N = plan.shape.cols;
   T* out_ptr = out.data_ptr<T>();
   T* g_ptr = need_grad ? grad.data_ptr<T>() : nullptr;
+  const V g_scale(static_cast<T>(expected_grad));
   static_flag(ls.sc == 1 && xs.sc == 1, [&](auto unit) {
   const int64_t lsc = unit ? 1 : ls.sc, xsc = unit ? 1 : xs.sc;
   at::parallel_for(0, R, grain_rows(N), [&](int64_t begin, int64_t end) {
@@ -61,7 +65,7 @@ void binary_kernel(const RowPlan& plan, bool continuous, bool need_grad, Tensor&
           vg.grad = vg.grad + cb.grad;
         }
         acc += first(vg.value, n);
-        if (need_grad) vg.grad.store(g_ptr + r * N + j, n);
+        if (need_grad) (vg.grad * g_scale).store(g_ptr + r * N + j, n);
       });
       out_ptr[r] = hsum(acc);
     }
@@ -233,7 +237,7 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
 }
 
 std::tuple<Tensor, Tensor> binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous,
-                                           bool need_grad) {
+                                           bool need_grad, double expected_grad) {
   checks::logits_and_data(logits, x, event_dims,
                           continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob");
   // The compute dtype is the logits' (as the reference's); a float x of another dtype is read in it.
@@ -248,13 +252,13 @@ std::tuple<Tensor, Tensor> binary_log_prob(const Tensor& logits, const Tensor& x
   FASTELBO_DISPATCH_FLOAT(dtype, "fastelbo_binary_cpu", [&] {
     using T = compute_t<scalar_t>;
     switch (xx.scalar_type()) {
-      case at::kBool: binary_kernel<scalar_t, bool>(plan, continuous, need_grad, out, grad); break;
-      case at::kByte: binary_kernel<scalar_t, uint8_t>(plan, continuous, need_grad, out, grad); break;
+      case at::kBool: binary_kernel<scalar_t, bool>(plan, continuous, need_grad, expected_grad, out, grad); break;
+      case at::kByte: binary_kernel<scalar_t, uint8_t>(plan, continuous, need_grad, expected_grad, out, grad); break;
       default:
         if (xx.scalar_type() == dtype) {
-          binary_kernel<scalar_t, scalar_t>(plan, continuous, need_grad, out, grad);
+          binary_kernel<scalar_t, scalar_t>(plan, continuous, need_grad, expected_grad, out, grad);
         } else {
-          binary_kernel<scalar_t, T>(plan, continuous, need_grad, out, grad);
+          binary_kernel<scalar_t, T>(plan, continuous, need_grad, expected_grad, out, grad);
         }
     }
   });
@@ -264,13 +268,13 @@ std::tuple<Tensor, Tensor> binary_log_prob(const Tensor& logits, const Tensor& x
 }  // namespace
 
 std::tuple<Tensor, Tensor> bernoulli_log_prob_cpu(const Tensor& logits, const Tensor& x, int64_t event_dims,
-                                                  bool need_grad) {
-  return binary_log_prob(logits, x, event_dims, false, need_grad);
+                                                  bool need_grad, double expected_grad) {
+  return binary_log_prob(logits, x, event_dims, false, need_grad, expected_grad);
 }
 
 std::tuple<Tensor, Tensor> continuous_bernoulli_log_prob_cpu(const Tensor& logits, const Tensor& x, int64_t event_dims,
-                                                             bool need_grad) {
-  return binary_log_prob(logits, x, event_dims, true, need_grad);
+                                                             bool need_grad, double expected_grad) {
+  return binary_log_prob(logits, x, event_dims, true, need_grad, expected_grad);
 }
 
 std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tensor& x, const OptTensor& logvar,

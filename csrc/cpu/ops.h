@@ -27,9 +27,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_kl_backward_
     const OptionalTensor& prior_scale, int64_t param, bool per_dim);
 
 std::tuple<at::Tensor, at::Tensor> bernoulli_log_prob_cpu(const at::Tensor& logits, const at::Tensor& x,
-                                                          int64_t event_dims, bool need_grad);
+                                                          int64_t event_dims, bool need_grad, double expected_grad);
 std::tuple<at::Tensor, at::Tensor> continuous_bernoulli_log_prob_cpu(const at::Tensor& logits, const at::Tensor& x,
-                                                                     int64_t event_dims, bool need_grad);
+                                                                     int64_t event_dims, bool need_grad,
+                                                                     double expected_grad);
 
 std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_cpu(const at::Tensor& mean, const at::Tensor& x,
                                                          const OptionalTensor& logvar, double logvar_value,

@@ -14,7 +14,8 @@ at::Tensor grad_buffer(bool need, const at::Tensor& like, at::ScalarType dtype) 
   return need ? at::empty(like.sizes(), like.options().dtype(dtype)) : at::empty({0}, like.options().dtype(dtype));
 }
 
-Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad) {
+Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad,
+                        double expected_grad) {
   checks::logits_and_data(logits, x, event_dims,
                           continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob");
   c10::cuda::CUDAGuard device_guard(logits.device());
@@ -38,6 +39,7 @@ Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dim
       p.l_st = plan.strides[0];
       p.x_st = plan.strides[1];
       p.continuous = continuous;
+      p.expected_grad = expected_grad;
       FE_LAUNCH(grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream,
                 binary_log_prob_kernel<S, X, T>)(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -48,12 +50,14 @@ Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dim
 
 }  // namespace
 
-Tensor2 bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
-  return binary_log_prob(logits, x, event_dims, false, need_grad);
+Tensor2 bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
+                                double expected_grad) {
+  return binary_log_prob(logits, x, event_dims, false, need_grad, expected_grad);
 }
 
-Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad) {
-  return binary_log_prob(logits, x, event_dims, true, need_grad);
+Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
+                                           double expected_grad) {
+  return binary_log_prob(logits, x, event_dims, true, need_grad, expected_grad);
 }
 
 Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTensor& logvar_opt, double logvar_value,

@@ -29,8 +29,10 @@ Tensor4 gaussian_kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Te
                                   const OptTensor& prior_scale, int64_t param, bool per_dim);
 
 // csrc/cuda/likelihoods.cu
-Tensor2 bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad);
-Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad);
+Tensor2 bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
+                                double expected_grad);
+Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
+                                           double expected_grad);
 Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTensor& logvar, double logvar_value,
                                int64_t event_dims, bool need_grad);
 Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& grad_mean_buffer, const OptTensor& logvar,

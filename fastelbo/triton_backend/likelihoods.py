@@ -41,7 +41,8 @@ def _grad_buffer(need: bool, like: Tensor, dtype: torch.dtype) -> Tensor:
 
 # ---- Bernoulli and continuous Bernoulli ----
 
-def _binary(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_grad: bool) -> tuple[Tensor, Tensor]:
+def _binary(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_grad: bool,
+            expected_grad: float) -> tuple[Tensor, Tensor]:
     dtype, tl_dtype = compute(logits)
     out = torch.empty(batch_shape(logits, event_dims), dtype=dtype, device=logits.device)
     grad = _grad_buffer(need_grad, logits, dtype)
@@ -52,18 +53,20 @@ def _binary(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_g
     binary_log_prob_kernel[grid](
         logits_, x_, out, grad if need_grad else out,
         layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0), *layout.args(1),
+        *split_scalar(expected_grad),
         CONTINUOUS=continuous, NEED_GRAD=need_grad, DTYPE=tl_dtype, BLOCK_R=block_r, BLOCK_N=block_n,
     )
     return out, grad
 
 
-def bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int, need_grad: bool) -> tuple[Tensor, Tensor]:
-    return _binary(logits, x, event_dims, False, need_grad)
+def bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int, need_grad: bool,
+                       expected_grad: float = 1.0) -> tuple[Tensor, Tensor]:
+    return _binary(logits, x, event_dims, False, need_grad, expected_grad)
 
 
-def continuous_bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int,
-                                  need_grad: bool) -> tuple[Tensor, Tensor]:
-    return _binary(logits, x, event_dims, True, need_grad)
+def continuous_bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int, need_grad: bool,
+                                  expected_grad: float = 1.0) -> tuple[Tensor, Tensor]:
+    return _binary(logits, x, event_dims, True, need_grad, expected_grad)
 
 
 # ---- Gaussian ----

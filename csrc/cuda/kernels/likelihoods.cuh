@@ -23,10 +23,11 @@ struct BinaryParams {
   const S* logits;
   const X* x;
   T* out;      // (R,)
-  T* grad;     // (R, N) d/dlogits, or null
+  T* grad;     // (R, N) expected_grad d/dlogits, or null
   RowShape shape;
   RowStrides l_st, x_st;
   bool continuous;
+  double expected_grad;  // run-time scalar: the gradient the caller expects each row to receive
 };
 
 template <typename S, typename X, typename T>
@@ -71,11 +72,12 @@ struct CategoricalParams {
 
 // Bernoulli:            sum_n x l - softplus(l),           d/dl = x - sigmoid(l)
 // continuous Bernoulli: sum_n x l - softplus(l) + log C(l), d/dl = x - sigmoid(l) + dlog C/dl
-// Grid: likelihood_blocks(R, N) blocks of kBlock threads.
+// The buffer holds expected_grad d/dl. Grid: likelihood_blocks(R, N) blocks of kBlock threads.
 template <typename S, typename X, typename T>
 __global__ void __launch_bounds__(kBlock) binary_log_prob_kernel(const BinaryParams<S, X, T> p) {
   __shared__ T smem[kBlock / 32];
   const int64_t R = p.shape.rows, N = p.shape.cols;
+  const T g_scale = static_cast<T>(p.expected_grad);
   const int tpr = likelihood_threads(N);
   const int lane = threadIdx.x & (tpr - 1);
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBlock / tpr) + threadIdx.x / tpr;
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(kBlock) binary_log_prob_kernel(const BinaryPar
         vg.grad += cb.grad;
       }
       acc += vg.value;
-      if (p.grad != nullptr) p.grad[row * N + c] = vg.grad;
+      if (p.grad != nullptr) p.grad[row * N + c] = vg.grad * g_scale;
     }
   }
   acc = row_sum(acc, tpr, smem);
