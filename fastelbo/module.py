@@ -12,6 +12,7 @@ from ._types import ELBOOutput
 from .ops._event_dims import batch_shape, dim_list, layout_for
 from .ops.bernoulli_log_prob import log_prob_for_loss as bernoulli_for_loss
 from .ops.continuous_bernoulli_log_prob import log_prob_for_loss as continuous_bernoulli_for_loss
+from .ops.gaussian_log_prob import log_prob_for_loss as gaussian_for_loss
 from .functional import (
     ESTIMATORS,
     KL_MODES,
@@ -21,7 +22,6 @@ from .functional import (
     elbo,
     gaussian_kl,
     gaussian_latent,
-    gaussian_log_prob,
 )
 
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "categorical", "dmol")
@@ -31,7 +31,8 @@ LIKELIHOOD_OPTIONS = {"dmol": {"n_mix": None, "bits": 8, "channel_dim": -1}}
 REDUCTIONS = ("mean", "sum", "none")
 # The likelihoods whose kernels scale their gradient buffer by the gradient the loss will give them
 # (expected_row_grad), by name: their log-prob function for a loss.
-_FUSED_LOSS_LIKELIHOODS = {"bernoulli": bernoulli_for_loss, "continuous_bernoulli": continuous_bernoulli_for_loss}
+_BINARY_FOR_LOSS = {"bernoulli": bernoulli_for_loss, "continuous_bernoulli": continuous_bernoulli_for_loss}
+_FUSED_LOSS_LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -50,7 +51,8 @@ def expected_row_grad(n_points: int, n_samples: int, reduction: str, dtype: torc
     the number of data points, the ELBO op's mean over the K samples), computed with those ops, so
     that the binary likelihoods' backward recognizes it exactly and hands its buffer over as the
     logits' gradient (the loss-level fusion: fastelbo/ops/bernoulli_log_prob.py). 1.0 (no scaling)
-    for reduction "none" or no data points."""
+    for reduction "none" or no data points. Not for a step torch.compile traces (its backward is a
+    traced graph, which never hands a buffer over): the callers pass 1.0 there."""
     if reduction not in ("mean", "sum") or n_points == 0:
         return 1.0
     g = -torch.ones(1, dtype=dtype)
@@ -155,10 +157,11 @@ class ELBO(torch.nn.Module):
         params = decoder(latent.z)
         expected_grad = 1.0
         if (self.likelihood in _FUSED_LOSS_LIKELIHOODS and self.estimator == "elbo" and self.free_bits == 0
-                and isinstance(params, torch.Tensor)):
-            dtype = torch.float64 if params.dtype == torch.float64 else torch.float32  # the log-probs' dtype
-            n_points = math.prod(batch_shape(mu, self.dim))
-            expected_grad = expected_row_grad(n_points, self.n_samples, self.reduction, dtype)
+                and not torch.compiler.is_compiling()):  # (a compiled backward is a traced graph: nothing to hand over)
+            tensors = params if isinstance(params, (tuple, list)) else (params,)
+            float64 = any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors)
+            expected_grad = expected_row_grad(math.prod(batch_shape(mu, self.dim)), self.n_samples, self.reduction,
+                                              torch.float64 if float64 else torch.float32)  # the log-probs' dtype
         log_lik = self._log_lik(params, x, event_dims, expected_grad)
         value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)  # on the latent's backend
         samples = latent.z.dim() - mu.dim()
@@ -183,11 +186,11 @@ class ELBO(torch.nn.Module):
     def _log_lik(self, params, x, event_dims, expected_grad):
         if self.likelihood == "gaussian":
             mean, logvar = params if isinstance(params, (tuple, list)) else (params, 0.0)
-            return gaussian_log_prob(mean, x, logvar=logvar, event_dims=event_dims, backend=self.backend)
+            return gaussian_for_loss(mean, x, logvar, event_dims, self.backend, expected_grad)
         if isinstance(params, (tuple, list)):
             raise TypeError(f"decoder must return a logits tensor for likelihood={self.likelihood!r}")
-        if self.likelihood in _FUSED_LOSS_LIKELIHOODS:
-            return _FUSED_LOSS_LIKELIHOODS[self.likelihood](params, x, event_dims, self.backend, expected_grad)
+        if self.likelihood in _BINARY_FOR_LOSS:
+            return _BINARY_FOR_LOSS[self.likelihood](params, x, event_dims, self.backend, expected_grad)
         if self.likelihood == "dmol":
             options = self.likelihood_options
             channel_dim = options["channel_dim"]  # on x (no sample dim): counted from the end for params

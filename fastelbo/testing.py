@@ -498,6 +498,7 @@ CASES: tuple[OpCase, ...] = (
     _module_case("ELBO[analytic,mean]"),  # the loss-level fusion: buffers scaled by the loss's gradient
     _module_case("ELBO[continuous_bernoulli,mc,K=3,sum]", "continuous_bernoulli", n_samples=3, kl="mc",
                  reduction="sum"),
+    _module_case("ELBO[gaussian,mc,K=2]", "gaussian", n_samples=2, kl="mc"),
     _module_case("ELBO[iwae,K=3,sum]", n_samples=3, kl="mc", estimator="iwae", reduction="sum"),
     _vae_loss_case(),
     _reparameterize_case(),

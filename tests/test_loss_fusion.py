@@ -1,11 +1,12 @@
-"""The loss-level fusion of the binary likelihoods (fastelbo/ops/bernoulli_log_prob.py): fe.ELBO and
+"""The loss-level fusion of the likelihoods (fastelbo/ops/bernoulli_log_prob.py): fe.ELBO and
 fe.vae_loss tell the likelihood kernel the gradient their loss gives every row (expected_grad), the
 kernel writes its gradient buffer scaled by it, and the C++ backward hands that buffer over as the
-logits' gradient when the incoming gradient is exactly it, instead of a product (no pass, no second
-tensor of the logits' size). Checked here: the values it computes equal the reference's on every
-backend; the handover happens exactly when it may (a graph freed after the backward, nobody else
-holding the buffer, the gradient the expected one, CPU, the logits in the buffer's dtype); it stays
-right under retain_graph, gradient accumulation and in-place edits of .grad; its second order."""
+logits' (the mean's) gradient when the incoming gradient is exactly it, instead of a product (no
+pass, no second tensor of the logits' size). Checked here: the values it computes equal the
+reference's on every backend; the handover happens exactly when it may (a graph freed after the
+backward, nobody else holding the buffer, the gradient the expected one, CPU, the parameters in
+the buffer's dtype); it stays right under retain_graph, gradient accumulation and in-place edits of
+.grad; its second order; the expected gradient is the one the backward delivers."""
 import pytest
 import torch
 
@@ -14,106 +15,146 @@ from fastelbo.module import expected_row_grad
 from fastelbo.testing import TOLERANCES
 from helpers import DEVICE, FUSED_BACKENDS, generator, rand, randn
 
-BINARY = ["bernoulli_log_prob", "continuous_bernoulli_log_prob"]
+LIKELIHOODS = ["bernoulli_log_prob", "continuous_bernoulli_log_prob", "gaussian_log_prob"]
+# The continuous Bernoulli's buffer is not an output of its op (its second order is recomputed from
+# the logits): its backward cannot tell its own holders from a caller's, and never hands it over.
+HANDED_OVER = {"bernoulli_log_prob": True, "continuous_bernoulli_log_prob": False, "gaussian_log_prob": True}
 ON_CPU = pytest.mark.skipif(DEVICE != "cpu" or "cpu" not in FUSED_BACKENDS,
                             reason="the handover is the CPU backward's (reading the gradient there needs no sync)")
 
 
-def _binary_inputs(g, dtype, shape=(4, 6)):
-    logits = randn(g, *shape, scale=2.0).to(dtype).requires_grad_(True)
-    x = (rand(g, *shape) < 0.5).to(dtype)
-    return logits, x
+def _inputs(name, g, dtype, shape=(4, 6)):
+    """(params, x, logvar or None): leaves requiring grad where the op has a gradient for them."""
+    params = randn(g, *shape, scale=2.0).to(dtype).requires_grad_(True)
+    if name == "gaussian_log_prob":
+        return params, randn(g, *shape).to(dtype), rand(g, shape[-1], low=-1, high=1).to(dtype).requires_grad_(True)
+    return params, (rand(g, *shape) < 0.5).to(dtype), None
 
 
-def _op_call(name, logits, x, expected_grad):
-    """(out, buffer address): the C++ op's outputs, the caller keeping none of the buffer."""
-    out, buffer = getattr(torch.ops.fastelbo, name).default(logits, x, 1, True, expected_grad)
-    return out, buffer.data_ptr()
+def _op(name, overload="default"):
+    return getattr(getattr(torch.ops.fastelbo, name), overload)
+
+
+def _call(name, params, x, logvar, expected_grad, overload="default"):
+    """The op's (out, buffer) with a buffer scaled by expected_grad."""
+    if name == "gaussian_log_prob":
+        return _op(name, overload)(params, x, logvar, 0.0, 1, True, expected_grad)
+    return _op(name, overload)(params, x, 1, True, expected_grad)
+
+
+def _reference_grads(name, params, x, logvar, grad_out):
+    """The reference's gradients (params, logvar) in float64 for the incoming gradient grad_out."""
+    leaves = [params.detach().double().requires_grad_(True)]
+    if logvar is not None:
+        leaves.append(logvar.detach().double().requires_grad_(True))
+        out = fe.reference.gaussian_log_prob(leaves[0], x.double(), logvar=leaves[1])
+    else:
+        out = getattr(fe.reference, name)(leaves[0], x.double())
+    return torch.autograd.grad(out, leaves, grad_out.double())
+
+
+def _load_library():
+    fe.bernoulli_log_prob(torch.zeros(1, 1), torch.zeros(1, 1))
 
 
 @ON_CPU
-@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize("name", LIKELIHOODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_buffer_becomes_the_gradient_when_the_incoming_gradient_is_the_expected_one(name, dtype, seed):
-    fe.bernoulli_log_prob(torch.zeros(1, 1), torch.zeros(1, 1))  # loads the C++ library
-    logits, x = _binary_inputs(generator(seed), dtype)
+    _load_library()
+    params, x, logvar = _inputs(name, generator(seed), dtype)
     c = -0.37
-    out, address = _op_call(name, logits, x, c)
-    out.backward(torch.full_like(out, c))
-    assert logits.grad.data_ptr() == address  # no product: the buffer itself
-    exact = getattr(fe.reference, name)(logits, x)
-    (truth,) = torch.autograd.grad(exact, logits, torch.full_like(exact, c))
+    out, buffer = _call(name, params, x, logvar, c)
+    address, buffer = buffer.data_ptr(), None  # the caller keeps nothing of it
+    grad_out = torch.full_like(out, c)
+    out.backward(grad_out)
+    assert (params.grad.data_ptr() == address) == HANDED_OVER[name]  # no product: the buffer itself
     tol = TOLERANCES[dtype]["bwd"]
-    torch.testing.assert_close(logits.grad, truth, atol=tol.atol, rtol=tol.rtol)
+    got = (params.grad,) if logvar is None else (params.grad, logvar.grad)  # (the Gaussian's logvar gradient
+    for a, b in zip(got, _reference_grads(name, params, x, logvar, grad_out)):  # from the kernel, no grad_mean)
+        torch.testing.assert_close(a.double(), b, atol=tol.atol, rtol=tol.rtol)
 
 
 @ON_CPU
-@pytest.mark.parametrize("case", ["retain_graph", "buffer held", "another gradient", "half logits"])
-def test_the_buffer_stays_private_where_it_must(case, seed):
+@pytest.mark.parametrize("name", LIKELIHOODS)
+@pytest.mark.parametrize("case", ["retain_graph", "buffer held", "another gradient", "half parameters"])
+def test_the_buffer_stays_private_where_it_must(name, case, seed):
     """Each condition under which the backward makes a new gradient instead (and that gradient is
     still right): retain_graph (the buffer serves the next backward), a caller holding the buffer
-    output, an incoming gradient that is not the expected one, logits of another dtype (a cast)."""
-    fe.bernoulli_log_prob(torch.zeros(1, 1), torch.zeros(1, 1))
-    dtype = torch.float16 if case == "half logits" else torch.float32
-    logits, x = _binary_inputs(generator(seed), dtype)
+    output, an incoming gradient that is not the expected one, parameters of another dtype (a cast)."""
+    _load_library()
+    dtype = torch.float16 if case == "half parameters" else torch.float32
+    params, x, logvar = _inputs(name, generator(seed), dtype)
     c = 0.5
-    out, buffer = torch.ops.fastelbo.bernoulli_log_prob.default(logits, x, 1, True, c)
+    out, buffer = _call(name, params, x, logvar, c)
     address = buffer.data_ptr()
     kept = buffer.clone() if case == "buffer held" else None
     if case != "buffer held":
         buffer = None
     grad_out = torch.full_like(out, c) if case != "another gradient" else torch.linspace(-1, 2, out.numel())
     out.backward(grad_out, retain_graph=case == "retain_graph")
-    assert logits.grad.data_ptr() != address
-    leaf = logits.detach().double().requires_grad_(True)
-    (truth,) = torch.autograd.grad(fe.reference.bernoulli_log_prob(leaf, x.double()), leaf, grad_out.double())
+    assert params.grad.data_ptr() != address
     tol = TOLERANCES[dtype]["bwd"]
-    torch.testing.assert_close(logits.grad.double(), truth, atol=tol.atol, rtol=tol.rtol)
+    got = (params.grad,) if logvar is None else (params.grad, logvar.grad)
+    for a, b in zip(got, _reference_grads(name, params, x, logvar, grad_out)):
+        torch.testing.assert_close(a.double(), b, atol=tol.atol, rtol=tol.rtol)
     if case == "buffer held":
-        logits.grad.add_(1.0)  # the caller's buffer is its own
+        params.grad.add_(1.0)  # the caller's buffer is its own
         assert torch.equal(buffer, kept)
 
 
 def _module_step(backend, likelihood, reduction, n_samples, kl, g, dtype=torch.float32):
-    """(loss, leaves, decoder base) of fe.ELBO on a stand-in decoder whose output reaches the leaf
-    `base` through an add (so AccumulateGrad may take the handed-over buffer as base.grad)."""
-    x = (rand(g, 8, 12) < 0.5).to(dtype)
+    """(objective, (x, mu, scale, base, logvar or None)) of fe.ELBO on a stand-in decoder whose output
+    reaches the leaf `base` through an add (so AccumulateGrad may take a handed-over buffer as
+    base.grad); the Gaussian's decoder also returns a learned per-column logvar."""
+    gaussian = likelihood == "gaussian"
+    x = randn(g, 8, 12).to(dtype) if gaussian else (rand(g, 8, 12) < 0.5).to(dtype)
     mu = randn(g, 8, 3).to(dtype).requires_grad_(True)
     scale = rand(g, 8, 3, low=-1, high=1).to(dtype).requires_grad_(True)
     base = randn(g, 8, 12, scale=2.0).to(dtype).requires_grad_(True)
+    logvar = rand(g, 12, low=-1, high=1).to(dtype).requires_grad_(True) if gaussian else None
     objective = fe.ELBO(likelihood, n_samples=n_samples, kl=kl, reduction=reduction, backend=backend)
-    return objective, (x, mu, scale, base)
+    return objective, (x, mu, scale, base, logvar)
 
 
 def _run(objective, tensors, generator_seed):
-    x, mu, scale, base = tensors
+    x, mu, scale, base, logvar = tensors
     g = torch.Generator(mu.device).manual_seed(generator_seed)
-    return objective(x, mu, scale, lambda z: base + z.mean(-1, keepdim=True), generator=g).loss
+
+    def decoder(z):
+        mean = base + z.mean(-1, keepdim=True)
+        return mean if logvar is None else (mean, logvar)
+
+    return objective(x, mu, scale, decoder, generator=g).loss
+
+
+def _grads(tensors):
+    return tuple(t.grad for t in tensors[1:] if t is not None)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian"])
 @pytest.mark.parametrize("reduction,n_samples,kl", [("mean", 1, "analytic"), ("sum", 3, "mc"), ("mean", 2, "mc")])
 def test_the_module_with_the_fused_loss_matches_the_reference(backend, likelihood, reduction, n_samples, kl, seed):
     """loss.backward() from 1 (the handover on CPU): the reference's loss and gradients."""
-    grads = {}
+    results = {}
     for name in (backend, "reference"):
-        objective, tensors = _module_step(name, likelihood, reduction, n_samples, kl, generator(seed),
-                                          torch.float64)
+        objective, tensors = _module_step(name, likelihood, reduction, n_samples, kl, generator(seed), torch.float64)
         loss = _run(objective, tensors, seed)
         loss.backward()
-        grads[name] = (loss.detach(), *(t.grad for t in tensors[1:]))
+        results[name] = (loss.detach(), *_grads(tensors))
     tol = TOLERANCES[torch.float64]["bwd"]
-    for got, truth in zip(grads[backend], grads["reference"]):
+    for got, truth in zip(results[backend], results["reference"]):
         torch.testing.assert_close(got, truth, atol=tol.atol, rtol=tol.rtol)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_retain_graph_accumulation_and_in_place_edits_of_the_gradient(backend, seed):
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_retain_graph_accumulation_and_in_place_edits_of_the_gradient(backend, likelihood, seed):
     """A retained graph's backwards add up, a .grad edited in place between backwards changes
     nothing the graph holds, and accumulation onto an existing .grad is exact (each backward as
     a multiple of the one-backward gradient)."""
-    objective, tensors = _module_step(backend, "bernoulli", "mean", 1, "analytic", generator(seed))
+    objective, tensors = _module_step(backend, likelihood, "mean", 1, "analytic", generator(seed))
     base = tensors[3]
     _run(objective, tensors, seed).backward()
     once = base.grad.clone()
@@ -133,10 +174,10 @@ def test_retain_graph_accumulation_and_in_place_edits_of_the_gradient(backend, s
 
 
 @ON_CPU
-@pytest.mark.parametrize("api", ["ELBO", "vae_loss"])
+@pytest.mark.parametrize("api", ["ELBO", "ELBO gaussian", "vae_loss"])
 def test_the_backward_makes_no_tensor_of_the_logits_size(api, seed):
-    """The point of the fusion: with loss.backward() the logits' gradient is the forward's buffer,
-    so the backward allocates nothing of the logits' size (the unfused backward allocates the
+    """The point of the fusion: with loss.backward() the logits' (mean's) gradient is the forward's
+    buffer, so the backward allocates nothing of their size (the unfused backward allocates the
     product g b)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -144,9 +185,13 @@ def test_the_backward_makes_no_tensor_of_the_logits_size(api, seed):
     batch, dx = 16, 256
     mu, scale = randn(g, batch, 4).float().requires_grad_(True), rand(g, batch, 4, low=-1, high=1).float()
     base = randn(g, batch, dx).float().requires_grad_(True)
+    logvar = rand(g, dx, low=-1, high=1).float().requires_grad_(True)
     x = (rand(g, batch, dx) < 0.5).float()
     if api == "ELBO":
         loss = fe.ELBO(backend="cpu")(x, mu, scale, lambda z: base + z.mean(-1, keepdim=True)).loss
+    elif api == "ELBO gaussian":
+        loss = fe.ELBO("gaussian", backend="cpu")(x, mu, scale, lambda z: (base + z.mean(-1, keepdim=True), logvar))
+        loss = loss.loss
     else:
         loss = fe.vae_loss(base + mu.sum(-1, keepdim=True), x, mu, scale)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -157,38 +202,34 @@ def test_the_backward_makes_no_tensor_of_the_logits_size(api, seed):
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize("name", LIKELIHOODS)
 def test_second_order_of_a_scaled_buffer(backend, name, seed):
     """gradcheck and gradgradcheck of the op with expected_grad != 1 (its buffer output included)."""
-    g = generator(seed)
-    logits, x = _binary_inputs(g, torch.float64, (3, 4))
+    params, x, logvar = _inputs(name, generator(seed), torch.float64, (3, 4))
+    __import__(fe._backend._MODULES[backend])  # registers the backend's kernels
     overload = fe._backend.OVERLOAD[backend]
-    __import__(fe._backend._MODULES[backend])
-    op = getattr(getattr(torch.ops.fastelbo, name), overload)
+    inputs = (params,) if logvar is None else (params, logvar)
 
-    def f(logits):
-        out, buffer = op(logits, x, 1, True, -0.3)
-        return out, buffer
+    def f(*inputs):
+        return _call(name, inputs[0], x, inputs[1] if len(inputs) > 1 else None, -0.3, overload)
 
-    assert torch.autograd.gradcheck(f, (logits,))
-    assert torch.autograd.gradgradcheck(f, (logits,))
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
 
 
 def test_expected_row_grad_is_what_the_backward_delivers():
-    """The emulation of expected_row_grad equals what autograd gives each log-likelihood value of
-    -reduce(value), for awkward counts (no power of two) and both float dtypes."""
+    """expected_row_grad equals what autograd gives each log-likelihood value of -reduce(value),
+    for counts that are no powers of two and both float dtypes, through fe.elbo's two paths (one
+    sample without a sample dim; K samples through the ELBO op's mean)."""
+    backend = "cpu" if "cpu" in FUSED_BACKENDS else "reference"
     for dtype in (torch.float32, torch.float64):
         for n_points, n_samples, reduction in [(100, 1, "mean"), (7, 3, "mean"), (33, 5, "sum"), (1000, 1, "sum")]:
-            log_lik = torch.zeros(n_samples, n_points, dtype=dtype, requires_grad=True)
-            latent = fe.Latent(torch.zeros(n_samples, n_points, 1, dtype=dtype), torch.zeros(n_samples, n_points,
-                               dtype=dtype), torch.zeros(n_samples, n_points, dtype=dtype),
-                               torch.zeros(n_points, dtype=dtype))
-            if n_samples == 1:
-                log_lik_in = log_lik[0]
-                latent = fe.Latent(latent.z[0], latent.log_q[0], latent.log_p[0], latent.kl)
-            else:
-                log_lik_in = log_lik
-            value = fe.elbo(log_lik_in, latent, kl="mc", backend="cpu" if "cpu" in FUSED_BACKENDS else None)
+            samples = (n_samples,) if n_samples > 1 else ()
+            zeros = lambda *shape: torch.zeros(*shape, dtype=dtype)  # noqa: E731
+            log_lik = zeros(*samples, n_points).requires_grad_(True)
+            latent = fe.Latent(zeros(*samples, n_points, 1), zeros(*samples, n_points), zeros(*samples, n_points),
+                               zeros(n_points))
+            value = fe.elbo(log_lik, latent, kl="mc", backend=backend)
             loss = -(value.mean() if reduction == "mean" else value.sum())
             loss.backward()
             expected = expected_row_grad(n_points, n_samples, reduction, dtype)

@@ -105,6 +105,8 @@ def _opcheck_cases(seed):
         ("gaussian_log_prob", (rg(logits), x, rg(logvar), 0.0, 1, True)),
         ("gaussian_log_prob", (rg(logits), rg(x), None, -0.3, 1, True)),
         ("gaussian_log_prob_backward", (randn(g, 2, 3, **f32), buffer, logvar, 0.0, 1, True)),
+        ("gaussian_log_prob", (rg(logits), x, rg(logvar), 0.0, 1, True, -0.25)),  # the buffer scaled for a loss
+        ("gaussian_log_prob_backward", (randn(g, 2, 3, **f32), buffer, logvar, 0.0, 1, True, 0.5, False)),
         ("categorical_log_prob", (rg(logits), target, 1, True)),
         ("elbo", (rg(ll), rg(lq), rg(lp), rg(kl[0]), 0, 0.7)),
         ("elbo", (rg(ll), lq, lp, rg(kl[0]), 1, 1.0)),
@@ -117,9 +119,9 @@ def _opcheck_cases(seed):
 
 
 @pytest.mark.parametrize("overload", list(OVERLOADS))
-@pytest.mark.parametrize("index", range(23))
+@pytest.mark.parametrize("index", range(25))
 def test_opcheck(overload, index, seed):
-    assert len(_opcheck_cases(seed)) == 23  # the parametrization covers every case
+    assert len(_opcheck_cases(seed)) == 25  # the parametrization covers every case
     backend = OVERLOADS[overload]
     if fe.backends()[backend] != "available" or fe._backend.OVERLOAD[backend] != overload:
         pytest.skip(f"backend {backend!r} is unavailable here, or has no overload {overload!r}")

@@ -51,12 +51,13 @@ def gaussian_log_prob_kernel(
     m_ptr, x_ptr, v_ptr, out_ptr, gm_ptr,
     R, N, n1, n2,
     m_s0, m_s1, m_s2, m_sc, x_s0, x_s1, x_s2, x_sc, v_s0, v_s1, v_s2, v_sc,
-    v_hi, v_lo, const_hi, const_lo,
+    v_hi, v_lo, const_hi, const_lo, g_hi, g_lo,
     V_TENSOR: tl.constexpr, NEED_GRAD: tl.constexpr, DTYPE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """sum_n -((x - m)^2 e^-v + v)/2 - N log(2 pi)/2   (const_hi + const_lo = N log(2 pi)/2);
-    buffer b = d/dm = (x - m) e^-v (d/dv is derived from b in backward: gaussian_log_prob_backward_kernel).
+    buffer c b, b = d/dm = (x - m) e^-v, c = g_hi + g_lo the gradient the caller expects each row to
+    receive (d/dv is derived from it in backward: gaussian_log_prob_backward_kernel).
     v: a tensor (V_TENSOR) or v_hi + v_lo."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
@@ -80,7 +81,8 @@ def gaussian_log_prob_kernel(
         acc += tl.sum(tl.where(mask, -0.5 * (scaled + v), 0.0), axis=1)
         offs = rows[:, None] * N + cols[None, :]
         if NEED_GRAD:
-            tl.store(gm_ptr + offs, (diff * inv_var).to(gm_ptr.dtype.element_ty), mask=mask)
+            g_scale = scalar(g_hi, g_lo, DTYPE)
+            tl.store(gm_ptr + offs, (diff * inv_var * g_scale).to(gm_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + rows, acc - scalar(const_hi, const_lo, DTYPE), mask=row_mask)
 
 
@@ -88,22 +90,26 @@ def gaussian_log_prob_kernel(
 def gaussian_log_prob_backward_kernel(
     g_ptr, b_ptr, v_ptr, gm_ptr, gv_ptr,
     R, N, n1, n2,
-    v_s0, v_s1, v_s2, v_sc,
-    NEED_GRAD_V: tl.constexpr, DTYPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    v_s0, v_s1, v_s2, v_sc, c_hi, c_lo,
+    NEED_MEAN: tl.constexpr, NEED_GRAD_V: tl.constexpr, DTYPE: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    """From the forward's buffer b = (x - m) e^-v (contiguous (R, N)) and the rows' gradient g:
-    grad_mean = g b;  d/dv per element = g ((b e^(v/2))^2 - 1)/2  (= g ((x - m)^2 e^-v - 1)/2, without
-    overflow), summed to logvar's shape by the launcher."""
+    """From the forward's buffer c b, b = (x - m) e^-v (contiguous (R, N)), c = c_hi + c_lo, and the
+    rows' gradient g: grad_mean = (g / c) (c b) (NEED_MEAN);  d/dv per element = g ((b e^(v/2))^2 - 1)/2
+    (= g ((x - m)^2 e^-v - 1)/2, without overflow), summed to logvar's shape by the launcher."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
+    c_scale = scalar(c_hi, c_lo, DTYPE)
     g = tl.load(g_ptr + rows, mask=row_mask, other=0.0).to(DTYPE)[:, None]
     v_rows = row_offset(rows, n1, n2, v_s0, v_s1, v_s2)[:, None]
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
         mask = row_mask[:, None] & (cols[None, :] < N)
         offs = rows[:, None] * N + cols[None, :]
-        b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(DTYPE)
-        tl.store(gm_ptr + offs, (g * b).to(gm_ptr.dtype.element_ty), mask=mask)
+        cb = tl.load(b_ptr + offs, mask=mask, other=0.0).to(DTYPE)
+        if NEED_MEAN:
+            tl.store(gm_ptr + offs, ((g / c_scale) * cb).to(gm_ptr.dtype.element_ty), mask=mask)
+        b = cb * (1.0 / c_scale)
         if NEED_GRAD_V:
             v = tl.load(v_ptr + v_rows + cols[None, :] * v_sc, mask=mask, other=0.0).to(DTYPE)
             # b = 0 gives 0 and an infinite b itself, also where e^(v/2) is inf or 0 (v = +inf: the

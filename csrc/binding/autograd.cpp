@@ -9,7 +9,8 @@
 //   gaussian_latent, gaussian_kl: their *_backward kernels
 //   (continuous_)bernoulli_log_prob: grad_logits = (g / c) b (b = c d out/d logits, the op's buffer, c its
 //                      expected_grad), or b itself where g == c (hand_over), grad_x = g logits
-//   gaussian_log_prob: the gaussian_log_prob_backward kernel (grad_mean, grad_logvar), grad_x = -grad_mean
+//   gaussian_log_prob: the gaussian_log_prob_backward kernel (grad_mean, grad_logvar; grad_mean the
+//                      buffer itself where g == c, as the binary ones'), grad_x = -grad_mean
 //   categorical:       grad_logits = g b
 //   discretized_logistic_mixture: grad_params = g b
 //   elbo:              mode 0 (elbo, MC KL), 1 (elbo, analytic KL), 2 (iwae: g w~)
@@ -93,12 +94,12 @@ FASTELBO_OP(continuous_bernoulli_backward_differentiable_op,
             Tensor2(const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&, int64_t,
                     at::ScalarType, double, std::array<bool, 2>))
 FASTELBO_OP(gaussian_op, "fastelbo::gaussian_log_prob",
-            Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, int64_t, bool))
+            Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, int64_t, bool, double))
 FASTELBO_OP(gaussian_backward_op, "fastelbo::gaussian_log_prob_backward",
-            Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, int64_t, bool))
+            Tensor2(const Tensor&, const Tensor&, const OptTensor&, double, int64_t, bool, double, bool))
 FASTELBO_OP(gaussian_backward_differentiable_op, "fastelbo::gaussian_log_prob_backward_differentiable",
             Tensor3(const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&, double, int64_t,
-                    at::ScalarType, c10::SymIntArrayRef, at::ScalarType, std::array<bool, 3>))
+                    at::ScalarType, c10::SymIntArrayRef, at::ScalarType, double, std::array<bool, 3>))
 FASTELBO_OP(categorical_op, "fastelbo::categorical_log_prob", Tensor2(const Tensor&, const Tensor&, int64_t, bool))
 FASTELBO_OP(categorical_backward_differentiable_op, "fastelbo::categorical_log_prob_backward_differentiable",
             Tensor(const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, int64_t, at::ScalarType))
@@ -327,19 +328,28 @@ bool plain_cpu(const Tensor& t) {
          !t.unsafeGetTensorImpl()->is_python_dispatch();  // not a FakeTensor (torch.compile's tracing)
 }
 
+// Whether nothing but this node holds the buffer output it saved (`buffer`: unpacked in its
+// backward). An output of the Function is saved as a second TensorImpl on the same storage and
+// unpacked as a third: the storage has two holders unless the op's caller kept the output (or a
+// view of it). (A buffer set aside instead, the continuous Bernoulli's, is saved as itself, among
+// holders this cannot tell apart from its caller's: it is never handed over.)
+bool only_this_node_holds(const Tensor& buffer) {
+  return buffer.storage().use_count() <= 2 && buffer.use_count() == 1;
+}
+
 // Whether the backward may hand the buffer itself over as the logits' gradient: every row's
 // incoming gradient is exactly expected_grad, so the buffer already is g d out/d l, and a product
-// would copy it. Only where that is free and safe: CPU tensors (reading g needs no device sync), the
-// logits in the buffer's dtype (no cast), a graph freed after this backward (with retain_graph the
-// buffer serves the next backward too, so it must not become a gradient that autograd accumulates
-// into or a user modifies), and no holder but this node (the op's buffer output, if its caller kept
-// it, shares the storage; the node's saved copy and its unpacked one are two). The buffer is then
-// the gradient's only owner once the engine releases this node's saved tensors, so AccumulateGrad
-// takes it as .grad without a copy.
-bool hand_over(const Tensor& buffer, const Tensor& grad_out, double expected_grad, at::ScalarType logits_dtype) {
-  if (buffer.scalar_type() != logits_dtype || grad_out.scalar_type() != logits_dtype || !plain_cpu(buffer) ||
-      !plain_cpu(grad_out) || torch::autograd::get_current_graph_task_keep_graph() ||
-      buffer.storage().use_count() > 2) {
+// would copy it. Only where that is free and safe: a buffer output the forward wrote (need_grad),
+// CPU tensors (reading g needs no device sync), the logits in the buffer's dtype (no cast), a graph
+// freed after this backward (with retain_graph the buffer serves the next backward too, so it must
+// not become a gradient that autograd accumulates into or a user modifies), and no holder but this
+// node. The buffer is then the gradient's only owner once the engine releases this node's saved
+// tensors, so AccumulateGrad takes it as .grad without a copy.
+bool hand_over(const Tensor& buffer, bool buffer_output, const Tensor& grad_out, double expected_grad,
+               at::ScalarType logits_dtype) {
+  if (!buffer_output || buffer.scalar_type() != logits_dtype || grad_out.scalar_type() != logits_dtype ||
+      !plain_cpu(buffer) || !plain_cpu(grad_out) || torch::autograd::get_current_graph_task_keep_graph() ||
+      !only_this_node_holds(buffer)) {
     return false;
   }
   return logits_dtype == at::kDouble ? all_equal<double>(grad_out, expected_grad)
@@ -358,6 +368,7 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
     ctx->set_materialize_grads(false);
     ctx->saved_data["event_dims"] = event_dims;
     ctx->saved_data["continuous"] = continuous;
+    ctx->saved_data["buffer_output"] = need_grad && !continuous;  // (as outputs() below decides)
     ctx->saved_data["expected_grad"] = expected_grad;
     save_dtype(ctx, "logits_dtype", logits.scalar_type());
     // d/dx of x l is l: keep the logits when a float x asks for its gradient, or for the continuous
@@ -388,7 +399,7 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
     if (grad_out.defined()) {
       const Tensor g = expand_events(grad_out, event_dims);
       if (needs_logits) {
-        if (hand_over(buffer, grad_out, expected_grad, logits_dtype)) {
+        if (hand_over(buffer, ctx->saved_data["buffer_output"].toBool(), grad_out, expected_grad, logits_dtype)) {
           grad_logits = buffer.detach();  // (the unpacked buffer has this node as its grad_fn)
         } else {
           grad_logits = buffer.mul(expected_grad == 1.0 ? g : g.div(expected_grad)).to(logits_dtype);
@@ -426,18 +437,22 @@ Tensor2 continuous_bernoulli_autograd(const Tensor& logits, const Tensor& x, int
 
 // ---- Gaussian ----
 // out = sum -((x - m)^2 e^-v + v + log 2 pi)/2, b = (x - m) e^-v: d out/d m = b, d out/d x = -b,
-// d out/d v = ((b e^(v/2))^2 - 1)/2 (summed by the backward kernel where logvar is shared).
+// d out/d v = ((b e^(v/2))^2 - 1)/2 (summed by the backward kernel where logvar is shared). The
+// buffer is c b, c = expected_grad, handed over as grad_mean where g == c, as the binary ones'.
 
 struct GaussianFunction : public torch::autograd::Function<GaussianFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& mean, const Tensor& x, const OptTensor& logvar,
-                               double logvar_value, int64_t event_dims, bool need_grad, Tensor* aside) {
+                               double logvar_value, int64_t event_dims, bool need_grad, double expected_grad,
+                               Tensor* aside) {
     Tensor2 out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad);
+      out = gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
     }
     ctx->set_materialize_grads(false);
     ctx->saved_data["logvar_value"] = logvar_value;
+    ctx->saved_data["buffer_output"] = need_grad;  // (as outputs() below decides)
+    ctx->saved_data["expected_grad"] = expected_grad;
     ctx->saved_data["event_dims"] = event_dims;
     save_dtype(ctx, "mean_dtype", mean.scalar_type());
     save_dtype(ctx, "x_dtype", x.scalar_type());
@@ -453,6 +468,7 @@ struct GaussianFunction : public torch::autograd::Function<GaussianFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &buffer = saved[0], &logvar = saved[1];
     const double logvar_value = ctx->saved_data["logvar_value"].toDouble();
+    const double expected_grad = ctx->saved_data["expected_grad"].toDouble();
     const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
     const at::ScalarType mean_dtype = saved_dtype(ctx, "mean_dtype"), x_dtype = saved_dtype(ctx, "x_dtype");
     const auto needs = needs_by_argument<3>(ctx, {true, true, logvar.defined()});
@@ -462,33 +478,40 @@ struct GaussianFunction : public torch::autograd::Function<GaussianFunction> {
     if (second_order(grad_buffer)) {
       auto [grad_mean, grad_x, grad_logvar] = gaussian_backward_differentiable_op().call(
           opt(grad_out), opt(grad_buffer), buffer, opt(logvar), logvar_value, event_dims, mean_dtype, x_shape, x_dtype,
-          needs);
-      return {grad_mean, grad_x, grad_logvar, Tensor(), Tensor(), Tensor(), Tensor()};
+          expected_grad, needs);
+      return {grad_mean, grad_x, grad_logvar, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     }
     if (!grad_out.defined()) {
-      return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
     }
     const bool need_logvar = needs[2];  // only where logvar is a tensor
+    // The buffer itself as grad_mean where it may be (hand_over); the kernel then writes no grad_mean.
+    const bool handed_over = needs[0] && !needs[1] &&
+                             hand_over(buffer, ctx->saved_data["buffer_output"].toBool(), grad_out, expected_grad,
+                                       mean_dtype);
     Tensor2 result;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      result = gaussian_backward_op().call(grad_out, buffer, opt(logvar), logvar_value, event_dims, need_logvar);
+      result = gaussian_backward_op().call(grad_out, buffer, opt(logvar), logvar_value, event_dims, need_logvar,
+                                           expected_grad, !handed_over && (needs[0] || needs[1]));
     }
     const Tensor& scaled = std::get<0>(result);
-    Tensor grad_mean = needs[0] ? scaled.to(mean_dtype) : Tensor();
+    Tensor grad_mean = handed_over ? buffer.detach() : needs[0] ? scaled.to(mean_dtype) : Tensor();
     Tensor grad_x = needs[1] ? scaled.neg().sum_to_size_symint(x_shape).to(x_dtype) : Tensor();  // d/dx = -d/dm
-    return {grad_mean, grad_x, if_needed(need_logvar, std::get<1>(result)), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {grad_mean, grad_x, if_needed(need_logvar, std::get<1>(result)), Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
 Tensor2 gaussian_autograd(const Tensor& mean, const Tensor& x, const OptTensor& logvar, double logvar_value,
-                          int64_t event_dims, bool need_grad) {
+                          int64_t event_dims, bool need_grad, double expected_grad) {
   if (!recording(mean, x, logvar)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad);
+    return gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
   }
   Tensor aside;
-  const variable_list out = GaussianFunction::apply(mean, x, logvar, logvar_value, event_dims, need_grad, &aside);
+  const variable_list out =
+      GaussianFunction::apply(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad, &aside);
   return with_aside(out, aside);
 }
 

@@ -24,11 +24,13 @@
 //                    caller expects every row of out to receive (fe.ELBO and fe.vae_loss know it:
 //                    the loss's), so that a backward receiving exactly it can hand the buffer over as
 //                    the logits' gradient, without a pass (csrc/binding/autograd.cpp)
-// gaussian_log_prob: (out, grad_mean buffer (mean's shape, compute dtype) or empty)
-// gaussian_log_prob_backward(grad_out, grad_mean_buffer, logvar?, ...):
-//                    (grad_mean = grad_out * buffer (compute dtype, mean's shape),
-//                     grad_logvar = sum of grad_out ((buffer e^(v/2))^2 - 1)/2 in logvar's shape and dtype, or
-//                     empty without a logvar tensor or need_logvar)
+// gaussian_log_prob: (out, grad_mean buffer (mean's shape, compute dtype) or empty), the buffer
+//                    expected_grad d out/d mean, as the binary likelihoods'
+// gaussian_log_prob_backward(grad_out, grad_mean_buffer, logvar?, ..., expected_grad, need_mean):
+//                    (grad_mean = grad_out / expected_grad * buffer (compute dtype, mean's shape), or
+//                     empty without need_mean (the caller hands the buffer over itself),
+//                     grad_logvar = sum of grad_out ((b e^(v/2))^2 - 1)/2, b = buffer / expected_grad, in
+//                     logvar's shape and dtype, or empty without a logvar tensor or need_logvar)
 // categorical_log_prob: (out (*batch), grad_logits buffer or empty)
 // discretized_logistic_mixture_log_prob: params (..., 10 n_mix) and x (..., 3) with the channel dim
 //                    last (any strides); (out (params' batch shape), grad_params buffer (empty_like
@@ -75,10 +77,10 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
       "-> (Tensor, Tensor)");
   m.def(
       "gaussian_log_prob(Tensor mean, Tensor x, Tensor? logvar, float logvar_value, int event_dims, "
-      "bool need_grad) -> (Tensor, Tensor)");
+      "bool need_grad, float expected_grad=1.0) -> (Tensor, Tensor)");
   m.def(
       "gaussian_log_prob_backward(Tensor grad_out, Tensor grad_mean_buffer, Tensor? logvar, float logvar_value, "
-      "int event_dims, bool need_logvar) -> (Tensor, Tensor)");
+      "int event_dims, bool need_logvar, float expected_grad=1.0, bool need_mean=True) -> (Tensor, Tensor)");
   m.def("categorical_log_prob(Tensor logits, Tensor target, int event_dims, bool need_grad) -> (Tensor, Tensor)");
   m.def(
       "discretized_logistic_mixture_log_prob(Tensor params, Tensor x, int n_mix, int bits, int event_dims, "
@@ -105,7 +107,7 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def(
       "gaussian_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
       "Tensor? logvar, float logvar_value, int event_dims, ScalarType mean_dtype, SymInt[] x_shape, "
-      "ScalarType x_dtype, bool[3] needs) -> (Tensor, Tensor, Tensor)");
+      "ScalarType x_dtype, float expected_grad, bool[3] needs) -> (Tensor, Tensor, Tensor)");
   m.def(
       "categorical_log_prob_backward_differentiable(Tensor? grad_out, Tensor? grad_buffer, Tensor buffer, "
       "Tensor target, int event_dims, ScalarType logits_dtype) -> Tensor");

@@ -87,8 +87,8 @@ struct SharedLogvar {
 };
 
 template <typename scalar_t>
-void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, bool need_grad, Tensor& out,
-                     Tensor& grad) {
+void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, bool need_grad, double expected_grad,
+                     Tensor& out, Tensor& grad) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
@@ -105,6 +105,7 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
   const T half_log_2pi_n = static_cast<T>(static_cast<double>(N) * core::kHalfLog2Pi);
   T* out_ptr = out.data_ptr<T>();
   T* g_ptr = need_grad ? grad.data_ptr<T>() : nullptr;
+  const V g_scale(static_cast<T>(expected_grad));
   static_flag(unit_strides, [&](auto unit) {
     static_flag(v_shared, [&](auto shared_v) {
       const int64_t msc = unit ? 1 : ms.sc, xsc = unit ? 1 : xs.sc;
@@ -126,7 +127,7 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
               inv_var = vexp(V(T(0)) - v);
             }
             acc += first(diff * diff * inv_var + v, n);
-            if (need_grad) (diff * inv_var).store(g_ptr + r * N + j, n);
+            if (need_grad) (diff * inv_var * g_scale).store(g_ptr + r * N + j, n);
           });
           out_ptr[r] = T(-0.5) * hsum(acc) - half_log_2pi_n;
         }
@@ -135,18 +136,20 @@ void gaussian_kernel(const RowPlan& plan, bool has_logvar, double logvar_value, 
   });
 }
 
-// grad_mean = g_r buf;  d/dv = g_r ((buf e^(v/2))^2 - 1)/2 (= g_r ((x - m)^2 e^-v - 1)/2, without
-// overflow), summed over each block of rows when logvar is shared by every row (fixed blocks: the
-// sum does not depend on the thread count).
+// buf = c b (c = expected_grad, b = (x - m) e^-v): grad_mean = (g_r / c) buf (unless !need_mean: the
+// caller hands buf over itself);  d/dv = g_r ((b e^(v/2))^2 - 1)/2 with b = buf / c (= g_r ((x -
+// m)^2 e^-v - 1)/2, without overflow), summed over each block of rows when logvar is shared by every
+// row (fixed blocks: the sum does not depend on the thread count).
 template <typename T, typename v_t>
-void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPlan* v_plan,
-                              Tensor& grad_mean, Tensor& grad_v, bool v_shared, int64_t block) {
+void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPlan* v_plan, T expected_grad,
+                              bool need_mean, Tensor& grad_mean, Tensor& grad_v, bool v_shared, int64_t block) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const int64_t R = g.numel(), N = R ? buffer.numel() / R : 0;
   const T* g_ptr = g.const_data_ptr<T>();
   const T* b_ptr = buffer.const_data_ptr<T>();
-  T* gm_ptr = grad_mean.data_ptr<T>();
+  T* gm_ptr = need_mean ? grad_mean.data_ptr<T>() : nullptr;
+  const V inv_c(T(1) / expected_grad);
   T* gv_ptr = v_plan ? grad_v.data_ptr<T>() : nullptr;
   const v_t* v_ptr = v_plan ? v_plan->tensors[0].const_data_ptr<v_t>() : nullptr;
   const core::RowStrides vs = v_plan ? v_plan->strides[0] : core::RowStrides{0, 0, 0, 0};
@@ -162,13 +165,14 @@ void gaussian_backward_kernel(const Tensor& g, const Tensor& buffer, const RowPl
         }
         for (int64_t b = b_begin; b < b_end; ++b) {
           for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
-            const V gr(g_ptr[r]);
+            const V gr(g_ptr[r]), gr_over_c(g_ptr[r] / expected_grad);  // g_r == c: exactly 1
             const v_t* v_row = with_v ? v_ptr + core::row_offset(r, v_plan->shape, vs) : nullptr;
             T* dv_row = with_v ? gv_ptr + (shared_v ? b : r) * N : nullptr;
             for_vectors<W>(N, [&](int64_t j, auto n) {
-              const V buf = V::loadu(b_ptr + r * N + j, n);
-              (gr * buf).store(gm_ptr + r * N + j, n);
+              const V scaled_buf = V::loadu(b_ptr + r * N + j, n);
+              if (need_mean) (gr_over_c * scaled_buf).store(gm_ptr + r * N + j, n);
               if constexpr (decltype(with_v)::value) {
+                const V buf = scaled_buf * inv_c;
                 V scaled;
                 if constexpr (decltype(shared_v)::value) {
                   scaled = buf * V::loadu(exp_half_v.data() + j, n);
@@ -278,7 +282,8 @@ std::tuple<Tensor, Tensor> continuous_bernoulli_log_prob_cpu(const Tensor& logit
 }
 
 std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tensor& x, const OptTensor& logvar,
-                                                 double logvar_value, int64_t event_dims, bool need_grad) {
+                                                 double logvar_value, int64_t event_dims, bool need_grad,
+                                                 double expected_grad) {
   // The compute dtype is mean's and logvar's (as the reference's); inputs of mixed dtypes, x
   // included, are all read in it.
   const bool has_logvar = logvar.has_value() && logvar->defined();
@@ -292,17 +297,18 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tenso
   if (has_logvar) tensors.push_back(logvar->to(dtype).expand(mean.sizes()));
   RowPlan plan = plan_rows(tensors, event_dims);
   FASTELBO_DISPATCH_FLOAT(dtype, "fastelbo_gaussian_cpu", [&] {
-    gaussian_kernel<scalar_t>(plan, has_logvar, logvar_value, need_grad, out, grad);
+    gaussian_kernel<scalar_t>(plan, has_logvar, logvar_value, need_grad, expected_grad, out, grad);
   });
   return {out, grad};
 }
 
 std::tuple<Tensor, Tensor> gaussian_log_prob_backward_cpu(const Tensor& grad_out, const Tensor& buffer,
                                                           const OptTensor& logvar, double logvar_value,
-                                                          int64_t event_dims, bool need_logvar) {
+                                                          int64_t event_dims, bool need_logvar, double expected_grad,
+                                                          bool need_mean) {
   (void)logvar_value;  // d/dv exists only for a logvar tensor
   const at::ScalarType compute = buffer.scalar_type();
-  Tensor grad_mean = at::empty(buffer.sizes(), buffer.options());
+  Tensor grad_mean = at::empty(need_mean ? buffer.sizes() : at::IntArrayRef{0}, buffer.options());
   const bool with_v = need_logvar && logvar.has_value() && logvar->defined();
   const int64_t R = grad_out.numel();
   int64_t N = 1;
@@ -324,8 +330,8 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_backward_cpu(const Tensor& grad_out
     auto run = [&](auto compute_tag) {
       using T = decltype(compute_tag);
       FASTELBO_DISPATCH_FLOAT(v_dtype, "fastelbo_gaussian_backward_cpu", [&] {
-        gaussian_backward_kernel<T, scalar_t>(g, buffer, with_v ? &v_plan : nullptr, grad_mean, grad_v,
-                                              v_shared, block);
+        gaussian_backward_kernel<T, scalar_t>(g, buffer, with_v ? &v_plan : nullptr, static_cast<T>(expected_grad),
+                                              need_mean, grad_mean, grad_v, v_shared, block);
       });
     };
     if (compute == at::kDouble) {

@@ -34,11 +34,12 @@ std::tuple<at::Tensor, at::Tensor> continuous_bernoulli_log_prob_cpu(const at::T
 
 std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_cpu(const at::Tensor& mean, const at::Tensor& x,
                                                          const OptionalTensor& logvar, double logvar_value,
-                                                         int64_t event_dims, bool need_grad);
+                                                         int64_t event_dims, bool need_grad, double expected_grad);
 
 std::tuple<at::Tensor, at::Tensor> gaussian_log_prob_backward_cpu(const at::Tensor& grad_out, const at::Tensor& buffer,
                                                                   const OptionalTensor& logvar, double logvar_value,
-                                                                  int64_t event_dims, bool need_logvar);
+                                                                  int64_t event_dims, bool need_logvar,
+                                                                  double expected_grad, bool need_mean);
 
 std::tuple<at::Tensor, at::Tensor> categorical_log_prob_cpu(const at::Tensor& logits, const at::Tensor& target,
                                                             int64_t event_dims, bool need_grad);

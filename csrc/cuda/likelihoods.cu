@@ -61,7 +61,7 @@ Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x
 }
 
 Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTensor& logvar_opt, double logvar_value,
-                               int64_t event_dims, bool need_grad) {
+                               int64_t event_dims, bool need_grad, double expected_grad) {
   c10::cuda::CUDAGuard device_guard(mean.device());
   const at::Tensor logvar = value_or_undefined(logvar_opt);
   const at::ScalarType compute = compute_dtype({mean, logvar});
@@ -89,6 +89,7 @@ Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTen
       p.x_st = plan.strides[1];
       p.v_st = logvar.defined() ? plan.strides[2] : RowStrides{0, 0, 0, 0};
       p.logvar_value = logvar_value;
+      p.expected_grad = expected_grad;
       p.half_log_2pi_n = static_cast<double>(plan.shape.cols) * core::kHalfLog2Pi;
       FE_LAUNCH(grid_x(likelihood_blocks(plan.shape.rows, plan.shape.cols)), kBlock, 0, stream,
                 gaussian_log_prob_kernel<S, X, T>)(p);
@@ -99,7 +100,8 @@ Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTen
 }
 
 Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& buffer, const OptTensor& logvar_opt,
-                                        double logvar_value, int64_t event_dims, bool need_logvar) {
+                                        double logvar_value, int64_t event_dims, bool need_logvar,
+                                        double expected_grad, bool need_mean) {
   (void)logvar_value;  // the logvar gradient exists only for a logvar tensor
   c10::cuda::CUDAGuard device_guard(buffer.device());
   const at::ScalarType compute = buffer.scalar_type();
@@ -109,7 +111,7 @@ Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& bu
   int64_t cols = 1;
   for (int64_t i = ndim - event_dims; i < ndim; ++i) cols *= buffer.size(i);
 
-  at::Tensor grad_mean = at::empty(buffer.sizes(), buffer.options());
+  at::Tensor grad_mean = at::empty(need_mean ? buffer.sizes() : at::IntArrayRef{0}, buffer.options());
 
   // logvar is cast to the compute dtype only when its own compute dtype differs (float64 mean).
   const at::Tensor lv = (logvar.defined() && compute == at::kDouble) ? cast(logvar, at::kDouble) : logvar;
@@ -149,7 +151,8 @@ Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& bu
     p.logvar = lv.defined() ? ptr<const S>(plan.tensors[1]) : nullptr;
     p.shape = plan.shape;
     p.v_st = lv.defined() ? plan.strides[1] : RowStrides{0, 0, 0, 0};
-    p.grad_mean = ptr<T>(grad_mean);
+    p.grad_mean = need_mean ? ptr<T>(grad_mean) : nullptr;
+    p.expected_grad = expected_grad;
     p.grad_logvar = lv.defined() ? ptr<T>(grad_logvar) : nullptr;
     p.v_shared = shared;
     p.col_threads = cg.col_threads;

@@ -34,9 +34,10 @@ Tensor2 bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t e
 Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
                                            double expected_grad);
 Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTensor& logvar, double logvar_value,
-                               int64_t event_dims, bool need_grad);
+                               int64_t event_dims, bool need_grad, double expected_grad);
 Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& grad_mean_buffer, const OptTensor& logvar,
-                                        double logvar_value, int64_t event_dims, bool need_logvar);
+                                        double logvar_value, int64_t event_dims, bool need_logvar,
+                                        double expected_grad, bool need_mean);
 Tensor2 categorical_log_prob_cuda(const Tensor& logits, const Tensor& target, int64_t event_dims, bool need_grad);
 
 // csrc/cuda/dmol.cu

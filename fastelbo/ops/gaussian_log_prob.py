@@ -4,11 +4,13 @@ or a tensor broadcastable to mean (e.g. one learned value per pixel).
     out = sum_n -((x - m)^2 e^-v + v + log 2 pi)/2
     b = d out/d m = (x - m) e^-v,   d out/d x = -b,   d out/d v = ((b e^(v/2))^2 - 1)/2
 
-The forward writes the per-row value and the buffer b; the backward kernel
-(`fastelbo::gaussian_log_prob_backward`) derives both gradients from b in one pass and sums the
-logvar gradient down to logvar's shape, so no per-element logvar buffer is ever written. The
-public function, the schemas, the fakes, the reference and the gradient rules, as for every op
-(see fastelbo/ops/__init__.py).
+The forward writes the per-row value and the buffer c b, c (`expected_grad`) the gradient the
+caller expects each row to receive, as the Bernoulli's (fe.ELBO's `log_prob_for_loss`: the C++
+backward hands the buffer over as the mean's gradient where the incoming gradient is exactly c);
+the backward kernel (`fastelbo::gaussian_log_prob_backward`) derives both gradients from it in one
+pass and sums the logvar gradient down to logvar's shape, so no per-element logvar buffer is ever
+written. The public function, the schemas, the fakes, the reference and the gradient rules, as for
+every op (see fastelbo/ops/__init__.py).
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ from ._math import sum_event_dims
 NAME = "gaussian_log_prob"
 SCHEMAS = {
     "gaussian_log_prob": "(Tensor mean, Tensor x, Tensor? logvar, float logvar_value, int event_dims, "
-                         "bool need_grad) -> (Tensor, Tensor)",
+                         "bool need_grad, float expected_grad=1.0) -> (Tensor, Tensor)",
     "gaussian_log_prob_backward": "(Tensor grad_out, Tensor grad_mean_buffer, Tensor? logvar, float logvar_value, "
-                                  "int event_dims, bool need_logvar) -> (Tensor, Tensor)",
+                                  "int event_dims, bool need_logvar, float expected_grad=1.0, bool need_mean=True) "
+                                  "-> (Tensor, Tensor)",
 }
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -36,6 +39,12 @@ LOG_2PI = math.log(2.0 * math.pi)
 def gaussian_log_prob(mean, x, *, logvar=0.0, event_dims=1, backend=None) -> torch.Tensor:
     """sum over event dims of -((x - m)^2 exp(-v) + v + log(2 pi)) / 2, v = logvar (a number or a
     tensor broadcastable to mean, differentiable)."""
+    return log_prob_for_loss(mean, x, logvar, event_dims, backend, 1.0)
+
+
+def log_prob_for_loss(mean, x, logvar, event_dims, backend, expected_grad: float) -> torch.Tensor:
+    """gaussian_log_prob for a loss whose backward gives every row the gradient `expected_grad` (as
+    the Bernoulli's log_prob_for_loss)."""
     V.tensor("mean", mean)
     _checks.data("x", x, "mean", mean, mean.shape)
     tensor_logvar = isinstance(logvar, torch.Tensor)
@@ -55,8 +64,8 @@ def gaussian_log_prob(mean, x, *, logvar=0.0, event_dims=1, backend=None) -> tor
         return reference(mean, x, logvar, event_dims)
     op = getattr(torch.ops.fastelbo.gaussian_log_prob, OVERLOAD[name])
     if tensor_logvar:
-        return op(mean, x, logvar, 0.0, event_dims, needs_grad(mean, x, logvar))[0]
-    return op(mean, x, None, logvar, event_dims, needs_grad(mean, x))[0]
+        return op(mean, x, logvar, 0.0, event_dims, needs_grad(mean, x, logvar), expected_grad)[0]
+    return op(mean, x, None, logvar, event_dims, needs_grad(mean, x), expected_grad)[0]
 
 
 def reference(mean, x, logvar, event_dims):
@@ -73,24 +82,29 @@ def reference(mean, x, logvar, event_dims):
     return sum_event_dims(-0.5 * (diff * diff * inv_var + v + LOG_2PI), event_dims)
 
 
-def fake(mean, x, logvar, logvar_value, event_dims, need_grad):
+def fake(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad=1.0):
     dtype = compute_dtype(mean, logvar)
     return (mean.new_empty(batch_shape(mean, event_dims), dtype=dtype),
             mean.new_empty(mean.shape if need_grad else (0,), dtype=dtype))
 
 
-def backward_fake(grad_out, buffer, logvar, logvar_value, event_dims, need_logvar):
+def backward_fake(grad_out, buffer, logvar, logvar_value, event_dims, need_logvar, expected_grad=1.0, need_mean=True):
     with_v = need_logvar and logvar is not None
-    return buffer.new_empty(buffer.shape), (logvar.new_empty(logvar.shape) if with_v else buffer.new_empty(0))
+    return (buffer.new_empty(buffer.shape if need_mean else (0,)),
+            logvar.new_empty(logvar.shape) if with_v else buffer.new_empty(0))
 
 
 FAKES = {"gaussian_log_prob": fake, "gaussian_log_prob_backward": backward_fake}
 
 
 def backward_differentiable(grad_out, grad_buffer, buffer, logvar, logvar_value, event_dims, mean_dtype, x_shape,
-                            x_dtype, needs):
-    """The gradients (mean, x, logvar) in torch ops on the buffer b, so that a recorded backward
-    differentiates through b (d b/d m = -e^-v, d b/d x = e^-v, d b/d v = -b): the second order."""
+                            x_dtype, expected_grad, needs):
+    """The gradients (mean, x, logvar) in torch ops on the buffer c b (c = expected_grad), so that a
+    recorded backward differentiates through b (d b/d m = -e^-v, d b/d x = e^-v, d b/d v = -b): the
+    second order."""
+    if expected_grad != 1.0:  # b is the buffer over c, and the buffer's gradient u reaches b as c u
+        buffer = buffer / expected_grad
+        grad_buffer = None if grad_buffer is None else grad_buffer * expected_grad
     v = logvar.to(buffer.dtype) if logvar is not None else logvar_value
     inv_var = torch.exp(-v) if logvar is not None else math.exp(-v)
     g = None if grad_out is None else expand_events(grad_out, event_dims)
@@ -111,11 +125,11 @@ def backward_differentiable(grad_out, grad_buffer, buffer, logvar, logvar_value,
 
 
 def setup_context(ctx, inputs, output):
-    mean, x, logvar, logvar_value, event_dims, need_grad = inputs
+    mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad = inputs
     ctx.set_materialize_grads(False)
     if not need_grad:
         ctx.mark_non_differentiable(output[1])  # an empty placeholder
-    ctx.options = (logvar_value, event_dims)
+    ctx.options = (logvar_value, event_dims, expected_grad)
     ctx.meta = (mean.dtype, x.shape, x.dtype)
     ctx.save_for_backward(output[1], logvar)
 
@@ -123,21 +137,21 @@ def setup_context(ctx, inputs, output):
 def backward(ctx, grad_out, grad_buffer):
     """The `.triton` and `.cuda_sim` overloads' autograd (the C++ op's: csrc/binding/autograd.cpp)."""
     buffer, logvar = ctx.saved_tensors
-    logvar_value, event_dims = ctx.options
+    logvar_value, event_dims, expected_grad = ctx.options
     mean_dtype, x_shape, x_dtype = ctx.meta
     needs = ctx.needs_input_grad[:3]
     if grad_buffer is not None or differentiating():
         grads = backward_differentiable(grad_out, grad_buffer, buffer, logvar, logvar_value, event_dims, mean_dtype,
-                                        x_shape, x_dtype, needs)
-        return (*grads, None, None, None)
+                                        x_shape, x_dtype, expected_grad, needs)
+        return (*grads, None, None, None, None)
     if grad_out is None:
-        return None, None, None, None, None, None
+        return None, None, None, None, None, None, None
     need_logvar = needs[2] and logvar is not None
     scaled, grad_logvar = getattr(torch.ops.fastelbo.gaussian_log_prob_backward, ctx.overload)(
-        grad_out, buffer, logvar, logvar_value, event_dims, need_logvar)
+        grad_out, buffer, logvar, logvar_value, event_dims, need_logvar, expected_grad, needs[0] or needs[1])
     grad_mean = scaled.to(mean_dtype) if needs[0] else None
     grad_x = (-scaled).sum_to_size(x_shape).to(x_dtype) if needs[1] else None  # d/dx = -d/dm
-    return grad_mean, grad_x, grad_logvar if need_logvar else None, None, None, None
+    return grad_mean, grad_x, grad_logvar if need_logvar else None, None, None, None, None
 
 
 AUTOGRAD = {"gaussian_log_prob": (backward, setup_context)}

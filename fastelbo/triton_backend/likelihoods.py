@@ -72,7 +72,7 @@ def continuous_bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int, ne
 # ---- Gaussian ----
 
 def gaussian_log_prob(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value: float, event_dims: int,
-                      need_grad: bool) -> tuple[Tensor, Tensor]:
+                      need_grad: bool, expected_grad: float = 1.0) -> tuple[Tensor, Tensor]:
     dtype, tl_dtype = compute(mean, logvar)
     out = torch.empty(batch_shape(mean, event_dims), dtype=dtype, device=mean.device)
     grad_mean = _grad_buffer(need_grad, mean, dtype)
@@ -88,18 +88,20 @@ def gaussian_log_prob(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_
     gaussian_log_prob_kernel[grid](
         tensors[0], tensors[1], v_tensor, out, grad_mean if need_grad else out,
         layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0), *layout.args(1), *v_strides,
-        v_hi, v_lo, const_hi, const_lo,
+        v_hi, v_lo, const_hi, const_lo, *split_scalar(expected_grad),
         V_TENSOR=logvar is not None, NEED_GRAD=need_grad, DTYPE=tl_dtype, BLOCK_R=block_r, BLOCK_N=block_n,
     )
     return out, grad_mean
 
 
 def gaussian_log_prob_backward(grad_out: Tensor, buffer: Tensor, logvar: Optional[Tensor], logvar_value: float,
-                               event_dims: int, need_logvar: bool) -> tuple[Tensor, Tensor]:
-    """(grad_mean = g b in the compute dtype, grad_logvar = sum of g ((b e^(v/2))^2 - 1)/2 in logvar's shape
-    and dtype, or empty) from the forward's buffer b."""
+                               event_dims: int, need_logvar: bool, expected_grad: float = 1.0,
+                               need_mean: bool = True) -> tuple[Tensor, Tensor]:
+    """(grad_mean = g b in the compute dtype (empty without need_mean), grad_logvar = sum of
+    g ((b e^(v/2))^2 - 1)/2 in logvar's shape and dtype, or empty) from the forward's buffer c b,
+    c = expected_grad."""
     need_v = need_logvar and logvar is not None
-    grad_mean = torch.empty_like(buffer)
+    grad_mean = torch.empty_like(buffer) if need_mean else buffer.new_empty(0)
     if buffer.numel() == 0:
         grad_logvar = torch.zeros_like(logvar) if need_v else buffer.new_empty(0)
         return grad_mean, grad_logvar
@@ -107,9 +109,9 @@ def gaussian_log_prob_backward(grad_out: Tensor, buffer: Tensor, logvar: Optiona
     (v_tensor,), layout = plan([logvar.expand(buffer.shape) if need_v else buffer], event_dims)
     grid, block_r, block_n = _row_grid(layout)
     gaussian_log_prob_backward_kernel[grid](
-        grad_out.contiguous(), buffer, v_tensor, grad_mean, grad_v if need_v else grad_mean,
-        layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0),
-        NEED_GRAD_V=need_v, DTYPE=TL_DTYPES[buffer.dtype], BLOCK_R=block_r, BLOCK_N=block_n,
+        grad_out.contiguous(), buffer, v_tensor, grad_mean if need_mean else buffer, grad_v if need_v else buffer,
+        layout.rows, layout.cols, layout.n1, layout.n2, *layout.args(0), *split_scalar(expected_grad),
+        NEED_MEAN=need_mean, NEED_GRAD_V=need_v, DTYPE=TL_DTYPES[buffer.dtype], BLOCK_R=block_r, BLOCK_N=block_n,
     )
     grad_logvar = grad_v.sum_to_size(logvar.shape).to(logvar.dtype) if need_v else buffer.new_empty(0)
     return grad_mean, grad_logvar

@@ -40,6 +40,7 @@ struct GaussianParams {
   RowShape shape;
   RowStrides m_st, x_st, v_st;
   double logvar_value;    // run-time scalar
+  double expected_grad;   // run-time scalar: the buffer is expected_grad d/dm
   double half_log_2pi_n;  // N log(2 pi) / 2, run-time scalar
 };
 
@@ -48,11 +49,12 @@ template <typename V, typename T>
 struct GaussianBwdParams {
   const T* grad_out;      // (R,) strided: go_sr
   int64_t go_sr;
-  const T* buffer;        // (R, N) contiguous: (x - m) e^-v
+  const T* buffer;        // (R, N) contiguous: c (x - m) e^-v, c = expected_grad
   const V* logvar;        // expanded to mean's shape (shape / v_st), or null: no logvar gradient
   RowShape shape;
   RowStrides v_st;
-  T* grad_mean;           // (R, N)
+  T* grad_mean;           // (R, N), or null: not asked for (the caller hands the buffer over)
+  double expected_grad;   // run-time scalar
   T* grad_logvar;         // (R, N), or (chunks, N) partial sums when v_shared; null without logvar
   bool v_shared;
   int col_threads;        // column_grid(R, N)
@@ -103,7 +105,7 @@ __global__ void __launch_bounds__(kBlock) binary_log_prob_kernel(const BinaryPar
   if (active && lane == 0) p.out[row] = acc;
 }
 
-// sum_n -((x - m)^2 e^-v + v)/2 - N log(2 pi)/2;  d/dm = (x - m) e^-v (into grad_mean).
+// sum_n -((x - m)^2 e^-v + v)/2 - N log(2 pi)/2;  expected_grad d/dm = c (x - m) e^-v (into grad_mean).
 // v: the logvar tensor or logvar_value. Grid: likelihood_blocks(R, N) blocks of kBlock threads.
 template <typename S, typename X, typename T>
 __global__ void __launch_bounds__(kBlock) gaussian_log_prob_kernel(const GaussianParams<S, X, T> p) {
@@ -114,6 +116,7 @@ __global__ void __launch_bounds__(kBlock) gaussian_log_prob_kernel(const Gaussia
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBlock / tpr) + threadIdx.x / tpr;
   const bool active = row < R;
   const T v_scalar = static_cast<T>(p.logvar_value);
+  const T g_scale = static_cast<T>(p.expected_grad);
   T acc = T(0);
   if (active) {
     const int64_t mo = core::row_offset(row, p.shape, p.m_st);
@@ -127,16 +130,16 @@ __global__ void __launch_bounds__(kBlock) gaussian_log_prob_kernel(const Gaussia
       const T diff = x - m;
       const T scaled = diff * diff * inv_var;
       acc += T(-0.5) * (scaled + v);
-      if (p.grad_mean != nullptr) p.grad_mean[row * N + c] = diff * inv_var;
+      if (p.grad_mean != nullptr) p.grad_mean[row * N + c] = diff * inv_var * g_scale;
     }
   }
   acc = row_sum(acc, tpr, smem);
   if (active && lane == 0) p.out[row] = acc - static_cast<T>(p.half_log_2pi_n);
 }
 
-// Backward of the Gaussian log-density from the forward's buffer b = (x - m) e^-v and the
-// incoming per-row gradient g:
-//     grad_mean   = g b
+// Backward of the Gaussian log-density from the forward's buffer c b (b = (x - m) e^-v, c =
+// expected_grad) and the incoming per-row gradient g:
+//     grad_mean   = (g / c) (c b)   (unless grad_mean is null)
 //     grad_logvar = g (b^2 e^v - 1)/2 = g ((b e^(v/2))^2 - 1)/2   (= g ((x - m)^2 e^-v - 1)/2)
 // per element, or summed over the rows when the logvar is the same for every row (v_shared): each
 // block sums its rows of its columns in shared memory (fixed order) into partial row blockIdx.y,
@@ -153,13 +156,15 @@ __global__ void __launch_bounds__(kBlock) gaussian_log_prob_bwd_kernel(const Gau
   const int64_t c = static_cast<int64_t>(blockIdx.x) * ct + tx;
   const bool col_ok = c < N;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * p.rows_per_chunk;
+  const T c_scale = static_cast<T>(p.expected_grad), inv_c = T(1) / c_scale;
   const int64_t r1 = r0 + p.rows_per_chunk < R ? r0 + p.rows_per_chunk : R;
   T acc = T(0);
   if (col_ok) {
     for (int64_t r = r0 + ty; r < r1; r += row_threads) {
       const T g = p.grad_out[r * p.go_sr];
-      const T b = p.buffer[r * N + c];
-      p.grad_mean[r * N + c] = g * b;
+      const T cb = p.buffer[r * N + c];
+      if (p.grad_mean != nullptr) p.grad_mean[r * N + c] = (g / c_scale) * cb;  // g == c: cb itself
+      const T b = cb * inv_c;
       if (p.logvar != nullptr) {
         const int64_t vo = p.v_shared ? 0 : core::row_offset(r, p.shape, p.v_st);
         const T v = load<T>(p.logvar, vo + c * p.v_st.sc);
