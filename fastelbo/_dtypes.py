@@ -3,6 +3,7 @@ every backend's launchers): which float dtypes the ops take, and the dtype they 
 return log-densities in."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -14,3 +15,11 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
         if t is not None and t.dtype == torch.float64:
             return torch.float64
     return torch.float32
+
+
+def split_scalar(value: float) -> tuple[float, float]:
+    """A float as two float32 run-time arguments hi + lo, as the Triton kernels take float scalars
+    (their `scalar` helper adds them back): never compile-time constants, and float64 kernels keep
+    ~48 bits, hi + lo exactly."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))

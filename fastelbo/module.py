@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
 from . import _validate as V
@@ -55,12 +56,16 @@ def expected_row_grad(n_points: int, n_samples: int, reduction: str, dtype: torc
     traced graph, which never hands a buffer over): the callers pass 1.0 there."""
     if reduction not in ("mean", "sum") or n_points == 0:
         return 1.0
-    g = -torch.ones(1, dtype=dtype)
+    # In numpy's IEEE arithmetic of the dtype (a float32 tensor divided by an int divides in
+    # float32, by the int as a float32), not in torch ops: those would run under whatever mode is
+    # active (FakeTensorMode, make_fx, a meta default device) and could not give a number there.
+    real = np.float64 if dtype == torch.float64 else np.float32
+    g = real(-1.0)
     if reduction == "mean":
-        g = g / n_points
+        g = g / real(n_points)
     if n_samples > 1:
-        g = g / n_samples
-    return float(g[0])
+        g = g / real(n_samples)
+    return float(g)
 
 
 class ELBO(torch.nn.Module):

@@ -234,3 +234,54 @@ def test_expected_row_grad_is_what_the_backward_delivers():
             loss.backward()
             expected = expected_row_grad(n_points, n_samples, reduction, dtype)
             assert torch.all(log_lik.grad == expected), (dtype, n_points, n_samples, reduction)
+
+
+@ON_CPU
+def test_no_handover_under_saved_tensor_hooks(seed):
+    """A pack hook is given the buffer output itself and may keep it: a buffer saved under
+    saved-tensor hooks is never handed over (here the hook keeps every packed tensor, and editing
+    .grad must leave them as they were)."""
+    g = generator(seed)
+    x = (rand(g, 8, 12) < 0.5).float()
+    mu, scale = randn(g, 8, 3).float().requires_grad_(True), rand(g, 8, 3, low=-1, high=1).float()
+    base = randn(g, 8, 12).float().requires_grad_(True)
+    kept = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fe.ELBO(backend="cpu")(x, mu, scale, lambda z: base + z.mean(-1, keepdim=True)).loss
+    loss.backward()
+    snapshots = [t.detach().clone() for t in kept]
+    assert all(t.data_ptr() != base.grad.data_ptr() for t in kept)
+    base.grad.mul_(0.0)
+    assert all(torch.equal(t, s) for t, s in zip(kept, snapshots))
+
+
+@pytest.mark.parametrize("mode", ["fake", "meta"])
+def test_the_modules_trace_under_fake_and_meta_tensors(mode):
+    """fe.ELBO and fe.vae_loss compute their expected gradient without torch ops, so they still run
+    where tensors have no values (FakeTensorMode, a meta default device), on the reference path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    context = FakeTensorMode() if mode == "fake" else torch.device("meta")
+    with context:
+        x = torch.rand(8, 12).round()
+        mu, scale, base = torch.randn(8, 3), torch.randn(8, 3), torch.randn(8, 12)
+        out = fe.ELBO(backend="reference")(x, mu, scale, lambda z: base + z.mean(-1, keepdim=True))
+        loss = fe.reference.vae_loss(base, x, mu, scale, reduction="mean")
+    assert out.loss.shape == () and loss.shape == ()
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("name", LIKELIHOODS)
+@pytest.mark.parametrize("value", [0.0, float("inf"), float("nan"), 1e-40])
+def test_an_unusable_expected_grad_is_refused(backend, name, value):
+    """expected_grad divides in the backward and scales in float32: 0, inf, NaN and float32
+    subnormals are refused by name before anything runs."""
+    __import__(fe._backend._MODULES[backend])
+    params, x, logvar = _inputs(name, generator(0), torch.float32)
+    with pytest.raises(ValueError, match="expected_grad"):
+        _call(name, params, x, logvar, value, fe._backend.OVERLOAD[backend])

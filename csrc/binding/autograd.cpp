@@ -31,6 +31,7 @@
 // The backward kernels (gaussian_latent_backward, gaussian_kl_backward, gaussian_log_prob_backward) have an Autograd
 // kernel too, so PyTorch's "not registered to the Autograd key" fallback never runs: it calls the
 // kernel below autograd, and is an error if asked to record a graph through it.
+#include <ATen/SavedTensorHooks.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -328,6 +329,13 @@ bool plain_cpu(const Tensor& t) {
          !t.unsafeGetTensorImpl()->is_python_dispatch();  // not a FakeTensor (torch.compile's tracing)
 }
 
+// Saved-tensor hooks (torch.autograd.graph.saved_tensors_hooks, save_on_cpu, checkpointing) are
+// given the buffer output itself to pack, and may keep it out of this node's sight: a buffer saved
+// under them is never handed over.
+bool saved_tensor_hooks_active() {
+  return at::SavedTensorDefaultHooks::get_hooks(/*ignore_is_tracing=*/true).has_value();
+}
+
 // Whether nothing but this node holds the buffer output it saved (`buffer`: unpacked in its
 // backward). An output of the Function is saved as a second TensorImpl on the same storage and
 // unpacked as a third: the storage has two holders unless the op's caller kept the output (or a
@@ -339,7 +347,8 @@ bool only_this_node_holds(const Tensor& buffer) {
 
 // Whether the backward may hand the buffer itself over as the logits' gradient: every row's
 // incoming gradient is exactly expected_grad, so the buffer already is g d out/d l, and a product
-// would copy it. Only where that is free and safe: a buffer output the forward wrote (need_grad),
+// would copy it. Only where that is free and safe: a buffer output the forward wrote (need_grad,
+// not under saved-tensor hooks),
 // CPU tensors (reading g needs no device sync), the logits in the buffer's dtype (no cast), a graph
 // freed after this backward (with retain_graph the buffer serves the next backward too, so it must
 // not become a gradient that autograd accumulates into or a user modifies), and no holder but this
@@ -368,7 +377,8 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
     ctx->set_materialize_grads(false);
     ctx->saved_data["event_dims"] = event_dims;
     ctx->saved_data["continuous"] = continuous;
-    ctx->saved_data["buffer_output"] = need_grad && !continuous;  // (as outputs() below decides)
+    // A buffer output (as outputs() below decides) that may be handed over (hand_over).
+    ctx->saved_data["buffer_output"] = need_grad && !continuous && !saved_tensor_hooks_active();
     ctx->saved_data["expected_grad"] = expected_grad;
     save_dtype(ctx, "logits_dtype", logits.scalar_type());
     // d/dx of x l is l: keep the logits when a float x asks for its gradient, or for the continuous
@@ -451,7 +461,8 @@ struct GaussianFunction : public torch::autograd::Function<GaussianFunction> {
     }
     ctx->set_materialize_grads(false);
     ctx->saved_data["logvar_value"] = logvar_value;
-    ctx->saved_data["buffer_output"] = need_grad;  // (as outputs() below decides)
+    // A buffer output (as outputs() below decides) that may be handed over (hand_over).
+    ctx->saved_data["buffer_output"] = need_grad && !saved_tensor_hooks_active();
     ctx->saved_data["expected_grad"] = expected_grad;
     ctx->saved_data["event_dims"] = event_dims;
     save_dtype(ctx, "mean_dtype", mean.scalar_type());

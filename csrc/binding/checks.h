@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <limits>
 #include <vector>
 
 namespace fastelbo {
@@ -97,6 +99,17 @@ inline void logits_and_data(const at::Tensor& logits, const at::Tensor& x, int64
   same_device(x, logits, op, "x", "logits");
   broadcasts_to(x, logits.sizes(), op, "x", "logits");
   event_dims(event_dims_value, logits, op, "logits");
+}
+
+// The gradient a likelihood's caller expects each row to receive (its buffer is scaled by it and
+// the backward divides by it): finite, and a normal float32 in magnitude (the float32 kernels
+// scale by it in float32).
+inline void expected_grad(double value, const char* op) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && std::fabs(value) >= std::numeric_limits<float>::min() &&
+                        std::fabs(value) <= std::numeric_limits<float>::max(),
+                    op, ": expected_grad must be finite with a magnitude in [", std::numeric_limits<float>::min(), ", ",
+                    std::numeric_limits<float>::max(), "] (the gradient each row is expected to receive), got ",
+                    value);
 }
 
 // The discretized logistic mixture: float params (..., 10 n_mix) and x (..., 3) (channels last)

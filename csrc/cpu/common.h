@@ -27,8 +27,8 @@ using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, f
 // to inf; NaN stays NaN. With AVX-512, 2^n is one vscalefps (y 2^n, rounded once) and the clamp is
 // a bare vmaxps/vminps: about half the instructions of the portable path (its NaN-keeping clamp,
 // and 2^n as 2^a 2^b with a, b in [-75, 64], both normal floats, built from integer shifts).
-// The Bernoulli kernel, one exp per element, went from 13.3 to 10.4 us at 256 x 64 and from 254
-// to 185 us at 1024 x 784 with it.
+// The Bernoulli kernel, one exp per element, went from 13.4 to 10.6 us at 256 x 64 and from 256
+// to 188 us at 1024 x 784 with it.
 C10_ALWAYS_INLINE Vec<float> exp_f32(const Vec<float>& x) {
   using V = Vec<float>;
 #if defined(CPU_CAPABILITY_AVX512)

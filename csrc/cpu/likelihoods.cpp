@@ -242,8 +242,9 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
 
 std::tuple<Tensor, Tensor> binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous,
                                            bool need_grad, double expected_grad) {
-  checks::logits_and_data(logits, x, event_dims,
-                          continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob");
+  const char* op = continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob";
+  checks::logits_and_data(logits, x, event_dims, op);
+  checks::expected_grad(expected_grad, op);
   // The compute dtype is the logits' (as the reference's); a float x of another dtype is read in it.
   const at::ScalarType dtype = logits.scalar_type(), compute = compute_dtype(dtype);
   Tensor xx = x;
@@ -284,6 +285,7 @@ std::tuple<Tensor, Tensor> continuous_bernoulli_log_prob_cpu(const Tensor& logit
 std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tensor& x, const OptTensor& logvar,
                                                  double logvar_value, int64_t event_dims, bool need_grad,
                                                  double expected_grad) {
+  checks::expected_grad(expected_grad, "fastelbo.gaussian_log_prob");
   // The compute dtype is mean's and logvar's (as the reference's); inputs of mixed dtypes, x
   // included, are all read in it.
   const bool has_logvar = logvar.has_value() && logvar->defined();
@@ -307,6 +309,7 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_backward_cpu(const Tensor& grad_out
                                                           int64_t event_dims, bool need_logvar, double expected_grad,
                                                           bool need_mean) {
   (void)logvar_value;  // d/dv exists only for a logvar tensor
+  checks::expected_grad(expected_grad, "fastelbo.gaussian_log_prob_backward");
   const at::ScalarType compute = buffer.scalar_type();
   Tensor grad_mean = at::empty(need_mean ? buffer.sizes() : at::IntArrayRef{0}, buffer.options());
   const bool with_v = need_logvar && logvar.has_value() && logvar->defined();

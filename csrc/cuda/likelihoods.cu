@@ -16,8 +16,9 @@ at::Tensor grad_buffer(bool need, const at::Tensor& like, at::ScalarType dtype) 
 
 Tensor2 binary_log_prob(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad,
                         double expected_grad) {
-  checks::logits_and_data(logits, x, event_dims,
-                          continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob");
+  const char* op = continuous ? "fastelbo.continuous_bernoulli_log_prob" : "fastelbo.bernoulli_log_prob";
+  checks::logits_and_data(logits, x, event_dims, op);
+  checks::expected_grad(expected_grad, op);
   c10::cuda::CUDAGuard device_guard(logits.device());
   const at::ScalarType compute = compute_dtype({logits});
   at::Tensor out = at::empty(batch_sizes(logits, event_dims), logits.options().dtype(compute));
@@ -62,6 +63,7 @@ Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x
 
 Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTensor& logvar_opt, double logvar_value,
                                int64_t event_dims, bool need_grad, double expected_grad) {
+  checks::expected_grad(expected_grad, "fastelbo.gaussian_log_prob");
   c10::cuda::CUDAGuard device_guard(mean.device());
   const at::Tensor logvar = value_or_undefined(logvar_opt);
   const at::ScalarType compute = compute_dtype({mean, logvar});
@@ -103,6 +105,7 @@ Tensor2 gaussian_log_prob_backward_cuda(const Tensor& grad_out, const Tensor& bu
                                         double logvar_value, int64_t event_dims, bool need_logvar,
                                         double expected_grad, bool need_mean) {
   (void)logvar_value;  // the logvar gradient exists only for a logvar tensor
+  checks::expected_grad(expected_grad, "fastelbo.gaussian_log_prob_backward");
   c10::cuda::CUDAGuard device_guard(buffer.device());
   const at::ScalarType compute = buffer.scalar_type();
   TORCH_CHECK(compute == at::kFloat || compute == at::kDouble, "fastelbo cuda: grad_mean_buffer must be float32/64");

@@ -63,3 +63,13 @@ def logits_and_unit_data(logits, x, event_dims_value) -> int:
         V.finite("logits", logits)
         V.unit_interval("x", x)
     return event_dims(event_dims_value, logits.dim(), "logits")
+
+
+def expected_grad(value) -> float:
+    """A likelihood op's expected_grad (the gradient its caller expects each row to receive; the
+    buffer is scaled by it): finite, a normal float32 in magnitude, as the C++ kernels check."""
+    tiny, huge = float(torch.finfo(torch.float32).tiny), float(torch.finfo(torch.float32).max)
+    if not (isinstance(value, (int, float)) and tiny <= abs(value) <= huge):
+        raise ValueError(f"expected_grad must be finite with a magnitude in [{tiny}, {huge}] (the gradient each "
+                         f"row is expected to receive), got {value!r}")
+    return float(value)

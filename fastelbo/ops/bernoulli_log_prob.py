@@ -17,7 +17,7 @@ import torch
 
 from .. import _validate as V
 from .._backend import OVERLOAD, resolve
-from .._dtypes import compute_dtype
+from .._dtypes import compute_dtype, split_scalar
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, needs_grad, reference_vjp, scale_buffer
 from ._math import bernoulli_log_density, cb_log_normalizer, sum_event_dims
@@ -75,8 +75,16 @@ def continuous_reference(logits, x, event_dims):
 
 # ---- what the Bernoulli and the continuous Bernoulli share: fake and gradient rules ----
 
+def kernel_scalar(value: float, overload: str) -> float:
+    """The float a kernel of `overload` scaled its buffer by: the Triton kernels rebuild a float
+    scalar from two float32 halves (split_scalar; about 48 bits in float64), which the backward
+    must divide by for an exact round trip; the C++ kernels take it whole."""
+    return sum(split_scalar(value)) if overload == "triton" else value
+
+
 def binary_fake(logits, x, event_dims, need_grad, expected_grad=1.0):
     V.same_device("x", x, "logits", logits)  # as the C++ kernels check (meta tensors reach only this)
+    _checks.expected_grad(expected_grad)
     V.broadcasts_to("x", x, logits.shape, "logits")
     dtype = compute_dtype(logits)
     return (logits.new_empty(batch_shape(logits, event_dims), dtype=dtype),
@@ -127,7 +135,7 @@ def binary_autograd(continuous: bool):
         logits, x, event_dims, need_grad, expected_grad = inputs
         ctx.set_materialize_grads(False)
         ctx.event_dims = event_dims
-        ctx.expected_grad = expected_grad
+        ctx.expected_grad = kernel_scalar(expected_grad, ctx.overload)
         ctx.logits_dtype = logits.dtype
         if continuous or not need_grad:  # (an empty placeholder without need_grad; the continuous
             ctx.mark_non_differentiable(output[1])  # Bernoulli's second derivative is recomputed from its logits)

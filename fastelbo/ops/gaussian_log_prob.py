@@ -24,6 +24,7 @@ from .._dtypes import compute_dtype
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, expand_events, needs_grad
 from ._math import sum_event_dims
+from .bernoulli_log_prob import kernel_scalar
 
 NAME = "gaussian_log_prob"
 SCHEMAS = {
@@ -83,12 +84,14 @@ def reference(mean, x, logvar, event_dims):
 
 
 def fake(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad=1.0):
+    _checks.expected_grad(expected_grad)
     dtype = compute_dtype(mean, logvar)
     return (mean.new_empty(batch_shape(mean, event_dims), dtype=dtype),
             mean.new_empty(mean.shape if need_grad else (0,), dtype=dtype))
 
 
 def backward_fake(grad_out, buffer, logvar, logvar_value, event_dims, need_logvar, expected_grad=1.0, need_mean=True):
+    _checks.expected_grad(expected_grad)
     with_v = need_logvar and logvar is not None
     return (buffer.new_empty(buffer.shape if need_mean else (0,)),
             logvar.new_empty(logvar.shape) if with_v else buffer.new_empty(0))
@@ -129,7 +132,7 @@ def setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     if not need_grad:
         ctx.mark_non_differentiable(output[1])  # an empty placeholder
-    ctx.options = (logvar_value, event_dims, expected_grad)
+    ctx.options = (logvar_value, event_dims, kernel_scalar(expected_grad, ctx.overload))
     ctx.meta = (mean.dtype, x.shape, x.dtype)
     ctx.save_for_backward(output[1], logvar)
 

@@ -1,12 +1,11 @@
 """What every Triton launcher shares: the compute dtype, run-time float scalars, block sizes."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from .._dtypes import compute_dtype
+from .._dtypes import compute_dtype, split_scalar  # noqa: F401 (the launchers' helper)
 
 TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
@@ -18,13 +17,6 @@ def compute(*tensors: torch.Tensor | None) -> tuple[torch.dtype, tl.dtype]:
     """(torch, triton) compute dtype: float64 for float64 inputs, float32 otherwise."""
     dtype = compute_dtype(*tensors)
     return dtype, TL_DTYPES[dtype]
-
-
-def split_scalar(value: float) -> tuple[float, float]:
-    """A float as two float32 run-time arguments hi + lo (the kernels' `scalar` helper adds them
-    back): float scalars are never compile-time constants, and float64 kernels keep ~48 bits."""
-    hi = float(np.float32(value))
-    return hi, float(np.float32(value - hi))
 
 
 def block_rows(cols_per_row: int, rows: int) -> int:

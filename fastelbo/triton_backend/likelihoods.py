@@ -15,6 +15,7 @@ import torch
 import triton
 from torch import Tensor
 
+from ..ops import _checks
 from ..ops._autograd import batch_shape
 from ..triton_kernels.likelihoods import (
     binary_log_prob_kernel,
@@ -43,6 +44,7 @@ def _grad_buffer(need: bool, like: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _binary(logits: Tensor, x: Tensor, event_dims: int, continuous: bool, need_grad: bool,
             expected_grad: float) -> tuple[Tensor, Tensor]:
+    _checks.expected_grad(expected_grad)
     dtype, tl_dtype = compute(logits)
     out = torch.empty(batch_shape(logits, event_dims), dtype=dtype, device=logits.device)
     grad = _grad_buffer(need_grad, logits, dtype)
@@ -73,6 +75,7 @@ def continuous_bernoulli_log_prob(logits: Tensor, x: Tensor, event_dims: int, ne
 
 def gaussian_log_prob(mean: Tensor, x: Tensor, logvar: Optional[Tensor], logvar_value: float, event_dims: int,
                       need_grad: bool, expected_grad: float = 1.0) -> tuple[Tensor, Tensor]:
+    _checks.expected_grad(expected_grad)
     dtype, tl_dtype = compute(mean, logvar)
     out = torch.empty(batch_shape(mean, event_dims), dtype=dtype, device=mean.device)
     grad_mean = _grad_buffer(need_grad, mean, dtype)
@@ -100,6 +103,7 @@ def gaussian_log_prob_backward(grad_out: Tensor, buffer: Tensor, logvar: Optiona
     """(grad_mean = g b in the compute dtype (empty without need_mean), grad_logvar = sum of
     g ((b e^(v/2))^2 - 1)/2 in logvar's shape and dtype, or empty) from the forward's buffer c b,
     c = expected_grad."""
+    _checks.expected_grad(expected_grad)
     need_v = need_logvar and logvar is not None
     grad_mean = torch.empty_like(buffer) if need_mean else buffer.new_empty(0)
     if buffer.numel() == 0:
