@@ -348,11 +348,10 @@ bool only_this_node_holds(const Tensor& buffer) {
 // Whether the backward may hand the buffer itself over as the logits' gradient: every row's
 // incoming gradient is exactly expected_grad, so the buffer already is g d out/d l, and a product
 // would copy it. Only where that is free and safe: a buffer output the forward wrote (need_grad,
-// not under saved-tensor hooks),
-// CPU tensors (reading g needs no device sync), the logits in the buffer's dtype (no cast), a graph
-// freed after this backward (with retain_graph the buffer serves the next backward too, so it must
-// not become a gradient that autograd accumulates into or a user modifies), and no holder but this
-// node. The buffer is then the gradient's only owner once the engine releases this node's saved
+// not under saved-tensor hooks), CPU tensors (reading g needs no device sync), the logits in the
+// buffer's dtype (no cast), a graph freed after this backward (with retain_graph the buffer serves
+// the next backward too, so it must not become a gradient that autograd accumulates into or a user
+// modifies), and no holder but this node. The buffer is then the gradient's only owner once the engine releases this node's saved
 // tensors, so AccumulateGrad takes it as .grad without a copy.
 bool hand_over(const Tensor& buffer, bool buffer_output, const Tensor& grad_out, double expected_grad,
                at::ScalarType logits_dtype) {
