@@ -23,3 +23,10 @@ def split_scalar(value: float) -> tuple[float, float]:
     ~48 bits, hi + lo exactly."""
     hi = float(np.float32(value))
     return hi, float(np.float32(value - hi))
+
+
+def kernel_scalar(value: float, overload: str) -> float:
+    """The float a kernel of `overload` computes with when given `value`: the Triton kernels rebuild
+    it from split_scalar's two float32 halves (about 48 bits in float64), the C++ kernels take it
+    whole. A backward that undoes a kernel's scaling divides by this, for an exact round trip."""
+    return sum(split_scalar(value)) if overload == "triton" else value

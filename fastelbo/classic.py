@@ -6,6 +6,7 @@ import math
 import torch
 
 from . import _validate as V
+from ._dtypes import compute_dtype
 from .functional import gaussian_kl, gaussian_latent
 from .ops._event_dims import batch_shape
 from .ops.bernoulli_log_prob import log_prob_for_loss
@@ -41,8 +42,7 @@ def vae_loss(recon_logits, x, mu, logvar, *, beta=1.0, reduction="sum", dim=-1) 
     V.choice("reduction", reduction, REDUCTIONS)
     # The loss's gradient reaches each row's log-likelihood as expected_row_grad: the Bernoulli's
     # buffer is scaled by it in the forward pass and handed over in the backward (no pass there).
-    dtype = torch.float64 if recon_logits.dtype == torch.float64 else torch.float32
-    expected_grad = 1.0 if torch.compiler.is_compiling() else expected_row_grad(math.prod(batch), 1, reduction, dtype)
+    expected_grad = expected_row_grad(math.prod(batch), 1, reduction, compute_dtype(recon_logits))
     log_lik = log_prob_for_loss(recon_logits, x, event_dims, None, expected_grad)
     kl = gaussian_kl(mu, logvar, dim=dim)
     return -reduce(log_lik - beta * kl, reduction)

@@ -9,6 +9,7 @@ import torch
 
 from . import _validate as V
 from ._backend import CHOICES as BACKEND_CHOICES
+from ._dtypes import compute_dtype
 from ._types import ELBOOutput
 from .ops._event_dims import batch_shape, dim_list, layout_for
 from .ops.bernoulli_log_prob import log_prob_for_loss as bernoulli_for_loss
@@ -33,7 +34,7 @@ REDUCTIONS = ("mean", "sum", "none")
 # The likelihoods whose kernels scale their gradient buffer by the gradient the loss will give them
 # (expected_row_grad), by name: their log-prob function for a loss.
 _BINARY_FOR_LOSS = {"bernoulli": bernoulli_for_loss, "continuous_bernoulli": continuous_bernoulli_for_loss}
-_FUSED_LOSS_LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+_FUSED_LOSS_LIKELIHOODS = ("gaussian", *_BINARY_FOR_LOSS)
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -44,24 +45,28 @@ def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     return values
 
 
-@functools.lru_cache(maxsize=256)
 def expected_row_grad(n_points: int, n_samples: int, reduction: str, dtype: torch.dtype) -> float:
     """The gradient loss.backward() gives each log-likelihood value when loss = -reduce(value), value
     the ELBO per data point (fe.ELBO with estimator "elbo", fe.vae_loss): the float of the
     log-likelihood's dtype that the backward's own ops make (the negation, the mean's division by
-    the number of data points, the ELBO op's mean over the K samples), computed with those ops, so
-    that the binary likelihoods' backward recognizes it exactly and hands its buffer over as the
-    logits' gradient (the loss-level fusion: fastelbo/ops/bernoulli_log_prob.py). 1.0 (no scaling)
-    for reduction "none" or no data points. Not for a step torch.compile traces (its backward is a
-    traced graph, which never hands a buffer over): the callers pass 1.0 there."""
-    if reduction not in ("mean", "sum") or n_points == 0:
+    the number of data points, the ELBO op's mean over the K samples), so that the likelihoods'
+    backward recognizes it exactly and hands its buffer over as the logits' gradient (the
+    loss-level fusion: fastelbo/ops/bernoulli_log_prob.py). 1.0 (no scaling) for reduction "none",
+    no data points, or a step torch.compile traces (its backward is a traced graph, which never
+    hands a buffer over)."""
+    if reduction not in ("mean", "sum") or n_points == 0 or torch.compiler.is_compiling():
         return 1.0
+    return _row_grad(n_points, n_samples, reduction == "mean", dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_grad(n_points: int, n_samples: int, mean: bool, dtype: torch.dtype) -> float:
     # In numpy's IEEE arithmetic of the dtype (a float32 tensor divided by an int divides in
     # float32, by the int as a float32), not in torch ops: those would run under whatever mode is
     # active (FakeTensorMode, make_fx, a meta default device) and could not give a number there.
     real = np.float64 if dtype == torch.float64 else np.float32
     g = real(-1.0)
-    if reduction == "mean":
+    if mean:
         g = g / real(n_points)
     if n_samples > 1:
         g = g / real(n_samples)
@@ -161,12 +166,11 @@ class ELBO(torch.nn.Module):
                                  n_samples=self.n_samples if self.n_samples > 1 else None, backend=self.backend)
         params = decoder(latent.z)
         expected_grad = 1.0
-        if (self.likelihood in _FUSED_LOSS_LIKELIHOODS and self.estimator == "elbo" and self.free_bits == 0
-                and not torch.compiler.is_compiling()):  # (a compiled backward is a traced graph: nothing to hand over)
+        if self.likelihood in _FUSED_LOSS_LIKELIHOODS and self.estimator == "elbo" and self.free_bits == 0:
             tensors = params if isinstance(params, (tuple, list)) else (params,)
-            float64 = any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors)
+            log_prob_dtype = compute_dtype(*(t for t in tensors if isinstance(t, torch.Tensor)))
             expected_grad = expected_row_grad(math.prod(batch_shape(mu, self.dim)), self.n_samples, self.reduction,
-                                              torch.float64 if float64 else torch.float32)  # the log-probs' dtype
+                                              log_prob_dtype)
         log_lik = self._log_lik(params, x, event_dims, expected_grad)
         value = elbo(log_lik, latent, kl=self.kl, estimator=self.estimator, beta=self.beta)  # on the latent's backend
         samples = latent.z.dim() - mu.dim()

@@ -17,7 +17,7 @@ import torch
 
 from .. import _validate as V
 from .._backend import OVERLOAD, resolve
-from .._dtypes import compute_dtype, split_scalar
+from .._dtypes import compute_dtype, kernel_scalar
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, needs_grad, reference_vjp, scale_buffer
 from ._math import bernoulli_log_density, cb_log_normalizer, sum_event_dims
@@ -74,13 +74,6 @@ def continuous_reference(logits, x, event_dims):
 
 
 # ---- what the Bernoulli and the continuous Bernoulli share: fake and gradient rules ----
-
-def kernel_scalar(value: float, overload: str) -> float:
-    """The float a kernel of `overload` scaled its buffer by: the Triton kernels rebuild a float
-    scalar from two float32 halves (split_scalar; about 48 bits in float64), which the backward
-    must divide by for an exact round trip; the C++ kernels take it whole."""
-    return sum(split_scalar(value)) if overload == "triton" else value
-
 
 def binary_fake(logits, x, event_dims, need_grad, expected_grad=1.0):
     V.same_device("x", x, "logits", logits)  # as the C++ kernels check (meta tensors reach only this)

@@ -20,11 +20,10 @@ import torch
 
 from .. import _validate as V
 from .._backend import OVERLOAD, resolve
-from .._dtypes import compute_dtype
+from .._dtypes import compute_dtype, kernel_scalar
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, expand_events, needs_grad
 from ._math import sum_event_dims
-from .bernoulli_log_prob import kernel_scalar
 
 NAME = "gaussian_log_prob"
 SCHEMAS = {
