@@ -60,7 +60,7 @@ def _every_op(seed):
     leaves = [mu, s, pm, ps, logits, x, mean, logvar, cat_logits]
 
     def step():
-        z, log_q, log_p, kl = ops.gaussian_latent(mu, s, pm, ps, None, seed_t, 0, 2, False)
+        z, log_q, log_p, kl, _ = ops.gaussian_latent(mu, s, pm, ps, None, seed_t, 0, 2, False)
         per_dim = ops.gaussian_kl(mu, s, None, None, 2, True)
         ll, _ = ops.bernoulli_log_prob(z.mean(-1, keepdim=True) + logits, x, 1, True)
         cb, _ = ops.continuous_bernoulli_log_prob(logits, x, 1, True)
@@ -336,7 +336,7 @@ def _bad_kernel_calls(ops, device):
         (lambda: latent(mu, mu[:, :3], None, None, None, seed, 0, 0, False), ValueError, "scale must have mu's shape"),
         (lambda: latent(mu[0, 0], mu[0, 0], None, None, None, seed, 0, 0, False), ValueError, "at least 1 dim"),
         (lambda: latent(mu, mu, None, None, None, seed, 5, 0, False), ValueError, "param code 5"),
-        (lambda: latent(mu, mu, None, None, None, None, 0, 0, False), ValueError, "needs eps or a seed"),
+        (lambda: latent(mu, mu, None, None, None, seed, 0, -1, False), ValueError, "n_samples must be >= 0"),
         (lambda: latent(mu, mu, None, None, None, seed.float(), 0, 0, False), TypeError, "seed must be a 0-dim int64"),
         (lambda: latent(mu, mu, None, None, mu[:2], None, 0, 0, False), ValueError, "eps must have z's shape"),
         (lambda: latent(mu, mu, None, None, mu, None, 0, 2, False), ValueError, "eps must have z's shape"),

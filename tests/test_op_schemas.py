@@ -128,3 +128,18 @@ def test_opcheck(overload, index, seed):
     __import__(fe._backend._MODULES[backend])  # registers the backend's kernels
     name, args = _opcheck_cases(seed)[index]
     torch.library.opcheck(getattr(getattr(torch.ops.fastelbo, name), overload), args)
+
+
+def test_opcheck_of_the_latent_that_draws_its_seed(seed):
+    """The CPU kernel with neither seed nor eps draws its seed (a fifth output): schema, fake and
+    autograd registration. (Its outputs are random by design, so AOT dispatch's comparison of two
+    runs does not apply; fastelbo passes the seed explicitly under torch.compile.)"""
+    if fe.backends()["cpu"] != "available":
+        pytest.skip("the cpu backend is unavailable here")
+    __import__(fe._backend._MODULES["cpu"])
+    g = generator(seed)
+    mu, s = randn(g, 3, 5, dtype=torch.float32), rand(g, 3, 5, low=-1, high=1, dtype=torch.float32)
+    for n_samples in (0, 2):
+        torch.library.opcheck(torch.ops.fastelbo.gaussian_latent.default,
+                              (_leaf(mu), _leaf(s), None, None, None, None, 0, n_samples, False),
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

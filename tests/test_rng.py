@@ -9,7 +9,7 @@ import torch
 
 import fastelbo as fe
 from fastelbo.rng import box_muller, normal_noise, philox4x32_10
-from helpers import PARAMS, generator, randn
+from helpers import BACKENDS, PARAMS, generator, randn
 
 
 def _words(counter, key):
@@ -106,3 +106,62 @@ def test_backward_sees_the_forward_eps(param, seed):
     dsigma_ds = {"logvar": sigma / 2, "log_std": sigma, "softplus": torch.sigmoid(s.detach()),
                  "soft_log_std": sigma * (1 - torch.tanh(s.detach() / 5) ** 2)}[param]
     torch.testing.assert_close(grad_s, eps.detach().sum(0) * dsigma_ds)
+
+
+# ---- the CPU kernel draws its own seed ----
+
+def test_the_cpu_kernel_draws_the_seed_draw_seed_would(seed):
+    """With neither seed nor eps, the CPU op draws its seed inside (no separate op per call): the
+    value fastelbo.rng.draw_seed gives from the same generator state, the generator left where
+    draw_seed leaves it, and the seed returned as the op's fifth output (it fails if the C++ draw
+    drifts from torch.randint's)."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("the cpu backend is unavailable here")
+    mu, s = randn(generator(seed, "cpu"), 4, 6), torch.zeros(4, 6)
+    op = torch.ops.fastelbo.gaussian_latent.default
+    fe.gaussian_latent(mu, s, backend="cpu")  # loads the C++ library
+    for n_samples in (0, 3):
+        torch.manual_seed(seed)
+        drawn = op(mu, s, None, None, None, None, 0, n_samples, False)
+        after_op = torch.randint(0, 2**62, (4,))
+        torch.manual_seed(seed)
+        want = fe.rng.draw_seed(torch.device("cpu"))
+        given = op(mu, s, None, None, None, want, 0, n_samples, False)
+        assert torch.equal(torch.randint(0, 2**62, (4,)), after_op)
+        assert drawn[4].dtype == torch.int64 and drawn[4].shape == () and drawn[4].item() == want.item()
+        assert given[4].shape == (0,)  # a given seed is not returned
+        for a, b in zip(drawn[:4], given[:4]):
+            assert torch.equal(a, b)
+    # the public function: every backend from one generator state gives the same z, and the latent
+    # remembers the drawn seed for DReG
+    zs = {}
+    for backend in BACKENDS:
+        torch.manual_seed(seed)
+        latent = fe.gaussian_latent(mu, s, backend=backend)
+        zs[backend] = latent.z
+        torch.manual_seed(seed)
+        assert latent.inputs[-1].item() == fe.rng.draw_seed(torch.device("cpu")).item(), backend
+    for backend, z in zs.items():
+        torch.testing.assert_close(z, zs["reference"], rtol=1e-6, atol=1e-6, msg=backend)
+
+
+def test_a_refused_call_leaves_the_generator_as_it_was():
+    if "cpu" not in BACKENDS:
+        pytest.skip("the cpu backend is unavailable here")
+    op = torch.ops.fastelbo.gaussian_latent.default
+    fe.gaussian_latent(torch.zeros(2, 2), torch.zeros(2, 2), backend="cpu")
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="scale must have mu's shape"):
+        op(torch.zeros(3, 4), torch.zeros(3, 2), None, None, None, None, 0, 0, False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_kernels_that_do_not_draw_ask_for_a_seed():
+    """The Triton and CUDA kernels take the seed their caller drew on the device (CUDA graphs)."""
+    overloads = [name for name in ("triton", "cuda_sim") if hasattr(torch.ops.fastelbo.gaussian_latent, name)]
+    if not overloads:
+        pytest.skip("no Triton or simulated CUDA overload registered here")
+    for name in overloads:
+        with pytest.raises(ValueError, match="needs eps or a seed"):
+            getattr(torch.ops.fastelbo.gaussian_latent, name)(torch.zeros(3, 4), torch.zeros(3, 4), None, None, None,
+                                                              None, 0, 0, False)

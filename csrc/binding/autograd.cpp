@@ -52,6 +52,7 @@ using OptTensor = std::optional<Tensor>;
 using Tensor2 = std::tuple<Tensor, Tensor>;
 using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
 using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using Tensor5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // ---- the operators, looked up once ----
 
@@ -67,7 +68,7 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
   }
 
 FASTELBO_OP(gaussian_latent_op, "fastelbo::gaussian_latent",
-            Tensor4(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+            Tensor5(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
                     const OptTensor&, int64_t, int64_t, bool))
 FASTELBO_OP(gaussian_latent_backward_op, "fastelbo::gaussian_latent_backward",
             Tensor4(const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
@@ -204,7 +205,7 @@ struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentF
   static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                                const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed,
                                int64_t param, int64_t n_samples, bool stl) {
-    Tensor4 out;
+    Tensor5 out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       out = gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
@@ -213,9 +214,13 @@ struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentF
     ctx->saved_data["param"] = param;
     ctx->saved_data["n_samples"] = n_samples;
     ctx->saved_data["stl"] = stl;
-    ctx->save_for_backward({mu, scale, or_undefined(prior_mu), or_undefined(prior_scale), or_undefined(eps),
-                            or_undefined(seed)});
-    return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
+    // The backward regenerates eps from the seed: the caller's, or the one the op drew (its fifth output).
+    const Tensor& drawn = std::get<4>(out);
+    const Tensor used_seed = drawn.numel() == 1 ? drawn : or_undefined(seed);
+    // (The seed is int64, so autograd gives it no gradient without mark_non_differentiable, which
+    // compiled autograd refuses for C++ Functions.)
+    ctx->save_for_backward({mu, scale, or_undefined(prior_mu), or_undefined(prior_scale), or_undefined(eps), used_seed});
+    return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), drawn};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -225,8 +230,8 @@ struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentF
     const int64_t param = ctx->saved_data["param"].toInt();
     const int64_t n_samples = ctx->saved_data["n_samples"].toInt();
     const bool stl = ctx->saved_data["stl"].toBool();
-    const auto needs = needs_by_argument<6>(
-        ctx, {true, true, prior_mu.defined(), prior_scale.defined(), eps.defined(), seed.defined()});
+    // (eps and seed come after the four differentiable arguments; seed may be the one the op drew)
+    const auto needs = needs_by_argument<4>(ctx, {true, true, prior_mu.defined(), prior_scale.defined()});
     Tensor4 result;
     if (at::GradMode::is_enabled()) {
       result = gaussian_latent_backward_differentiable_op().call(
@@ -243,14 +248,14 @@ struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentF
   }
 };
 
-Tensor4 gaussian_latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+Tensor5 gaussian_latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
                         const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
   if (!recording(mu, scale, prior_mu, prior_scale, eps, seed)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
   }
   const variable_list out = GaussianLatentFunction::apply(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
-  return {out[0], out[1], out[2], out[3]};
+  return {out[0], out[1], out[2], out[3], out[4]};
 }
 
 // ---- analytic KL ----

@@ -72,7 +72,7 @@ inline void posterior(const at::Tensor& mu, const at::Tensor& scale, const c10::
 }
 
 inline void noise(const at::Tensor& mu, const c10::optional<at::Tensor>& eps, const c10::optional<at::Tensor>& seed,
-                  int64_t n_samples, const char* op) {
+                  int64_t n_samples, const char* op, bool may_draw) {
   TORCH_CHECK_VALUE(n_samples >= 0, op, ": n_samples must be >= 0 (0: one sample without a sample dim), got ",
                     n_samples);
   if (eps.has_value() && eps->defined()) {
@@ -82,8 +82,10 @@ inline void noise(const at::Tensor& mu, const c10::optional<at::Tensor>& eps, co
         n_samples == 0 ? eps->sizes() == mu.sizes()
                        : eps->dim() == mu.dim() + 1 && eps->size(0) == n_samples && eps->sizes().slice(1) == mu.sizes();
     TORCH_CHECK_VALUE(shaped, op, ": eps must have z's shape, got ", eps->sizes());
+  } else if (!(seed.has_value() && seed->defined())) {
+    TORCH_CHECK_VALUE(may_draw, op, ": needs eps or a seed on ", mu.device(),
+                      " (only the CPU kernels draw their own seed)");
   } else {
-    TORCH_CHECK_VALUE(seed.has_value() && seed->defined(), op, ": needs eps or a seed");
     TORCH_CHECK_TYPE(seed->scalar_type() == at::kLong && seed->dim() == 0, op,
                      ": seed must be a 0-dim int64 tensor, got ", seed->scalar_type(), " of shape ", seed->sizes());
     same_device(*seed, mu, op, "seed", "mu");

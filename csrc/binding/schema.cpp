@@ -60,7 +60,7 @@
 TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def(
       "gaussian_latent(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
-      "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gaussian_latent_backward(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, Tensor mu, "
       "Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, int param, int n_samples, "

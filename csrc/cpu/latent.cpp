@@ -15,6 +15,9 @@
 //     dL/dlog sigma_p = sum_k gp_k (u_k^2 - 1) - gk (expm1(2r) + delta^2)
 // and dL/ds = dL/dlog sigma * dlog sigma/ds (likewise for the prior's scale). eps is regenerated
 // from the seed in backward, never stored.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <mutex>
 #include <vector>
 
 #include "../binding/checks.h"
@@ -27,6 +30,23 @@
 
 namespace fastelbo {
 namespace {
+
+// The seed torch.randint(0, 2**63 - 1, (), dtype=torch.int64) draws from the default CPU generator
+// (ATen's uniform_int_from_to_distribution: one random64() word, modulo the range), which is
+// fastelbo.rng.draw_seed: a call that draws its seed here leaves the generator where a call given
+// draw_seed()'s seed would, with the same noise. tests/test_rng.py holds the two to each other.
+Tensor draw_default_seed() {
+  constexpr uint64_t kSeedRange = (uint64_t{1} << 63) - 1;
+  auto* generator = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
+  uint64_t word;
+  {
+    std::lock_guard<std::mutex> lock(generator->mutex_);
+    word = generator->random64();
+  }
+  Tensor seed = at::empty({}, at::TensorOptions().dtype(at::kLong));
+  *seed.data_ptr<int64_t>() = static_cast<int64_t>(word % kSeedRange);
+  return seed;
+}
 
 template <typename scalar_t>
 void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param,
@@ -202,13 +222,16 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu, const Tensor& scale,
-                                                               const OptTensor& prior_mu, const OptTensor& prior_scale,
-                                                               const OptTensor& eps, const OptTensor& seed,
-                                                               int64_t param, int64_t n_samples, bool stl) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu, const Tensor& scale,
+                                                                       const OptTensor& prior_mu,
+                                                                       const OptTensor& prior_scale,
+                                                                       const OptTensor& eps, const OptTensor& seed,
+                                                                       int64_t param, int64_t n_samples, bool stl) {
   (void)stl;  // the forward values do not depend on it
   checks::posterior(mu, scale, prior_mu, prior_scale, param, "fastelbo.gaussian_latent");
-  checks::noise(mu, eps, seed, n_samples, "fastelbo.gaussian_latent");
+  checks::noise(mu, eps, seed, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/true);
+  const bool draws = !(eps.has_value() && eps->defined()) && !(seed.has_value() && seed->defined());
+  Tensor drawn = draws ? draw_default_seed() : at::empty({0}, mu.options().dtype(at::kLong));
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const at::ScalarType compute = compute_dtype(rows.dtype);
   auto batch = mu.sizes().slice(0, mu.dim() - 1);
@@ -221,12 +244,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu,
   Tensor kl = at::empty(batch, mu.options().dtype(compute));
   if (log_q.numel() > 0) {
     Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute).contiguous() : Tensor();
-    Tensor seed_t = defined_or_empty(seed);
+    Tensor seed_t = draws ? drawn : defined_or_empty(seed);
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_cpu", [&] {
       gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, k_samples, z, log_q, log_p, kl);
     });
   }
-  return {as_dtype(z, mu.scalar_type()), log_q, log_p, kl};
+  return {as_dtype(z, mu.scalar_type()), log_q, log_p, kl, drawn};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(

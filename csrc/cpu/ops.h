@@ -9,7 +9,9 @@ namespace fastelbo {
 
 using OptionalTensor = c10::optional<at::Tensor>;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_latent_cpu(
+// z, log q, log p, KL and the seed the op drew (seed and eps both absent: from the default CPU
+// generator, as fastelbo.rng.draw_seed draws it), or an empty tensor when the caller passed one.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_latent_cpu(
     const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu, const OptionalTensor& prior_scale,
     const OptionalTensor& eps, const OptionalTensor& seed, int64_t param, int64_t n_samples, bool stl);
 

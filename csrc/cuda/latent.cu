@@ -119,12 +119,14 @@ at::Tensor zeros_or_empty(const at::Tensor& prior, const at::Tensor& mu) {
 
 }  // namespace
 
-Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
+// The fifth output is the seed the op drew itself: never on CUDA, where the caller draws it on the
+// device (CUDA graphs), so it is always an empty int64 tensor here.
+Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
                              const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
                              int64_t param, int64_t n_samples, bool stl) {
   (void)stl;  // the forward values do not depend on it
   checks::posterior(mu, scale, prior_mu_opt, prior_scale_opt, param, "fastelbo.gaussian_latent");
-  checks::noise(mu, eps_opt, seed_opt, n_samples, "fastelbo.gaussian_latent");
+  checks::noise(mu, eps_opt, seed_opt, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/false);
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);
@@ -137,7 +139,8 @@ Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
   at::Tensor log_q = at::empty(q_sizes, mu.options().dtype(compute));
   at::Tensor log_p = at::empty(q_sizes, mu.options().dtype(compute));
   at::Tensor kl = at::empty(batch, mu.options().dtype(compute));
-  if (log_q.numel() == 0) return {z, log_q, log_p, kl};
+  at::Tensor no_seed = at::empty({0}, mu.options().dtype(at::kLong));
+  if (log_q.numel() == 0) return {z, log_q, log_p, kl, no_seed};
 
   const LatentSetup s = setup_latent(mu, scale, prior_mu, prior_scale, eps);
   const int64_t rows = s.rows, dim = s.dim;
@@ -167,7 +170,7 @@ Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   finish_output(z, z_out);
-  return {z, log_q, log_p, kl};
+  return {z, log_q, log_p, kl, no_seed};
 }
 
 Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_log_q_opt,

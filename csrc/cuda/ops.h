@@ -14,9 +14,10 @@ using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
 using Tensor2 = std::tuple<at::Tensor, at::Tensor>;
 using Tensor4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensor5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // csrc/cuda/latent.cu
-Tensor4 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
+Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                              const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed, int64_t param,
                              int64_t n_samples, bool stl);
 Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p,

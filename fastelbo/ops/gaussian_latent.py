@@ -35,9 +35,13 @@ from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 NAME = "gaussian_latent"
 SCHEMAS = {
     # n_samples: K >= 1 samples with a leading sample dim on z, log q and log p, or 0 for one sample
-    # without it (outputs of mu's shape; eps then has mu's shape too).
+    # without it (outputs of mu's shape; eps then has mu's shape too). Outputs: z, log q, log p, KL
+    # and the seed the op drew. With neither eps nor seed the CPU kernel draws the seed itself from
+    # the default CPU generator, as rng.draw_seed does (no separate op per call), and returns it
+    # (0-dim int64; the backward regenerates eps from it, DReG reads it); when the caller passes a
+    # seed or eps, and on every other device and overload, the fifth output is an empty int64 tensor.
     "gaussian_latent": "(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
-                       "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)",
+                       "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "gaussian_latent_backward": "(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
                                 "Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, "
                                 "Tensor? seed, int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)",
@@ -92,13 +96,13 @@ def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=
             and not V.active):
         # The common call on the C++ kernels: they check their arguments (csrc/binding/checks.h),
         # and only when they refuse does _check_all say which argument is wrong, by its name here
-        # (outside the except block: its error is not chained to the kernel's). A refused call has
-        # drawn its seed: the generator has moved on, as it does for a call that succeeds.
+        # (outside the except block: its error is not chained to the kernel's). On the CPU the
+        # kernel draws its seed (after its checks: a refused call leaves the generator as it was).
         refused = None
         try:
             name = resolve(backend, mu.device)
             if OVERLOAD.get(name) == "default":
-                seed = draw_seed(mu.device)
+                seed = _seed_for_kernel(mu.device, None)
                 out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, None, None, None, seed, PARAM_CODES[param],
                                                                  0, stl)
                 return _traced(out, name, (mu, scale, param, None, None, None, seed))
@@ -115,14 +119,27 @@ def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend) -
     """gaussian_latent after its checks."""
     n_samples = None if n_samples is None else int(n_samples)
     name = resolve(backend, mu.device)
-    seed = None if eps is not None else draw_seed(mu.device, generator)
     if name == "reference":
+        seed = None if eps is not None else draw_seed(mu.device, generator)
         out = reference(mu, scale, param, n_samples, prior, stl, eps, seed)
     else:
+        overload = OVERLOAD[name]
+        seed = None if eps is not None else (
+            _seed_for_kernel(mu.device, generator) if overload == "default" else draw_seed(mu.device, generator))
         prior_mu, prior_scale = prior if prior is not None else (None, None)
-        out = getattr(torch.ops.fastelbo.gaussian_latent, OVERLOAD[name])(
+        out = getattr(torch.ops.fastelbo.gaussian_latent, overload)(
             mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl)
     return _traced(out, name, (mu, scale, param, n_samples, prior, eps, seed))
+
+
+def _seed_for_kernel(device: torch.device, generator):
+    """The seed to pass the C++ kernels: None on the CPU, where the kernel draws it from the default
+    generator itself, as draw_seed would; drawn here for a given generator, on CUDA (the device-side
+    seed keeps CUDA graphs valid) and under torch.compile (an op that draws inside would be a hidden
+    side effect to the compiler, which may merge or replay calls of a functional op)."""
+    if device.type == "cpu" and generator is None and not torch.compiler.is_compiling():
+        return None
+    return draw_seed(device, generator)
 
 
 def _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
@@ -140,8 +157,12 @@ def _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps
 
 
 def _traced(out, name: str, inputs: tuple) -> TracedLatent:
-    latent = TracedLatent(*out)
+    """The Latent of an op's outputs, with the backend and the arguments (the seed the op drew in
+    place of None) that DReG reads."""
+    latent = TracedLatent(*out[:4])
     latent.backend = name
+    if inputs[-1] is None and inputs[-2] is None:  # neither seed nor eps: the kernel drew the seed
+        inputs = (*inputs[:-1], out[4])
     latent.inputs = inputs
     return latent
 
@@ -254,7 +275,9 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
     samples = (n_samples,) if n_samples else ()
     z = mu.new_empty((*samples, *mu.shape))
     log_q = mu.new_empty((*samples, *batch), dtype=dtype)
-    return z, log_q, torch.empty_like(log_q), mu.new_empty(batch, dtype=dtype)
+    draws = eps is None and seed is None and mu.device.type == "cpu"  # the CPU kernel draws its seed
+    drawn = mu.new_empty(() if draws else (0,), dtype=torch.int64)
+    return z, log_q, torch.empty_like(log_q), mu.new_empty(batch, dtype=dtype), drawn
 
 
 def backward_fake(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param,
@@ -290,12 +313,12 @@ def backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, 
 
 def setup_context(ctx, inputs, output):
     mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl = inputs
-    ctx.save_for_backward(mu, scale, prior_mu, prior_scale, eps, seed)
+    ctx.save_for_backward(mu, scale, prior_mu, prior_scale, eps, seed)  # these overloads are always given eps or seed
     ctx.options = (param, n_samples, stl)
     ctx.set_materialize_grads(False)
 
 
-def backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl):
+def backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl, grad_seed=None):
     """The `.triton` and `.cuda_sim` overloads' autograd: its backward kernel, or the second order."""
     mu, scale, prior_mu, prior_scale, eps, seed = ctx.saved_tensors
     if differentiating():

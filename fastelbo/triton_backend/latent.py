@@ -76,7 +76,10 @@ class _Rows:
 
 def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
               eps: Optional[Tensor], seed: Optional[Tensor], param: int, n_samples: int,
-              stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if eps is None and seed is None:
+        raise ValueError(f"fastelbo.gaussian_latent: needs eps or a seed on {mu.device} "
+                         "(only the CPU kernels draw their own seed)")
     dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
     batch = mu.shape[:-1]
     k = max(n_samples, 1)  # 0: one sample without a sample dim
@@ -85,8 +88,9 @@ def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior
     log_q = torch.empty((*samples, *batch), dtype=dtype, device=mu.device)
     log_p = torch.empty_like(log_q)
     kl = torch.empty(batch, dtype=dtype, device=mu.device)
+    no_seed = torch.empty(0, dtype=torch.int64, device=mu.device)  # the caller draws the seed (or passes eps)
     if log_q.numel() == 0:
-        return z, log_q, log_p, kl
+        return z, log_q, log_p, kl, no_seed
     rows = _Rows(mu, scale, prior_mu, prior_scale)
     eps_args = _eps_args(eps, rows, mu)
     const_hi, const_lo = split_scalar(rows.dim * HALF_LOG_2PI)
@@ -99,7 +103,7 @@ def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior
         PARAM=param, HAS_PRIOR=rows.has_prior, HAS_EPS=eps is not None, DTYPE=tl_dtype,
         BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,
     )
-    return z, log_q, log_p, kl
+    return z, log_q, log_p, kl, no_seed
 
 
 def _eps_args(eps, rows: _Rows, mu) -> tuple:
