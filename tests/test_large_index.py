@@ -60,8 +60,10 @@ def offsets():
         pytest.skip(f"the C++ library is unavailable: {_build.cpu_library()}")
     from torch.utils.cpp_extension import load
 
+    # The backend's instruction-set flags, so that noise.h takes the path the backend's kernels take.
+    flags = _build._CPU_FLAGS.get(_build.cpu_capability(), [])
     return load(name="fastelbo_test_offsets", sources=[str(CPP_TESTS / "offsets.cpp")],
-                extra_include_paths=[str(CSRC)], extra_cflags=["-O1"],
+                extra_include_paths=[str(CSRC)], extra_cflags=["-O1", *flags],
                 verbose=os.environ.get("FASTELBO_BUILD_VERBOSE") == "1")
 
 
@@ -186,10 +188,17 @@ def test_cpu_noise_of_rows_past_2_32(offsets, seed):
     seed_t = rng.draw_seed(torch.device("cpu"), generator(seed, "cpu"))
     s, dim = int(seed_t), 4099
     for r, k in [(2**31 + 5, 0), (2**32 + 1, 7), (3 * 2**32 + 7, 2**31 - 1), (2**40 + 123, 3)]:
-        got = offsets.noise_row(seed_t, r + 1, dim, r, k)
+        got = offsets.noise_row(seed_t, r + 1, dim, r, k, r)
         torch.testing.assert_close(got.double(), _eps(s, k, [r], dim)[0], rtol=2e-6, atol=2e-6)
-    assert not torch.allclose(offsets.noise_row(seed_t, 2**33, dim, 2**32 + 1, 0),
-                              offsets.noise_row(seed_t, 2**33, dim, 1, 0))
+    assert not torch.allclose(offsets.noise_row(seed_t, 2**33, dim, 2**32 + 1, 0, 2**32 + 1),
+                              offsets.noise_row(seed_t, 2**33, dim, 1, 0, 1))
+    # Short rows: one block of noise (32 rows of 6) holds rows on both sides of 2^32 and of 2^33
+    # (the low word wraps inside the block, the high word carries).
+    for boundary in (2**32, 2**33):
+        first = boundary - 5
+        for r in (boundary - 5, boundary - 1, boundary, boundary + 20):
+            got = offsets.noise_row(seed_t, boundary + 64, 6, r, 1, first)
+            torch.testing.assert_close(got.double(), _eps(s, 1, [r], 6)[0], rtol=2e-6, atol=2e-6)
 
 
 # ---- the CUDA kernels' host-callable helpers, built with nvcc ----

@@ -187,10 +187,13 @@ FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
   return SigmaTerms<V>{sigma, log_sigma, dlog};
 }
 
-// e^x - 1 - x: x^2 (1/2! + x/3! + ... + x^8/10!) for |x| < 0.1, else expm1(x) - x.
+// e^x - 1 - x: x^2 (1/2! + x/3! + ... + x^8/10!) for |x| below the limit where those terms are
+// exact to the type (float32: |x| < 1/2, the next term < 1e-10 relative; float64: |x| < 0.1, < 1e-16),
+// else e^x - 1 - x (float32: no cancellation left at |x| >= 1/2, and one exp where expm1 on
+// vectors would evaluate its own series as well) or expm1(x) - x (float64).
 template <typename V, typename M = Ops<V>>
 FE_HD V expm1_minus_x(V x) {
-  auto small = M::lt(M::abs(x), M::c(0.1));
+  auto small = M::lt(M::abs(x), M::c(M::kSingle ? 0.5 : 0.1));
   V xs = M::select(small, x, M::c(0.0));
   V acc = M::c(2.755731922398589e-07);
   acc = acc * xs + M::c(2.7557319223985893e-06);
@@ -201,7 +204,9 @@ FE_HD V expm1_minus_x(V x) {
   acc = acc * xs + M::c(0.041666666666666664);
   acc = acc * xs + M::c(0.16666666666666666);
   acc = acc * xs + M::c(0.5);
-  return M::select(small, xs * xs * acc, M::expm1(M::select(small, M::c(1.0), x)) - x);
+  V xl = M::select(small, M::c(1.0), x);
+  V large = M::kSingle ? M::exp(xl) - M::c(1.0) - xl : M::expm1(xl) - xl;
+  return M::select(small, xs * xs * acc, large);
 }
 
 template <typename V>

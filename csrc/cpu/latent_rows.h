@@ -91,10 +91,20 @@ struct RowTerms {
         const scalar_t* pm = in.row(2, r);
         const scalar_t* ps = in.row(3, r);
         load<T>(pm + j * in.st[2].sc, in.st[2].sc, n).store(pmu.data() + j);
-        auto p = core::sigma_terms<V>(load<T>(ps + j * in.st[3].sc, in.st[3].sc, n), param, need_dlog);
-        (V(T(1)) / p.sigma).store(inv_psigma.data() + j);
-        p.log_sigma.store(plog_sigma.data() + j);
-        p.dlog.store(pdlog.data() + j);
+        const V ps_j = load<T>(ps + j * in.st[3].sc, in.st[3].sc, n);
+        // The kernels need 1 / sigma_p, not sigma_p: for the exponential parametrizations that is
+        // one exp of -log sigma_p, where sigma_terms would take an exp and a vector division.
+        if (param == core::kLogvar || param == core::kLogStd) {
+          const V log_sigma_p = param == core::kLogvar ? V(T(0.5)) * ps_j : ps_j;
+          core::Ops<V>::exp(V(T(0)) - log_sigma_p).store(inv_psigma.data() + j);
+          log_sigma_p.store(plog_sigma.data() + j);
+          V(T(param == core::kLogvar ? 0.5 : 1.0)).store(pdlog.data() + j);
+        } else {
+          auto p = core::sigma_terms<V>(ps_j, param, need_dlog);
+          (V(T(1)) / p.sigma).store(inv_psigma.data() + j);
+          p.log_sigma.store(plog_sigma.data() + j);
+          p.dlog.store(pdlog.data() + j);
+        }
       }
     });
   }

@@ -1,12 +1,15 @@
 // The noise of docs/RNG.md on the CPU: blocks of rows of eps at a time, Philox words computed four
-// per call, then Box-Muller on whole vectors (Sleef log/sqrt/sin/cos through ATen's Vectorized).
+// per call, then Box-Muller on whole vectors (Sleef log/sqrt/sin/cos through ATen's Vectorized;
+// float32 on AVX-512: noise_avx512.h, in registers from the counters to the normals).
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../core/philox.h"
 #include "common.h"
+#include "noise_avx512.h"
 
 namespace fastelbo {
 
@@ -22,20 +25,53 @@ struct NoiseBlock {
   int64_t groups;               // ceil(D / 4) Philox calls per row
   int64_t max_rows;             // rows per block
   int64_t padded;               // max_rows * groups rounded up to whole vectors
-  std::vector<uint32_t> words;  // 4 x padded words
+  std::vector<uint32_t> words;  // 4 x padded words (the portable path)
   std::vector<T> lanes;         // 4 x padded normals, lane-major
+  std::vector<uint32_t> group_of, row_of;  // call i of a block: column group and row offset (AVX-512)
+
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr bool kInRegisters = std::is_same_v<T, float>;
+#else
+  static constexpr bool kInRegisters = false;
+#endif
 
   explicit NoiseBlock(int64_t n_dim)
       : dim(n_dim),
         groups((n_dim + 3) / 4),
         max_rows(std::max<int64_t>(1, kTargetGroups / std::max<int64_t>(groups, 1))),
         padded((max_rows * groups + Vec<T>::size() - 1) / Vec<T>::size() * Vec<T>::size()),
-        words(4 * padded, 0u),
-        lanes(4 * padded) {}
+        words(kInRegisters ? 0 : 4 * padded, 0u),
+        lanes(4 * padded),
+        group_of(kInRegisters ? padded : 0, 0u),
+        row_of(kInRegisters ? padded : 0, 0u) {
+    for (int64_t at = 0; at < static_cast<int64_t>(group_of.size()) && groups > 0; ++at) {
+      group_of[at] = static_cast<uint32_t>(at % groups);
+      row_of[at] = static_cast<uint32_t>(at / groups);
+    }
+  }
 
   // eps of rows row0 .. row0 + n_rows - 1 (n_rows <= max_rows) of `sample`: row i's D values at
   // out + i * stride.
   void fill(T* out, int64_t stride, core::PhiloxKey key, int64_t row0, int64_t n_rows, int64_t sample) {
+    if constexpr (kInRegisters) {
+#if defined(CPU_CAPABILITY_AVX512)
+      const int64_t n = n_rows * groups;
+      float* normals = lanes.data();
+      for (int64_t at = 0; at < n; at += 16) {
+        avx512::normals16(group_of.data() + at, row_of.data() + at, row0, sample, key, normals + at,
+                          normals + padded + at, normals + 2 * padded + at, normals + 3 * padded + at);
+      }
+#endif
+    } else {
+      normals_portable(key, row0, n_rows, sample);
+    }
+    copy_out(out, stride, n_rows);
+  }
+
+ private:
+  // The four lanes of calls 0 .. n_rows groups - 1 into `lanes`: words, Philox and Box-Muller each
+  // on whole arrays (the inner loops vectorize; Sleef for log, cos, sin).
+  void normals_portable(core::PhiloxKey key, int64_t row0, int64_t n_rows, int64_t sample) {
     const int64_t n = n_rows * groups;
     uint32_t* w0 = words.data();
     uint32_t* w1 = w0 + padded;
@@ -78,6 +114,12 @@ struct NoiseBlock {
       (rad_b * tb.cos()).store(normals + 2 * padded + g0);
       (rad_b * tb.sin()).store(normals + 3 * padded + g0);
     }
+  }
+
+  // Lane d mod 4 of call (row i, group d div 4) to out[i stride + d].
+  void copy_out(T* out, int64_t stride, int64_t n_rows) const {
+    const int64_t n = n_rows * groups;
+    const T* normals = lanes.data();
     if (dim % 4 == 0 && stride == dim) {
       // Whole rows back to back: call c's four lanes are out[4 c .. 4 c + 3], a 4-way interleave.
       const T* n0 = normals;

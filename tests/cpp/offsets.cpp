@@ -6,7 +6,8 @@
 //   plan          plan_rows (csrc/binding/plan.h) on tensors, e.g. meta tensors of any size
 //   counter       core::noise_counter + core::seed_key (csrc/core/philox.h) of element (k, r, d)
 //   words         core::philox4x32_10 of that counter
-//   noise_row     the CPU kernels' eps of one (row, sample): EpsSource<float>::row (csrc/cpu/noise.h)
+//   noise_row     the CPU kernels' eps of one (row, sample): EpsSource<float>::row (csrc/cpu/noise.h),
+//                 built with the backend's instruction set (the AVX-512 noise path where it runs)
 #include <torch/extension.h>
 
 #include <cstdint>
@@ -59,9 +60,12 @@ std::vector<int64_t> words(int64_t seed, int64_t k, int64_t r, int64_t d) {
   return {c[0], c[1], c[2], c[3]};
 }
 
-at::Tensor noise_row(const at::Tensor& seed, int64_t rows, int64_t dim, int64_t r, int64_t k) {
+// Row r of a block of noise that starts at row `first` (<= r; the block holds NoiseBlock::max_rows
+// rows, so a short row's block can span rows on both sides of 2^32).
+at::Tensor noise_row(const at::Tensor& seed, int64_t rows, int64_t dim, int64_t r, int64_t k, int64_t first) {
   const fastelbo::EpsSource<float> source(at::Tensor(), seed, rows, dim);
   typename fastelbo::EpsSource<float>::Scratch scratch(dim, 4 * ((dim + 3) / 4), 1);
+  source.row(scratch, first, k);
   const float* eps = source.row(scratch, r, k);
   return at::from_blob(const_cast<float*>(eps), {dim}, at::kFloat).clone();
 }
