@@ -100,14 +100,20 @@ def _posterior(g, batch=(2, 3), dim=5, scale_range=(-1.5, 1.0)):
 
 
 def _latent_case(name, param="logvar", n_samples=None, prior=False, stl=False, explicit_eps=False,
-                 scale_range=(-1.5, 1.0)):
+                 scale_range=(-1.5, 1.0), dim=5):
+    """prior: False, True (prior_mu (3, D) and prior_scale (D,), broadcast over the batch) or "full"
+    (a prior per sample, of mu's shape: the C++ kernels' tiled rows when K = 1; with D > 512 the
+    rows span several tiles)."""
     def make(g):
-        inputs = _posterior(g, scale_range=scale_range)
-        if prior:
-            inputs["prior_mu"] = _normal(g, 3, 5, scale=0.5)
-            inputs["prior_scale"] = _uniform(g, 5, low=-0.5, high=0.5)
+        inputs = _posterior(g, dim=dim, scale_range=scale_range)
+        if prior == "full":
+            inputs["prior_mu"] = _normal(g, 2, 3, dim, scale=0.5)
+            inputs["prior_scale"] = _uniform(g, 2, 3, dim, low=-0.5, high=0.5)
+        elif prior:
+            inputs["prior_mu"] = _normal(g, 3, dim, scale=0.5)
+            inputs["prior_scale"] = _uniform(g, dim, low=-0.5, high=0.5)
         if explicit_eps:
-            shape = (n_samples, 2, 3, 5) if n_samples else (2, 3, 5)
+            shape = (n_samples, 2, 3, dim) if n_samples else (2, 3, dim)
             inputs["eps"] = _normal(g, *shape)
         return inputs
 
@@ -474,6 +480,9 @@ CASES: tuple[OpCase, ...] = (
     # the float32 KL ill-conditioned).
     _latent_case("gaussian_latent[soft_log_std,prior,stl]", param="soft_log_std", prior=True, stl=True,
                  scale_range=(-15.0, 2.0)),
+    _latent_case("gaussian_latent[log_std,sample prior,D=1030]", param="log_std", prior="full", dim=1030),
+    _latent_case("gaussian_latent[softplus,sample prior,eps,stl,D=517]", param="softplus", prior="full",
+                 explicit_eps=True, stl=True, dim=517),
     _kl_case("gaussian_kl[soft_log_std,per_dim]", "soft_log_std", prior=False, per_dim=True,
              scale_range=(-15.0, 2.0)),
     _bernoulli_case(),

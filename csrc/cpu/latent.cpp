@@ -48,6 +48,31 @@ Tensor draw_default_seed() {
   return seed;
 }
 
+// One sample (K = 1) on the per-row path: each row in tiles of kTileColumns columns, every term of a
+// vector of columns computed where it is used (no per-row buffers of terms), the noise drawn per
+// tile, so a long row's working set stays in L1 (a 16384-column row's buffers were most of L2).
+// The tiles keep the columns' order within each vector lane, so the sums are those of the
+// buffered path bit for bit. Not for a prior shared across rows, whose terms the buffered path
+// computes once for all rows.
+constexpr int64_t kTileColumns = 512;
+
+bool tiled_rows(const LatentRows& rows, int64_t k_samples) {
+  return k_samples == 1 && (!rows.has_prior || !(rows.prior_shared(2) || rows.prior_shared(3)));
+}
+
+// A task's noise tile: eps of columns [c0, c0 + n) of (row r, sample 0), or the explicit eps there.
+template <typename T>
+struct NoiseTile {
+  NoiseBlock<T> noise;
+  std::vector<T> buffer;
+  explicit NoiseTile(int64_t dim) : noise(dim), buffer(4 * ((std::min(dim, kTileColumns) + 3) / 4)) {}
+  const T* columns(const EpsSource<T>& source, int64_t r, int64_t c0, int64_t n) {
+    if (source.eps != nullptr) return source.eps + r * source.dim + c0;
+    noise.fill_columns(buffer.data(), source.key, r, 0, c0 / 4, (n + 3) / 4);
+    return buffer.data();
+  }
+};
+
 template <typename scalar_t>
 void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param,
                                     int64_t k_samples, Tensor& z, Tensor& log_q, Tensor& log_p, Tensor& kl) {
@@ -70,6 +95,38 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
   T* lq_ptr = log_q.data_ptr<T>();
   T* lp_ptr = log_p.data_ptr<T>();
   T* kl_ptr = kl.data_ptr<T>();
+  if (tiled_rows(rows, k_samples)) {
+    at::parallel_for(0, R, grain_rows(D * 3), [&](int64_t begin, int64_t end) {
+      NoiseTile<T> tile(D);
+      for (int64_t r = begin; r < end; ++r) {
+        const RowPointers<scalar_t> at(in, r, has_prior);
+        V kl_acc(T(0)), lq_acc(T(0)), lp_acc(T(0));
+        for (int64_t c0 = 0; c0 < D; c0 += kTileColumns) {
+          const int64_t cols = std::min(kTileColumns, D - c0);
+          const T* e_src = tile.columns(eps_source, r, c0, cols);
+          for_vectors<W>(cols, [&](int64_t jj, auto n) {
+            const int64_t j = c0 + jj;
+            const ColumnTerms<T> c = column_terms<T>(in, at, j, n, static_cast<int>(param), has_prior, false);
+            const V e = V::loadu(e_src + jj, n);
+            const V zv = c.mu + c.sigma * e;
+            store<T>(z_ptr + r * D + j, 1, zv, n);
+            kl_acc += first(kl_term<T>(c.mu, c.log_sigma, c.pmu, c.inv_psigma, c.plog_sigma, has_prior), n);
+            lq_acc += first(V(T(-0.5)) * e * e - c.log_sigma, n);
+            if (has_prior) {
+              const V u = (zv - c.pmu) * c.inv_psigma;
+              lp_acc += first(V(T(-0.5)) * u * u - c.plog_sigma, n);
+            } else {
+              lp_acc += first(V(T(-0.5)) * zv * zv, n);
+            }
+          });
+        }
+        kl_ptr[r] = hsum(kl_acc);
+        lq_ptr[r] = hsum(lq_acc) - half_log_2pi_d;
+        lp_ptr[r] = hsum(lp_acc) - half_log_2pi_d;
+      }
+    });
+    return;
+  }
   at::parallel_for(0, R, grain_rows(D * (k_samples + 2)), [&](int64_t begin, int64_t end) {
     RowTerms<T> t(P);
     typename EpsSource<T>::Scratch scratch(D, P, k_samples);
@@ -148,14 +205,94 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   }
   const auto grads = out.writer<scalar_t>();
   const int64_t block = out.block, blocks = out.blocks;
+  const int iparam = static_cast<int>(param);
+
+  // Sample k's part at one vector of columns: g_k = gz_k - gp_k u / sigma_p [- gq_k eps / sigma with
+  // stl], and the prior's gp_k u, gp_k (u^2 - 1).
+  struct SampleGrad {
+    V grad, d_pmu, d_plog;
+  };
+  auto sample_grad = [&](const ColumnTerms<T>& c, const V& e, V grad, T gp_k, T gq_k) {
+    SampleGrad out{grad, V(T(0)), V(T(0))};
+    if (gp) {
+      const V zv = c.mu + c.sigma * e;
+      if (has_prior) {
+        const V u = (zv - c.pmu) * c.inv_psigma;
+        out.grad = out.grad - V(gp_k) * u * c.inv_psigma;
+        out.d_pmu = V(gp_k) * u;
+        out.d_plog = V(gp_k) * (u * u - V(T(1)));
+      } else {
+        out.grad = out.grad - V(gp_k) * zv;
+      }
+    }
+    if (gq && stl) out.grad = out.grad - V(gq_k) * e / c.sigma;
+    return out;
+  };
+  // The gradients at one vector of columns of row r (block b) from the samples' sums.
+  auto finish = [&](int64_t b, int64_t r, int64_t j, auto n, const ColumnTerms<T>& c, V g_mu, const V& sum_ze, V g_pmu,
+                    V g_plog, T acc_q, T gk_r) {
+    V g_lsig = c.sigma * sum_ze - V(acc_q);
+    if (gk) {
+      const V gkv(gk_r);
+      if (has_prior) {
+        const V delta = (c.mu - c.pmu) * c.inv_psigma;
+        const V em = vexpm1(V(T(2)) * (c.log_sigma - c.plog_sigma));
+        g_pmu = g_pmu - gkv * delta;
+        g_plog = g_plog - gkv * (em + delta * delta);
+        g_mu = g_mu + gkv * delta * c.inv_psigma;
+        g_lsig = g_lsig + gkv * em;
+      } else {
+        g_mu = g_mu + gkv * c.mu;
+        g_lsig = g_lsig + gkv * vexpm1(V(T(2)) * c.log_sigma);
+      }
+    }
+    grads.write(r, j, n, g_mu, g_lsig * c.dlog);
+    if (has_prior) grads.write_prior(b, r, j, n, g_pmu * c.inv_psigma, g_plog * c.pdlog);
+  };
+
   // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
+  if (tiled_rows(rows, K)) {
+    at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+      NoiseTile<T> tile(D);
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
+          const RowPointers<scalar_t> at(in, r, has_prior);
+          const T gp_0 = gp ? gp[r * gp_sr] : T(0);
+          const T gq_0 = gq ? gq[r * gq_sr] : T(0);
+          const T acc_q = gq && !stl ? T(0) + gq_0 : T(0);
+          const T gk_r = gk ? gk[r * gk_sr] : T(0);
+          for (int64_t c0 = 0; c0 < D; c0 += kTileColumns) {
+            const int64_t cols = std::min(kTileColumns, D - c0);
+            const T* e_src = tile.columns(eps_source, r, c0, cols);
+            for_vectors<W>(cols, [&](int64_t jj, auto n) {
+              const int64_t j = c0 + jj;
+              const ColumnTerms<T> c = column_terms<T>(in, at, j, n, iparam, has_prior, true);
+              const V e = V::loadu(e_src + jj, n);
+              const V gz_v = gz ? load<T>(gz + r * gz_sr + j * gz_sd, gz_sd, n) : V(T(0));
+              const SampleGrad g = sample_grad(c, e, gz_v, gp_0, gq_0);
+              // (0 + x: the buffered path's sums of one sample, bit for bit)
+              finish(b, r, j, n, c, V(T(0)) + g.grad, V(T(0)) + g.grad * e, V(T(0)) + g.d_pmu, V(T(0)) + g.d_plog,
+                     acc_q, gk_r);
+            });
+          }
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     RowTerms<T> t(P);
     typename EpsSource<T>::Scratch scratch(D, P, K);
     std::vector<T> acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
+    auto held = [&](int64_t j) {  // the terms RowTerms holds at column j
+      return ColumnTerms<T>{V::loadu(t.mu.data() + j),         V::loadu(t.sigma.data() + j),
+                            V::loadu(t.log_sigma.data() + j),  V::loadu(t.dlog.data() + j),
+                            V::loadu(t.pmu.data() + j),        V::loadu(t.inv_psigma.data() + j),
+                            V::loadu(t.plog_sigma.data() + j), V::loadu(t.pdlog.data() + j)};
+    };
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
-        t.read(in, r, D, static_cast<int>(param), has_prior, true);
+        t.read(in, r, D, iparam, has_prior, true);
         std::fill(acc_z.begin(), acc_z.end(), T(0));
         std::fill(acc_ze.begin(), acc_ze.end(), T(0));
         std::fill(acc_pmu.begin(), acc_pmu.end(), T(0));
@@ -168,52 +305,20 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
           if (gq && !stl) acc_q += gq_k;
           for_vectors<W>(D, [&](int64_t j, auto n) {
             const V e = V::loadu(e_src + j, n);
-            const V sigma = V::loadu(t.sigma.data() + j);
-            V grad = gz ? load<T>(gz + k * gz_sk + r * gz_sr + j * gz_sd, gz_sd, n) : V(T(0));
-            if (gp) {
-              const V zv = V::loadu(t.mu.data() + j) + sigma * e;
-              if (has_prior) {
-                const V inv_ps = V::loadu(t.inv_psigma.data() + j);
-                const V u = (zv - V::loadu(t.pmu.data() + j)) * inv_ps;
-                grad = grad - V(gp_k) * u * inv_ps;
-                (V::loadu(acc_pmu.data() + j) + V(gp_k) * u).store(acc_pmu.data() + j);
-                (V::loadu(acc_plog.data() + j) + V(gp_k) * (u * u - V(T(1)))).store(acc_plog.data() + j);
-              } else {
-                grad = grad - V(gp_k) * zv;
-              }
+            const V gz_v = gz ? load<T>(gz + k * gz_sk + r * gz_sr + j * gz_sd, gz_sd, n) : V(T(0));
+            const SampleGrad g = sample_grad(held(j), e, gz_v, gp_k, gq_k);
+            if (has_prior) {
+              (V::loadu(acc_pmu.data() + j) + g.d_pmu).store(acc_pmu.data() + j);
+              (V::loadu(acc_plog.data() + j) + g.d_plog).store(acc_plog.data() + j);
             }
-            if (gq && stl) grad = grad - V(gq_k) * e / sigma;
-            (V::loadu(acc_z.data() + j) + grad).store(acc_z.data() + j);
-            (V::loadu(acc_ze.data() + j) + grad * e).store(acc_ze.data() + j);
+            (V::loadu(acc_z.data() + j) + g.grad).store(acc_z.data() + j);
+            (V::loadu(acc_ze.data() + j) + g.grad * e).store(acc_ze.data() + j);
           });
         }
         const T gk_r = gk ? gk[r * gk_sr] : T(0);
         for_vectors<W>(D, [&](int64_t j, auto n) {
-          const V mu = V::loadu(t.mu.data() + j), log_sigma = V::loadu(t.log_sigma.data() + j);
-          V g_mu = V::loadu(acc_z.data() + j);
-          V g_lsig = V::loadu(t.sigma.data() + j) * V::loadu(acc_ze.data() + j) - V(acc_q);
-          V g_pmu = V::loadu(acc_pmu.data() + j), g_plog = V::loadu(acc_plog.data() + j);
-          if (gk) {
-            const V gkv(gk_r);
-            if (has_prior) {
-              const V inv_ps = V::loadu(t.inv_psigma.data() + j);
-              const V delta = (mu - V::loadu(t.pmu.data() + j)) * inv_ps;
-              const V em = vexpm1(V(T(2)) * (log_sigma - V::loadu(t.plog_sigma.data() + j)));
-              g_pmu = g_pmu - gkv * delta;
-              g_plog = g_plog - gkv * (em + delta * delta);
-              g_mu = g_mu + gkv * delta * inv_ps;
-              g_lsig = g_lsig + gkv * em;
-            } else {
-              g_mu = g_mu + gkv * mu;
-              g_lsig = g_lsig + gkv * vexpm1(V(T(2)) * log_sigma);
-            }
-          }
-          grads.write(r, j, n, g_mu, g_lsig * V::loadu(t.dlog.data() + j));
-          if (has_prior) {
-            const V pm_grad = g_pmu * V::loadu(t.inv_psigma.data() + j);
-            const V ps_grad = g_plog * V::loadu(t.pdlog.data() + j);
-            grads.write_prior(b, r, j, n, pm_grad, ps_grad);
-          }
+          finish(b, r, j, n, held(j), V::loadu(acc_z.data() + j), V::loadu(acc_ze.data() + j),
+                 V::loadu(acc_pmu.data() + j), V::loadu(acc_plog.data() + j), acc_q, gk_r);
         });
       }
     }

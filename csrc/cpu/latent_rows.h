@@ -57,6 +57,53 @@ struct RowInputs {
   const scalar_t* row(int i, int64_t r) const { return ptr[i] + core::row_offset(r, shape, st[i]); }
 };
 
+// The posterior and prior terms of one vector of columns: mu, sigma, log sigma, d log sigma / ds,
+// and the prior's mu_p, 1 / sigma_p, log sigma_p, d log sigma_p / ds_p (left unset without
+// `with_prior`).
+template <typename T>
+struct ColumnTerms {
+  Vec<T> mu, sigma, log_sigma, dlog, pmu, inv_psigma, plog_sigma, pdlog;
+};
+
+// The inputs' rows r (mu, scale, and the prior's where it is given).
+template <typename scalar_t>
+struct RowPointers {
+  const scalar_t* p[4] = {nullptr, nullptr, nullptr, nullptr};
+  RowPointers(const RowInputs<scalar_t>& in, int64_t r, bool has_prior) {
+    for (int i = 0; i < (has_prior ? 4 : 2); ++i) p[i] = in.row(i, r);
+  }
+};
+
+// ColumnTerms of columns [j, j + n) of the rows `at`.
+template <typename T, typename scalar_t, typename N>
+C10_ALWAYS_INLINE ColumnTerms<T> column_terms(const RowInputs<scalar_t>& in, const RowPointers<scalar_t>& at, int64_t j,
+                                              N n, int param, bool with_prior, bool need_dlog) {
+  using V = Vec<T>;
+  ColumnTerms<T> c;
+  c.mu = load<T>(at.p[0] + j * in.st[0].sc, in.st[0].sc, n);
+  auto t = core::sigma_terms<V>(load<T>(at.p[1] + j * in.st[1].sc, in.st[1].sc, n), param, need_dlog);
+  c.sigma = t.sigma;
+  c.log_sigma = t.log_sigma;
+  c.dlog = t.dlog;
+  if (with_prior) {
+    c.pmu = load<T>(at.p[2] + j * in.st[2].sc, in.st[2].sc, n);
+    const V ps = load<T>(at.p[3] + j * in.st[3].sc, in.st[3].sc, n);
+    // The kernels need 1 / sigma_p, not sigma_p: for the exponential parametrizations that is
+    // one exp of -log sigma_p, where sigma_terms would take an exp and a vector division.
+    if (param == core::kLogvar || param == core::kLogStd) {
+      c.plog_sigma = param == core::kLogvar ? V(T(0.5)) * ps : ps;
+      c.inv_psigma = core::Ops<V>::exp(V(T(0)) - c.plog_sigma);
+      c.pdlog = V(T(param == core::kLogvar ? 0.5 : 1.0));
+    } else {
+      auto p = core::sigma_terms<V>(ps, param, need_dlog);
+      c.inv_psigma = V(T(1)) / p.sigma;
+      c.plog_sigma = p.log_sigma;
+      c.pdlog = p.dlog;
+    }
+  }
+  return c;
+}
+
 // Per-row posterior and prior terms in the compute type, one vector-padded buffer each. The prior's
 // terms are kept while the next row reads the same prior row (a prior shared by every row, or by
 // a run of rows: its sigma terms are computed once, not once per row).
@@ -70,55 +117,49 @@ struct RowTerms {
 
   template <typename scalar_t>
   void read(const RowInputs<scalar_t>& in, int64_t r, int64_t dim, int param, bool has_prior, bool need_dlog) {
-    using V = Vec<T>;
-    constexpr int64_t W = V::size();
-    const scalar_t* m = in.row(0, r);
-    const scalar_t* s = in.row(1, r);
+    constexpr int64_t W = Vec<T>::size();
+    const RowPointers<scalar_t> at(in, r, has_prior);
     if (has_prior) {
-      const scalar_t* pm = in.row(2, r);
-      const scalar_t* ps = in.row(3, r);
-      has_prior = pm != prior_read[0] || ps != prior_read[1];  // else the terms already held
-      prior_read[0] = pm;
-      prior_read[1] = ps;
+      const bool same = at.p[2] == prior_read[0] && at.p[3] == prior_read[1];  // the terms already held
+      prior_read[0] = at.p[2];
+      prior_read[1] = at.p[3];
+      has_prior = !same;
     }
     for_vectors<W>(dim, [&](int64_t j, auto n) {
-      load<T>(m + j * in.st[0].sc, in.st[0].sc, n).store(mu.data() + j);
-      auto t = core::sigma_terms<V>(load<T>(s + j * in.st[1].sc, in.st[1].sc, n), param, need_dlog);
-      t.sigma.store(sigma.data() + j);
-      t.log_sigma.store(log_sigma.data() + j);
-      t.dlog.store(dlog.data() + j);
+      const ColumnTerms<T> c = column_terms<T>(in, at, j, n, param, has_prior, need_dlog);
+      c.mu.store(mu.data() + j);
+      c.sigma.store(sigma.data() + j);
+      c.log_sigma.store(log_sigma.data() + j);
+      c.dlog.store(dlog.data() + j);
       if (has_prior) {
-        const scalar_t* pm = in.row(2, r);
-        const scalar_t* ps = in.row(3, r);
-        load<T>(pm + j * in.st[2].sc, in.st[2].sc, n).store(pmu.data() + j);
-        const V ps_j = load<T>(ps + j * in.st[3].sc, in.st[3].sc, n);
-        // The kernels need 1 / sigma_p, not sigma_p: for the exponential parametrizations that is
-        // one exp of -log sigma_p, where sigma_terms would take an exp and a vector division.
-        if (param == core::kLogvar || param == core::kLogStd) {
-          const V log_sigma_p = param == core::kLogvar ? V(T(0.5)) * ps_j : ps_j;
-          core::Ops<V>::exp(V(T(0)) - log_sigma_p).store(inv_psigma.data() + j);
-          log_sigma_p.store(plog_sigma.data() + j);
-          V(T(param == core::kLogvar ? 0.5 : 1.0)).store(pdlog.data() + j);
-        } else {
-          auto p = core::sigma_terms<V>(ps_j, param, need_dlog);
-          (V(T(1)) / p.sigma).store(inv_psigma.data() + j);
-          p.log_sigma.store(plog_sigma.data() + j);
-          p.dlog.store(pdlog.data() + j);
-        }
+        c.pmu.store(pmu.data() + j);
+        c.inv_psigma.store(inv_psigma.data() + j);
+        c.plog_sigma.store(plog_sigma.data() + j);
+        c.pdlog.store(pdlog.data() + j);
       }
     });
   }
 };
 
-// KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2 over the vector at column j.
+// KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2, r = log sigma - log sigma_p, delta = (mu - mu_p) / sigma_p
+// (the standard prior: r = log sigma, delta = mu).
+template <typename T>
+C10_ALWAYS_INLINE Vec<T> kl_term(const Vec<T>& mu, const Vec<T>& log_sigma, const Vec<T>& pmu, const Vec<T>& inv_psigma,
+                                 const Vec<T>& plog_sigma, bool has_prior) {
+  using V = Vec<T>;
+  const V half(T(0.5)), two(T(2));
+  if (!has_prior) return half * core::expm1_minus_x<V>(two * log_sigma) + half * mu * mu;
+  const V delta = (mu - pmu) * inv_psigma;
+  return half * core::expm1_minus_x<V>(two * (log_sigma - plog_sigma)) + half * delta * delta;
+}
+
+// KL_d over the vector at column j of the held terms.
 template <typename T>
 inline Vec<T> kl_terms(const RowTerms<T>& t, int64_t j, bool has_prior) {
   using V = Vec<T>;
-  const V mu = V::loadu(t.mu.data() + j), log_sigma = V::loadu(t.log_sigma.data() + j);
-  const V half(T(0.5)), two(T(2));
-  if (!has_prior) return half * core::expm1_minus_x<V>(two * log_sigma) + half * mu * mu;
-  const V delta = (mu - V::loadu(t.pmu.data() + j)) * V::loadu(t.inv_psigma.data() + j);
-  return half * core::expm1_minus_x<V>(two * (log_sigma - V::loadu(t.plog_sigma.data() + j))) + half * delta * delta;
+  if (!has_prior) return kl_term<T>(V::loadu(t.mu.data() + j), V::loadu(t.log_sigma.data() + j), V(), V(), V(), false);
+  return kl_term<T>(V::loadu(t.mu.data() + j), V::loadu(t.log_sigma.data() + j), V::loadu(t.pmu.data() + j),
+                    V::loadu(t.inv_psigma.data() + j), V::loadu(t.plog_sigma.data() + j), true);
 }
 
 inline int64_t padded_dim(int64_t dim, int64_t width) {

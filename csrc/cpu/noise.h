@@ -22,11 +22,11 @@ template <typename T>
 struct NoiseBlock {
   static constexpr int64_t kTargetGroups = 64;  // Philox calls per block when rows are short
   int64_t dim;
-  int64_t groups;               // ceil(D / 4) Philox calls per row
-  int64_t max_rows;             // rows per block
-  int64_t padded;               // max_rows * groups rounded up to whole vectors
-  std::vector<uint32_t> words;  // 4 x padded words (the portable path)
-  std::vector<T> lanes;         // 4 x padded normals, lane-major
+  int64_t groups;                          // ceil(D / 4) Philox calls per row
+  int64_t max_rows;                        // rows per block
+  int64_t padded;                          // max_rows * groups rounded up to whole vectors
+  std::vector<uint32_t> words;             // 4 x padded words (the portable path)
+  std::vector<T> lanes;                    // 4 x padded normals, lane-major
   std::vector<uint32_t> group_of, row_of;  // call i of a block: column group and row offset (AVX-512)
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -58,30 +58,52 @@ struct NoiseBlock {
       const int64_t n = n_rows * groups;
       float* normals = lanes.data();
       for (int64_t at = 0; at < n; at += 16) {
-        avx512::normals16(group_of.data() + at, row_of.data() + at, row0, sample, key, normals + at,
-                          normals + padded + at, normals + 2 * padded + at, normals + 3 * padded + at);
+        avx512::normals16(_mm512_loadu_si512(group_of.data() + at), _mm512_loadu_si512(row_of.data() + at), row0,
+                          sample, key, normals + at, normals + padded + at, normals + 2 * padded + at,
+                          normals + 3 * padded + at);
       }
 #endif
     } else {
-      normals_portable(key, row0, n_rows, sample);
+      normals_portable(key, row0, n_rows, sample, 0, groups);
     }
     copy_out(out, stride, n_rows);
   }
 
+  // eps of columns 4 g0 .. 4 (g0 + n_groups) - 1 of one row of `sample` (n_groups <= padded) to
+  // out[0 .. 4 n_groups): a tile of a long row, the same values as fill gives those columns.
+  void fill_columns(T* out, core::PhiloxKey key, int64_t row, int64_t sample, int64_t g0, int64_t n_groups) {
+    T* normals = lanes.data();
+    if constexpr (kInRegisters) {
+#if defined(CPU_CAPABILITY_AVX512)
+      for (int64_t at = 0; at < n_groups; at += 16) {
+        avx512::normals16(avx512::iota_from(g0 + at), _mm512_setzero_si512(), row, sample, key, normals + at,
+                          normals + padded + at, normals + 2 * padded + at, normals + 3 * padded + at);
+      }
+#endif
+    } else {
+      normals_portable(key, row, 1, sample, g0, n_groups);
+    }
+    for (int64_t g = 0; g < n_groups; ++g) {
+      for (int64_t lane = 0; lane < 4; ++lane) out[4 * g + lane] = normals[lane * padded + g];
+    }
+  }
+
  private:
-  // The four lanes of calls 0 .. n_rows groups - 1 into `lanes`: words, Philox and Box-Muller each
-  // on whole arrays (the inner loops vectorize; Sleef for log, cos, sin).
-  void normals_portable(core::PhiloxKey key, int64_t row0, int64_t n_rows, int64_t sample) {
-    const int64_t n = n_rows * groups;
+  // The four lanes of calls (g0 + g, row0 + i, sample), g < n_groups, i < n_rows, call i n_groups + g,
+  // into `lanes`: words, Philox and Box-Muller each on whole arrays (the inner loops vectorize;
+  // Sleef for log, cos, sin).
+  void normals_portable(core::PhiloxKey key, int64_t row0, int64_t n_rows, int64_t sample, int64_t g0,
+                        int64_t n_groups) {
+    const int64_t n = n_rows * n_groups;
     uint32_t* w0 = words.data();
     uint32_t* w1 = w0 + padded;
     uint32_t* w2 = w1 + padded;
     uint32_t* w3 = w2 + padded;
     for (int64_t i = 0; i < n_rows; ++i) {
-      for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t g = 0; g < n_groups; ++g) {
         uint32_t c[4];
-        core::noise_counter(c, g, row0 + i, sample);
-        const int64_t at = i * groups + g;
+        core::noise_counter(c, g0 + g, row0 + i, sample);
+        const int64_t at = i * n_groups + g;
         w0[at] = c[0];
         w1[at] = c[1];
         w2[at] = c[2];

@@ -19,7 +19,7 @@ namespace avx512 {
 
 // (hi, lo) 32-bit words of the 64-bit products a m, lane by lane (m: a constant in every lane).
 inline void mulhilo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, m);                         // lanes 0, 2, ... as 64-bit
+  const __m512i even = _mm512_mul_epu32(a, m);                        // lanes 0, 2, ... as 64-bit
   const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);  // lanes 1, 3, ...
   lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
@@ -48,7 +48,7 @@ inline void philox(__m512i& c0, __m512i& c1, __m512i& c2, __m512i& c3, core::Phi
 // parts; peak error about 1 ulp.
 inline __m512 log_unit(__m512 x) {
   __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);  // [1, 2)
-  __m512 e = _mm512_getexp_ps(x);                                         // floor(log2 x)
+  __m512 e = _mm512_getexp_ps(x);                                          // floor(log2 x)
   const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356237309505f), _CMP_GT_OQ);
   m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
   e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0f));
@@ -63,9 +63,9 @@ inline __m512 log_unit(__m512 x) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.0000714765e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(-2.4999993993e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(3.3333331174e-1f));
-  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, f), z);               // f^3 P(f)
-  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);     // e (ln 2 - 0.693359375)
-  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);               // - f^2 / 2
+  __m512 y = _mm512_mul_ps(_mm512_mul_ps(p, f), z);            // f^3 P(f)
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);  // e (ln 2 - 0.693359375)
+  y = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, y);            // - f^2 / 2
   return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
 }
 
@@ -87,8 +87,8 @@ inline void sincos_turn(__m512 theta, __m512& cos_out, __m512& sin_out) {
   c = _mm512_fmadd_ps(_mm512_mul_ps(c, z), z, _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, _mm512_set1_ps(1.0f)));
   const __m512i q = _mm512_cvtps_epi32(j);
   const __mmask16 swap = _mm512_test_epi32_mask(q, _mm512_set1_epi32(1));
-  const __m512i cos_sign = _mm512_slli_epi32(_mm512_and_si512(_mm512_add_epi32(q, _mm512_set1_epi32(1)),
-                                                              _mm512_set1_epi32(2)), 30);
+  const __m512i cos_sign =
+      _mm512_slli_epi32(_mm512_and_si512(_mm512_add_epi32(q, _mm512_set1_epi32(1)), _mm512_set1_epi32(2)), 30);
   const __m512i sin_sign = _mm512_slli_epi32(_mm512_and_si512(q, _mm512_set1_epi32(2)), 30);
   cos_out = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_mask_blend_ps(swap, c, s)), cos_sign));
   sin_out = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_mask_blend_ps(swap, s, c)), sin_sign));
@@ -96,11 +96,11 @@ inline void sincos_turn(__m512 theta, __m512& cos_out, __m512& sin_out) {
 
 // The four normals of sixteen Philox calls: call i's lanes to n0[i], n1[i], n2[i], n3[i]. Call i
 // has counter (group[i], row0 + row[i] (64-bit), sample).
-inline void normals16(const uint32_t* group, const uint32_t* row, int64_t row0, int64_t sample,
-                      core::PhiloxKey key, float* n0, float* n1, float* n2, float* n3) {
+inline void normals16(__m512i group, __m512i row, int64_t row0, int64_t sample, core::PhiloxKey key, float* n0,
+                      float* n1, float* n2, float* n3) {
   const uint64_t first = static_cast<uint64_t>(row0);
-  const __m512i offset = _mm512_loadu_si512(row);
-  __m512i c0 = _mm512_loadu_si512(group);
+  const __m512i offset = row;
+  __m512i c0 = group;
   __m512i c1 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first & 0xFFFFFFFFu)), offset);
   const __mmask16 carry = _mm512_cmplt_epu32_mask(c1, offset);  // the low word wrapped
   __m512i c2 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(first >> 32)), carry,
@@ -125,6 +125,12 @@ inline void normals16(const uint32_t* group, const uint32_t* row, int64_t row0, 
   _mm512_storeu_ps(n1, _mm512_mul_ps(rad_a, sin_a));
   _mm512_storeu_ps(n2, _mm512_mul_ps(rad_b, cos_b));
   _mm512_storeu_ps(n3, _mm512_mul_ps(rad_b, sin_b));
+}
+
+// Lanes 0, 1, ..., 15 plus `first`.
+inline __m512i iota_from(int64_t first) {
+  return _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first))),
+                          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 
 }  // namespace avx512
