@@ -374,6 +374,42 @@ def test_public_functions_name_the_argument_the_kernel_refused():
     assert info.value.__context__ is None
 
 
+def test_latent_calls_with_a_prior_or_dim_go_to_the_kernels_checked_by_name():
+    """Calls with a prior, n_samples or dim= take the C++-checks-first path too (no Python checks
+    unless the kernel refuses); a refusal still names the public argument, and the result is the
+    checked path's (validation mode forces the Python checks) bit for bit, DReG's inputs included."""
+    g = torch.Generator(DEVICE).manual_seed(5)
+    mu, s = (torch.randn(2, 3, 4, 5, generator=g, device=DEVICE) for _ in range(2))
+    pm, ps = (torch.randn(2, 3, 4, 5, generator=g, device=DEVICE) for _ in range(2))
+    cases = [dict(prior=(pm, ps)), dict(prior=[pm[0], ps[:, :, :1]], n_samples=2), dict(dim=(1, 2, 3), prior=(pm, ps)),
+             dict(dim=1, n_samples=3), dict(dim=(2, 3), prior=(pm[:1], ps[:1]), param="log_std")]
+    for kwargs in cases:
+        torch.manual_seed(0)
+        fast = fe.gaussian_latent(mu, s, backend=CPP, **kwargs)
+        torch.manual_seed(0)
+        was = fe.validation_enabled()
+        fe.set_validation(True)
+        try:
+            checked = fe.gaussian_latent(mu, s, backend=CPP, **kwargs)
+        finally:
+            fe.set_validation(was)
+        for a, b in zip(fast, checked):
+            assert torch.equal(a, b), kwargs
+        assert fast.inputs[-1].item() == checked.inputs[-1].item(), kwargs  # the seed DReG reads
+    with pytest.raises(TypeError, match="prior must be None or a pair"):
+        fe.gaussian_latent(mu, s, prior=torch.stack((pm, ps)), backend=CPP)  # unpacks, but is no pair
+    with pytest.raises(ValueError, match=r"prior \(prior_mu\)"):
+        fe.gaussian_latent(mu, s, prior=(pm[..., :2], ps), backend=CPP)
+    with pytest.raises(ValueError, match=r"prior \(prior_scale\)"):
+        fe.gaussian_latent(mu, s, dim=(1, 2, 3), prior=(pm, ps[:, :2, :, :2]), backend=CPP)
+    with pytest.raises(ValueError, match="n_samples"):
+        fe.gaussian_latent(mu, s, n_samples=0, backend=CPP)
+    with pytest.raises(ValueError, match="param"):
+        fe.gaussian_latent(mu, s, dim=(1, 2), param="std", backend=CPP)
+    with pytest.raises(ValueError, match="dim"):
+        fe.gaussian_latent(mu, s, dim=(1, 1), prior=(pm, ps), backend=CPP)
+
+
 def test_the_analytic_elbo_shortcut_still_resolves_an_explicit_backend(monkeypatch):
     """fe.elbo(kl="analytic") with one sample is a native subtraction, but an explicit backend that
     is unknown, unavailable or on another device is still the error it is on the other paths."""

@@ -191,3 +191,21 @@ def test_the_avx512_noise_math_over_every_input(tmp_path):
     fields = run.stdout.split()
     got = dict(zip(fields[0::2], map(float, fields[1::2])))
     assert got["log_ulp"] <= 1.0 and got["trig_ulp"] <= 2.0 and got["trig_abs"] <= 1.2e-7, got
+
+
+def test_traced_graphs_never_merge_two_draws():
+    """Under AOT autograd (here without dynamo) and torch.compile, fe.gaussian_latent passes a seed
+    drawn by torch.randint, which the graph passes know to be random: two identical calls give two
+    noises (with the op's own draw, AOT autograd's common-subexpression elimination merged them)."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("the cpu backend is unavailable here")
+    from functorch.compile import aot_function, min_cut_rematerialization_partition, nop
+
+    def two_samples(mu, s):
+        return fe.gaussian_latent(mu, s, backend="cpu").z, fe.gaussian_latent(mu, s, backend="cpu").z
+
+    mu, s = torch.zeros(3, 5, requires_grad=True), torch.zeros(3, 5, requires_grad=True)
+    za, zb = aot_function(two_samples, fw_compiler=nop, partition_fn=min_cut_rematerialization_partition)(mu, s)
+    assert not torch.equal(za, zb)
+    za, zb = torch.compile(two_samples, backend="aot_eager", fullgraph=True)(mu, s)
+    assert not torch.equal(za, zb)

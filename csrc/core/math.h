@@ -189,8 +189,8 @@ FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
 
 // e^x - 1 - x: x^2 (1/2! + x/3! + ... + x^8/10!) for |x| below the limit where those terms are
 // exact to the type (float32: |x| < 1/2, the next term < 1e-10 relative; float64: |x| < 0.1, < 1e-16),
-// else e^x - 1 - x (float32: no cancellation left at |x| >= 1/2, and one exp where expm1 on
-// vectors would evaluate its own series as well) or expm1(x) - x (float64).
+// else e^x - 1 - x (float32: one exp where expm1 on vectors would evaluate its own series as well;
+// at |x| = 1/2 about three bits cancel, 4.5 ulp at most just above it, measured) or expm1(x) - x (float64).
 template <typename V, typename M = Ops<V>>
 FE_HD V expm1_minus_x(V x) {
   auto small = M::lt(M::abs(x), M::c(M::kSingle ? 0.5 : 0.1));

@@ -65,7 +65,9 @@ template <typename T>
 struct NoiseTile {
   NoiseBlock<T> noise;
   std::vector<T> buffer;
-  explicit NoiseTile(int64_t dim) : noise(dim), buffer(4 * ((std::min(dim, kTileColumns) + 3) / 4)) {}
+  // (a block sized for one tile: fill_columns asks for at most kTileColumns / 4 calls)
+  explicit NoiseTile(int64_t dim)
+      : noise(std::min(dim, kTileColumns)), buffer(4 * ((std::min(dim, kTileColumns) + 3) / 4)) {}
   const T* columns(const EpsSource<T>& source, int64_t r, int64_t c0, int64_t n) {
     if (source.eps != nullptr) return source.eps + r * source.dim + c0;
     noise.fill_columns(buffer.data(), source.key, r, 0, c0 / 4, (n + 3) / 4);

@@ -40,6 +40,8 @@ SCHEMAS = {
     # the default CPU generator, as rng.draw_seed does (no separate op per call), and returns it
     # (0-dim int64; the backward regenerates eps from it, DReG reads it); when the caller passes a
     # seed or eps, and on every other device and overload, the fifth output is an empty int64 tensor.
+    # A call that draws is random although its schema is functional: never trace it into a graph
+    # that merges identical calls (pass a seed there, as fe.gaussian_latent does: _seed_for_kernel).
     "gaussian_latent": "(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
                        "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "gaussian_latent_backward": "(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
@@ -88,13 +90,10 @@ def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=
     (a constant: it must not require grad); otherwise it is drawn in-kernel from `generator`
     (default: the device's default generator).
     """
-    if type(dim) is not int or dim != -1:
-        layout = layout_for(mu, dim)
-        if layout is not None:
-            return _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps, backend)
-    if (n_samples is None and prior is None and eps is None and generator is None and (stl is False or stl is True)
-            and not V.active):
-        # The common call on the C++ kernels: they check their arguments (csrc/binding/checks.h),
+    if (eps is None and generator is None and (stl is False or stl is True) and not V.active
+            and (n_samples is None or (type(n_samples) is int and n_samples >= 1))
+            and (prior is None or (type(prior) in (tuple, list) and len(prior) == 2))):
+        # The common calls on the C++ kernels: they check their arguments (csrc/binding/checks.h),
         # and only when they refuse does _check_all say which argument is wrong, by its name here
         # (outside the except block: its error is not chained to the kernel's). On the CPU the
         # kernel draws its seed (after its checks: a refused call leaves the generator as it was).
@@ -102,17 +101,38 @@ def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=
         try:
             name = resolve(backend, mu.device)
             if OVERLOAD.get(name) == "default":
-                seed = _seed_for_kernel(mu.device, None)
-                out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, None, None, None, seed, PARAM_CODES[param],
-                                                                 0, stl)
-                return _traced(out, name, (mu, scale, param, None, None, None, seed))
+                return _on_cpp_kernels(name, mu, scale, param, dim, n_samples, prior, stl)
         except Exception as error:
             refused = error
         if refused is not None:
             _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
             raise refused
+    if type(dim) is not int or dim != -1:
+        layout = layout_for(mu, dim)
+        if layout is not None:
+            return _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps, backend)
     prior = _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
     return _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend)
+
+
+def _on_cpp_kernels(name, mu, scale, param, dim, n_samples, prior, stl) -> TracedLatent:
+    """gaussian_latent on the C++ kernels' default overload, which checks the arguments itself:
+    no eps or generator, and n_samples and prior already of the right kinds."""
+    code = PARAM_CODES[param]
+    layout = None if type(dim) is int and dim == -1 else layout_for(mu, dim)
+    prior_mu, prior_scale = (None, None) if prior is None else prior
+    seed = _seed_for_kernel(mu, None)
+    if layout is None:
+        out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, prior_mu, prior_scale, None, seed, code,
+                                                         n_samples or 0, stl)
+        return _traced(out, name, (mu, scale, param, n_samples, None if prior is None else (prior_mu, prior_scale),
+                                   None, seed))
+    flat_prior = None if prior is None else (layout.flat_prior(prior_mu), layout.flat_prior(prior_scale))
+    flat_mu, flat_scale = layout.flat(mu), layout.flat(scale)
+    out = torch.ops.fastelbo.gaussian_latent.default(flat_mu, flat_scale, *(flat_prior or (None, None)), None, seed,
+                                                     code, n_samples or 0, stl)
+    flat = _traced(out, name, (flat_mu, flat_scale, param, n_samples, flat_prior, None, seed))
+    return _unflat(layout, flat, n_samples)
 
 
 def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
@@ -125,21 +145,27 @@ def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend) -
     else:
         overload = OVERLOAD[name]
         seed = None if eps is not None else (
-            _seed_for_kernel(mu.device, generator) if overload == "default" else draw_seed(mu.device, generator))
+            _seed_for_kernel(mu, generator) if overload == "default" else draw_seed(mu.device, generator))
         prior_mu, prior_scale = prior if prior is not None else (None, None)
         out = getattr(torch.ops.fastelbo.gaussian_latent, overload)(
             mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl)
     return _traced(out, name, (mu, scale, param, n_samples, prior, eps, seed))
 
 
-def _seed_for_kernel(device: torch.device, generator):
-    """The seed to pass the C++ kernels: None on the CPU, where the kernel draws it from the default
-    generator itself, as draw_seed would; drawn here for a given generator, on CUDA (the device-side
-    seed keeps CUDA graphs valid) and under torch.compile (an op that draws inside would be a hidden
-    side effect to the compiler, which may merge or replay calls of a functional op)."""
-    if device.type == "cpu" and generator is None and not torch.compiler.is_compiling():
+def _seed_for_kernel(mu: torch.Tensor, generator):
+    """The seed to pass the C++ kernels: None for a plain CPU tensor in eager mode, where the kernel
+    draws it from the default generator itself, as draw_seed would; drawn here for a given
+    generator, on CUDA (the device-side seed keeps CUDA graphs valid), and whenever the call is
+    being traced into a graph: under torch.compile, torch.jit.trace, or AOT autograd and make_fx's
+    fake tracing (mu is then a tensor subclass). There the op's own draw would be a hidden side
+    effect of a functional op, and a graph pass such as AOT autograd's common-subexpression
+    elimination would merge two identical calls into one noise; torch.randint is an op those
+    passes know to be random. (make_fx with real tensors traces plain tensors: a graph made that
+    way replays the draw on each run, and must not be CSE'd.)"""
+    if (type(mu) is torch.Tensor and mu.device.type == "cpu" and generator is None
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
         return None
-    return draw_seed(device, generator)
+    return draw_seed(mu.device, generator)
 
 
 def _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
@@ -151,7 +177,13 @@ def _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps
     flat = _checked(layout.flat(mu), layout.flat(scale), param, n_samples,
                     None if prior is None else tuple(layout.flat_prior(t) for t in prior), stl, generator,
                     None if eps is None else layout.flat(eps, leading), backend)
-    latent = TracedLatent(layout.unflat(flat.z, leading), flat.log_q, flat.log_p, flat.kl)
+    return _unflat(layout, flat, n_samples)
+
+
+def _unflat(layout, flat: TracedLatent, n_samples) -> TracedLatent:
+    """The latent of the kernels' flat call, z back in mu's dim order; it keeps the flat
+    arguments and the layout, for DReG."""
+    latent = TracedLatent(layout.unflat(flat.z, 0 if n_samples is None else 1), flat.log_q, flat.log_p, flat.kl)
     latent.backend, latent.inputs, latent.layout = flat.backend, flat.inputs, layout
     return latent
 
