@@ -61,6 +61,25 @@ def test_latent_with_drawn_noise(backend, seed):
     assert gradgradcheck(z_and_log_p, [mu, s])
 
 
+@pytest.mark.parametrize("prior", [False, True])
+def test_latent_whose_kernel_draws_the_seed(backend, prior, seed):
+    """The common call, whose CPU kernel draws its own seed (the default generator, reset before each
+    evaluation so gradgradcheck sees one function); with a per-sample prior it takes the tiled rows."""
+    if backend != "cpu":
+        pytest.skip("only the CPU kernel draws its own seed")
+    g = generator(seed)
+    inputs = [_leaf(randn(g, 3, 6)), _leaf(rand(g, 3, 6, low=-1, high=1))]
+    if prior:
+        inputs += [_leaf(randn(g, 3, 6)), _leaf(rand(g, 3, 6, low=-1, high=1))]
+
+    def latent(mu, s, *prior_args):
+        torch.manual_seed(seed)
+        lat = fe.gaussian_latent(mu, s, prior=tuple(prior_args) or None, backend=backend)
+        return lat.z, lat.log_q, lat.log_p, lat.kl
+
+    assert gradgradcheck(latent, inputs)
+
+
 @pytest.mark.parametrize("param", PARAMS)
 @pytest.mark.parametrize("per_dim", [False, True])
 def test_kl(backend, param, per_dim, seed):

@@ -30,7 +30,7 @@ void gaussian_kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_
       t.read(in, r, D, static_cast<int>(param), rows.has_prior, false);
       V acc(T(0));
       for_vectors<W>(D, [&](int64_t j, auto n) {
-        const V kl = kl_terms(t, j, rows.has_prior);
+        const V kl = kl_term<T>(t.column(j), rows.has_prior);
         if (per_dim) {
           kl.store(out_ptr + r * D + j, n);
         } else {

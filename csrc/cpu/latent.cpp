@@ -97,6 +97,19 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
   T* lq_ptr = log_q.data_ptr<T>();
   T* lp_ptr = log_p.data_ptr<T>();
   T* kl_ptr = kl.data_ptr<T>();
+  // One sample at one vector of columns: z = mu + sigma eps stored, -eps^2/2 - log sigma and
+  // -u^2/2 - log sigma_p (u = (z - mu_p) / sigma_p; the standard prior: -z^2/2) added to the sums.
+  auto sample = [&](const ColumnTerms<T>& c, const V& e, scalar_t* z_at, auto n, V& lq_acc, V& lp_acc) {
+    const V zv = c.mu + c.sigma * e;
+    store<T>(z_at, 1, zv, n);
+    lq_acc += first(V(T(-0.5)) * e * e - c.log_sigma, n);
+    if (has_prior) {
+      const V u = (zv - c.pmu) * c.inv_psigma;
+      lp_acc += first(V(T(-0.5)) * u * u - c.plog_sigma, n);
+    } else {
+      lp_acc += first(V(T(-0.5)) * zv * zv, n);
+    }
+  };
   if (tiled_rows(rows, k_samples)) {
     at::parallel_for(0, R, grain_rows(D * 3), [&](int64_t begin, int64_t end) {
       NoiseTile<T> tile(D);
@@ -109,17 +122,8 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
           for_vectors<W>(cols, [&](int64_t jj, auto n) {
             const int64_t j = c0 + jj;
             const ColumnTerms<T> c = column_terms<T>(in, at, j, n, static_cast<int>(param), has_prior, false);
-            const V e = V::loadu(e_src + jj, n);
-            const V zv = c.mu + c.sigma * e;
-            store<T>(z_ptr + r * D + j, 1, zv, n);
-            kl_acc += first(kl_term<T>(c.mu, c.log_sigma, c.pmu, c.inv_psigma, c.plog_sigma, has_prior), n);
-            lq_acc += first(V(T(-0.5)) * e * e - c.log_sigma, n);
-            if (has_prior) {
-              const V u = (zv - c.pmu) * c.inv_psigma;
-              lp_acc += first(V(T(-0.5)) * u * u - c.plog_sigma, n);
-            } else {
-              lp_acc += first(V(T(-0.5)) * zv * zv, n);
-            }
+            kl_acc += first(kl_term<T>(c, has_prior), n);
+            sample(c, V::loadu(e_src + jj, n), z_ptr + r * D + j, n, lq_acc, lp_acc);
           });
         }
         kl_ptr[r] = hsum(kl_acc);
@@ -135,26 +139,14 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
     for (int64_t r = begin; r < end; ++r) {
       t.read(in, r, D, static_cast<int>(param), has_prior, false);
       V kl_acc(T(0));
-      for (int64_t j = 0; j < D; j += W) kl_acc += first(kl_terms(t, j, has_prior), std::min<int64_t>(W, D - j));
+      for_vectors<W>(D, [&](int64_t j, auto n) { kl_acc += first(kl_term<T>(t.column(j), has_prior), n); });
       kl_ptr[r] = hsum(kl_acc);
       for (int64_t k = 0; k < k_samples; ++k) {
         const int64_t out_row = k * R + r;
         const T* e_src = eps_source.row(scratch, r, k);
         V lq_acc(T(0)), lp_acc(T(0));
         for_vectors<W>(D, [&](int64_t j, auto n) {
-          const V e = V::loadu(e_src + j, n);
-          const V sigma = V::loadu(t.sigma.data() + j);
-          const V zv = V::loadu(t.mu.data() + j) + sigma * e;
-          store<T>(z_ptr + out_row * D + j, 1, zv, n);
-          lq_acc += first(V(T(-0.5)) * e * e - V::loadu(t.log_sigma.data() + j), n);
-          V lp_term;
-          if (has_prior) {
-            const V u = (zv - V::loadu(t.pmu.data() + j)) * V::loadu(t.inv_psigma.data() + j);
-            lp_term = V(T(-0.5)) * u * u - V::loadu(t.plog_sigma.data() + j);
-          } else {
-            lp_term = V(T(-0.5)) * zv * zv;
-          }
-          lp_acc += first(lp_term, n);
+          sample(t.column(j), V::loadu(e_src + j, n), z_ptr + out_row * D + j, n, lq_acc, lp_acc);
         });
         lq_ptr[out_row] = hsum(lq_acc) - half_log_2pi_d;
         lp_ptr[out_row] = hsum(lp_acc) - half_log_2pi_d;
@@ -286,12 +278,6 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
     RowTerms<T> t(P);
     typename EpsSource<T>::Scratch scratch(D, P, K);
     std::vector<T> acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
-    auto held = [&](int64_t j) {  // the terms RowTerms holds at column j
-      return ColumnTerms<T>{V::loadu(t.mu.data() + j),         V::loadu(t.sigma.data() + j),
-                            V::loadu(t.log_sigma.data() + j),  V::loadu(t.dlog.data() + j),
-                            V::loadu(t.pmu.data() + j),        V::loadu(t.inv_psigma.data() + j),
-                            V::loadu(t.plog_sigma.data() + j), V::loadu(t.pdlog.data() + j)};
-    };
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
         t.read(in, r, D, iparam, has_prior, true);
@@ -308,7 +294,7 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
           for_vectors<W>(D, [&](int64_t j, auto n) {
             const V e = V::loadu(e_src + j, n);
             const V gz_v = gz ? load<T>(gz + k * gz_sk + r * gz_sr + j * gz_sd, gz_sd, n) : V(T(0));
-            const SampleGrad g = sample_grad(held(j), e, gz_v, gp_k, gq_k);
+            const SampleGrad g = sample_grad(t.column(j), e, gz_v, gp_k, gq_k);
             if (has_prior) {
               (V::loadu(acc_pmu.data() + j) + g.d_pmu).store(acc_pmu.data() + j);
               (V::loadu(acc_plog.data() + j) + g.d_plog).store(acc_plog.data() + j);
@@ -319,7 +305,7 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
         }
         const T gk_r = gk ? gk[r * gk_sr] : T(0);
         for_vectors<W>(D, [&](int64_t j, auto n) {
-          finish(b, r, j, n, held(j), V::loadu(acc_z.data() + j), V::loadu(acc_ze.data() + j),
+          finish(b, r, j, n, t.column(j), V::loadu(acc_z.data() + j), V::loadu(acc_ze.data() + j),
                  V::loadu(acc_pmu.data() + j), V::loadu(acc_plog.data() + j), acc_q, gk_r);
         });
       }

@@ -115,6 +115,15 @@ struct RowTerms {
       : mu(padded), sigma(padded), log_sigma(padded), dlog(padded), pmu(padded), inv_psigma(padded),
         plog_sigma(padded), pdlog(padded) {}
 
+  // The held terms at column j (the prior's as they were last read).
+  ColumnTerms<T> column(int64_t j) const {
+    using V = Vec<T>;
+    return ColumnTerms<T>{V::loadu(mu.data() + j),         V::loadu(sigma.data() + j),
+                          V::loadu(log_sigma.data() + j),  V::loadu(dlog.data() + j),
+                          V::loadu(pmu.data() + j),        V::loadu(inv_psigma.data() + j),
+                          V::loadu(plog_sigma.data() + j), V::loadu(pdlog.data() + j)};
+  }
+
   template <typename scalar_t>
   void read(const RowInputs<scalar_t>& in, int64_t r, int64_t dim, int param, bool has_prior, bool need_dlog) {
     constexpr int64_t W = Vec<T>::size();
@@ -144,22 +153,12 @@ struct RowTerms {
 // KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2, r = log sigma - log sigma_p, delta = (mu - mu_p) / sigma_p
 // (the standard prior: r = log sigma, delta = mu).
 template <typename T>
-C10_ALWAYS_INLINE Vec<T> kl_term(const Vec<T>& mu, const Vec<T>& log_sigma, const Vec<T>& pmu, const Vec<T>& inv_psigma,
-                                 const Vec<T>& plog_sigma, bool has_prior) {
+C10_ALWAYS_INLINE Vec<T> kl_term(const ColumnTerms<T>& c, bool has_prior) {
   using V = Vec<T>;
   const V half(T(0.5)), two(T(2));
-  if (!has_prior) return half * core::expm1_minus_x<V>(two * log_sigma) + half * mu * mu;
-  const V delta = (mu - pmu) * inv_psigma;
-  return half * core::expm1_minus_x<V>(two * (log_sigma - plog_sigma)) + half * delta * delta;
-}
-
-// KL_d over the vector at column j of the held terms.
-template <typename T>
-inline Vec<T> kl_terms(const RowTerms<T>& t, int64_t j, bool has_prior) {
-  using V = Vec<T>;
-  if (!has_prior) return kl_term<T>(V::loadu(t.mu.data() + j), V::loadu(t.log_sigma.data() + j), V(), V(), V(), false);
-  return kl_term<T>(V::loadu(t.mu.data() + j), V::loadu(t.log_sigma.data() + j), V::loadu(t.pmu.data() + j),
-                    V::loadu(t.inv_psigma.data() + j), V::loadu(t.plog_sigma.data() + j), true);
+  if (!has_prior) return half * core::expm1_minus_x<V>(two * c.log_sigma) + half * c.mu * c.mu;
+  const V delta = (c.mu - c.pmu) * c.inv_psigma;
+  return half * core::expm1_minus_x<V>(two * (c.log_sigma - c.plog_sigma)) + half * delta * delta;
 }
 
 inline int64_t padded_dim(int64_t dim, int64_t width) {
