@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.abc
 import importlib.util
 import os
+import sys
 import threading
 import warnings
 
@@ -257,8 +259,43 @@ def resolve(backend: str | None, device: torch.device) -> str:
     return _resolve(backend, device.type)
 
 
-# What torch.compiler.assume_constant_result does, without importing torch._dynamo (and with it
-# triton) whenever fastelbo is imported: inside a compiled region, backend resolution and
-# availability checks (imports, environment) run once at trace time and become constants.
-_resolve._dynamo_marked_constant = True
-_unavailable_reason._dynamo_marked_constant = True
+# Inside a compiled region, backend resolution and availability checks (imports, a first build,
+# the environment) run once at trace time and become constants of the graph:
+# torch.compiler.assume_constant_result. That function imports torch._dynamo (and with it triton:
+# about a second), which `import fastelbo` should not cost a program that never compiles. So the
+# two functions are marked as soon as torch._dynamo is imported: now if it already is, else by a
+# one-shot import hook, which runs before anything can trace them (torch.compile imports
+# torch._dynamo first).
+
+def _mark_constant_for_compile() -> None:
+    torch.compiler.assume_constant_result(_resolve)
+    torch.compiler.assume_constant_result(_unavailable_reason)
+
+
+class _MarkWhenDynamoLoads(importlib.abc.MetaPathFinder):
+    """A meta-path finder that finds nothing itself: when torch._dynamo is about to be imported it
+    leaves sys.meta_path, and has the module's own loader call _mark_constant_for_compile once the
+    module has run."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "torch._dynamo":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            _mark_constant_for_compile()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "torch._dynamo" in sys.modules:
+    _mark_constant_for_compile()
+else:
+    sys.meta_path.insert(0, _MarkWhenDynamoLoads())

@@ -102,6 +102,28 @@ def test_compile_loads_two_backends_inside_one_trace(backend, seed, monkeypatch)
     assert {"reference", backend} <= set(_backend._RESOLVED.values())
 
 
+def test_compile_first_in_a_fresh_process():
+    """`import fastelbo` does not import torch._dynamo (about a second, with triton), and a process
+    whose first fastelbo call is inside torch.compile(fullgraph=True) still traces it: the backend
+    resolution becomes a constant of the graph, marked with torch.compiler.assume_constant_result
+    as soon as torch._dynamo is imported (fastelbo/_backend.py). Without the mark dynamo stops at
+    the resolution's first import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import fastelbo as fe\n"
+        "assert 'torch._dynamo' not in sys.modules, 'import fastelbo imported torch._dynamo'\n"
+        "mu, s, eps = torch.randn(4, 3), torch.randn(4, 3), torch.zeros(4, 3)\n"
+        "step = torch.compile(lambda mu, s: fe.gaussian_latent(mu, s, eps=eps).kl, fullgraph=True,\n"
+        "                     backend='aot_eager')\n"
+        "torch.testing.assert_close(step(mu, s), fe.gaussian_kl(mu, s))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 # ---- noise ----
 
 def test_forward_eps_equals_backward_eps(backend, seed):
