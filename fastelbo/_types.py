@@ -43,6 +43,17 @@ class TracedLatent(Latent):
     backend: Optional[str] = None
     inputs: Optional[tuple] = None
     layout: Optional[object] = None  # the event dims' EventLayout when they are not mu's last dim
+    inputs_flat: bool = True  # inputs over the flat rows; False: in mu's shape (the op flattened them)
+
+    def flat_inputs(self) -> Optional[tuple]:
+        """inputs over the flat rows (batch..., D) the kernels summed over (what DReG rebuilds log q
+        from): as recorded, or flattened here when the op took mu's trailing event dims itself."""
+        if self.inputs_flat or self.layout is None or self.inputs is None:
+            return self.inputs
+        mu, scale, param, n_samples, prior, eps, seed = self.inputs
+        flat_prior = None if prior is None else tuple(self.layout.flat_prior(t) for t in prior)
+        flat_eps = None if eps is None else self.layout.flat(eps, 0 if n_samples is None else 1)
+        return self.layout.flat(mu), self.layout.flat(scale), param, n_samples, flat_prior, flat_eps, seed
 
     def __repr__(self) -> str:
         return Latent.__repr__(self).replace(type(self).__name__, "Latent", 1)

@@ -145,14 +145,20 @@ def _in_layout(t, channels_last):
     return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
 
 
-def _event_dims_latent_case(name, dim, prior=None, n_samples=None, channels_last=False):
-    """gaussian_latent with event dims other than the last (log-std, as vdvae holds them)."""
+def _event_dims_latent_case(name, dim, prior=None, n_samples=None, channels_last=False, default_generator=False):
+    """gaussian_latent with event dims other than the last (log-std, as vdvae holds them). With
+    default_generator the call draws from the device's default generator (set to g's state): the
+    common call, which on the C++ kernels passes trailing event dims to the op as they are."""
     def run(t, backend, g):
         import fastelbo as fe
 
         p = (_in_layout(t["prior_mu"], channels_last), _in_layout(t["prior_scale"], channels_last)) if prior else None
-        return tuple(fe.gaussian_latent(_in_layout(t["mu"], channels_last), _in_layout(t["scale"], channels_last),
-                                        param="log_std", dim=dim, n_samples=n_samples, prior=p, generator=g,
+        mu, scale = _in_layout(t["mu"], channels_last), _in_layout(t["scale"], channels_last)
+        if default_generator:
+            with _default_generator(g):
+                return tuple(fe.gaussian_latent(mu, scale, param="log_std", dim=dim, n_samples=n_samples, prior=p,
+                                                backend=backend))
+        return tuple(fe.gaussian_latent(mu, scale, param="log_std", dim=dim, n_samples=n_samples, prior=p, generator=g,
                                         backend=backend))
 
     grads = ("mu", "scale") + (("prior_mu", "prior_scale") if prior else ())
@@ -170,10 +176,12 @@ def _event_dims_kl_case(name, dim, prior, per_dim):
     return OpCase(name, lambda g: _nchw_posterior(g, prior), run, grads)
 
 
-def _event_dims_elbo_case(name, estimator, n_samples):
-    """The ELBO of an NCHW latent summed per image, decoded by a linear map of the flat latent."""
+def _event_dims_elbo_case(name, estimator, n_samples, prior=None, default_generator=False):
+    """The ELBO of an NCHW latent summed per image, decoded by a linear map of the flat latent (the
+    latent's noise from g, or from the default generator set to g's state, as in
+    _event_dims_latent_case)."""
     def make(g):
-        inputs = _nchw_posterior(g, None)
+        inputs = _nchw_posterior(g, prior)
         inputs["weight"] = _normal(g, 24, 7, scale=0.3)
         inputs["x"] = (_uniform(g, 2, 7) < 0.5).to(torch.float64)
         return inputs
@@ -181,12 +189,14 @@ def _event_dims_elbo_case(name, estimator, n_samples):
     def run(t, backend, g):
         import fastelbo as fe
 
-        with use_backend(backend):
-            latent = fe.gaussian_latent(t["mu"], t["scale"], dim=(1, 2, 3), n_samples=n_samples, generator=g)
+        p = (t["prior_mu"], t["prior_scale"]) if prior else None
+        with use_backend(backend), (_default_generator(g) if default_generator else contextlib.nullcontext()):
+            latent = fe.gaussian_latent(t["mu"], t["scale"], dim=(1, 2, 3), n_samples=n_samples, prior=p,
+                                        generator=None if default_generator else g)
             log_lik = fe.bernoulli_log_prob(latent.z.flatten(-3) @ t["weight"], t["x"])
             return (fe.elbo(log_lik, latent, kl="mc", estimator=estimator),)
 
-    return OpCase(name, make, run, ("mu", "scale", "weight"))
+    return OpCase(name, make, run, ("mu", "scale", "weight") + (("prior_mu", "prior_scale") if prior else ()))
 
 
 def _kl_case(name, param, prior, per_dim, scale_range=(-1.5, 1.0)):
@@ -471,6 +481,10 @@ CASES: tuple[OpCase, ...] = (
     _event_dims_latent_case("gaussian_latent[dim=1,channel prior,channels_last]", 1, prior="channel",
                             channels_last=True),
     _event_dims_latent_case("gaussian_latent[dim=(1,2,3),channels_last]", (1, 2, 3), channels_last=True),
+    _event_dims_latent_case("gaussian_latent[dim=(1,2,3),channel prior,K=2,default generator]", (1, 2, 3),
+                            prior="channel", n_samples=2, default_generator=True),
+    _event_dims_latent_case("gaussian_latent[dim=(2,3),full prior,default generator]", (2, 3), prior="full",
+                            default_generator=True),
     _kl_case("gaussian_kl[logvar]", "logvar", prior=False, per_dim=False),
     _event_dims_kl_case("gaussian_kl[dim=(2,3),channel prior,per_dim]", (2, 3), "channel", per_dim=True),
     _event_dims_kl_case("gaussian_kl[dim=(1,2,3),full prior]", (1, 2, 3), "full", per_dim=False),
@@ -503,6 +517,8 @@ CASES: tuple[OpCase, ...] = (
     _elbo_case("elbo[iwae,K=4]", "mc", "iwae", 4),
     _elbo_case("elbo[dreg,K=4]", "mc", "dreg", 4),
     _event_dims_elbo_case("elbo[dreg,K=3,dim=(1,2,3)]", "dreg", 3),
+    _event_dims_elbo_case("elbo[dreg,K=2,dim=(1,2,3),channel prior,default generator]", "dreg", 2, prior="channel",
+                          default_generator=True),
     _module_case("ELBO[analytic,free_bits]", free_bits=0.3),
     _module_case("ELBO[analytic,mean]"),  # the loss-level fusion: buffers scaled by the loss's gradient
     _module_case("ELBO[continuous_bernoulli,mc,K=3,sum]", "continuous_bernoulli", n_samples=3, kl="mc",

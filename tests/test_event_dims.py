@@ -36,10 +36,11 @@ def test_the_cpu_kernels_read_nchw_and_channels_last_without_a_copy(layout, seed
     prior = tuple(t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in (mu, scale))
 
     def step():  # (autograd.grad: .backward() would copy a gradient whose strides differ from its leaf's)
-        lat = fe.gaussian_latent(mu, scale, dim=dim, n_samples=2, prior=prior, generator=g, backend="cpu")
-        kl = fe.gaussian_kl(mu, scale, dim=dim, per_dim=True, backend="cpu")
-        loss = lat.z.sum() + lat.log_q.sum() + lat.log_p.sum() + lat.kl.sum() + kl.sum()
-        torch.autograd.grad(loss, (mu, scale, *prior))
+        for source in (g, None):  # (None: the default generator, the op given trailing event dims as they are)
+            lat = fe.gaussian_latent(mu, scale, dim=dim, n_samples=2, prior=prior, generator=source, backend="cpu")
+            kl = fe.gaussian_kl(mu, scale, dim=dim, per_dim=True, backend="cpu")
+            loss = lat.z.sum() + lat.log_q.sum() + lat.log_p.sum() + lat.kl.sum() + kl.sum()
+            torch.autograd.grad(loss, (mu, scale, *prior))
 
     assert _copies(step) == []
     # The check sees copies: channels-last with dim=(1, 2, 3) is copied ((C, H, W) are not one
@@ -48,6 +49,25 @@ def test_the_cpu_kernels_read_nchw_and_channels_last_without_a_copy(layout, seed
     assert _copies(lambda: fe.gaussian_latent(cl_mu, cl_scale, dim=(1, 2, 3), backend="cpu")) != []
     odd = randn(g, 2, 3, 4, 5, 6).permute(3, 1, 0, 2, 4)
     assert _copies(lambda: fe.gaussian_latent(odd, odd, backend="cpu")) != []
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the cpu backend")
+@pytest.mark.parametrize("dim", [(1, 2, 3), (2, 3)])
+def test_trailing_event_dims_go_to_the_op_without_view_nodes(dim, seed):
+    """A hierarchical VAE calls the latent once per layer: with the event dims mu's last (NCHW with
+    dim=(1, 2, 3) or (2, 3)) the op flattens them itself, below autograd (its event_dims argument),
+    so z's node is the op's and its inputs' edges go straight to the leaves (no view nodes forward
+    or backward). Other event dims (dim=1) take flat views in Python."""
+    g = generator(seed)
+    mu, scale = _posterior(g, channels_last=False)
+    pm, ps = (randn(g, 3, 1, 1).requires_grad_() for _ in range(2))
+    lat = fe.gaussian_latent(mu, scale, dim=dim, param="log_std", prior=(pm, ps), backend="cpu")
+    node = lat.z.grad_fn
+    assert "View" not in type(node).__name__ and "Unflatten" not in type(node).__name__
+    assert all(type(fn).__name__ == "AccumulateGrad" for fn, _ in node.next_functions if fn is not None)
+    assert lat.kl.grad_fn is node
+    flat = fe.gaussian_latent(mu, scale, dim=1, backend="cpu").z.grad_fn  # event dim in the middle: views
+    assert type(flat).__name__ != type(node).__name__
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -164,3 +184,22 @@ def test_second_derivatives_through_the_flat_views(backend, seed):
 
     for fn in (latent, kl):
         assert torch.autograd.gradgradcheck(fn, (mu, scale, pm, ps))
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the cpu backend")
+def test_second_derivatives_with_trailing_event_dims_in_the_op(seed):
+    """gradgradcheck of the latent whose op takes the trailing event dims itself (no generator:
+    the default one, reseeded on each call so that every evaluation draws the same noise), with a
+    per-channel prior mean and a per-sample prior scale, K=2. (Not with stl, whose gradient of
+    log q is by design not the derivative of its value.)"""
+    g = generator(seed)
+    mu, scale = randn(g, 2, 3, 2, 2).requires_grad_(), rand(g, 2, 3, 2, 2, low=-1, high=1).requires_grad_()
+    pm, ps = randn(g, 3, 1, 1).requires_grad_(), rand(g, 2, 3, 2, 2, low=-1, high=1).requires_grad_()
+
+    def latent(mu, scale, pm, ps):
+        torch.manual_seed(seed)
+        lat = fe.gaussian_latent(mu, scale, dim=(1, 2, 3), n_samples=2, prior=(pm, ps), param="log_std", backend="cpu")
+        assert lat.z.grad_fn is lat.kl.grad_fn  # the op's own node: the trailing dims went to the op
+        return lat.z, lat.log_q, lat.log_p, lat.kl
+
+    assert torch.autograd.gradgradcheck(latent, (mu, scale, pm, ps))

@@ -88,6 +88,10 @@ def _opcheck_cases(seed):
     logvar = rand(g, 7, low=-1, high=1, **f32)
     buffer = randn(g, 2, 3, 7, **f32)
     target = torch.randint(0, 7, (3,), generator=g, device=g.device)
+    # NCHW latents whose last event_dims dims are the event (the op flattens them itself)
+    mu4, s4 = randn(g, 2, 3, 2, 2, **f32), rand(g, 2, 3, 2, 2, low=-1, high=1, **f32)
+    pm4, ps4 = randn(g, 3, 1, 1, **f32), rand(g, 2, 3, 2, 2, low=-1, high=1, **f32)
+    eps4 = randn(g, 2, 2, 3, 2, 2, **f32)
     rg = _leaf
     return [
         ("gaussian_latent", (rg(mu), rg(s), None, None, None, seed_t, 0, 2, False)),
@@ -95,6 +99,8 @@ def _opcheck_cases(seed):
         ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), eps, None, 1, 2, False)),
         ("gaussian_latent", (rg(mu), rg(s), None, None, None, seed_t, 0, 0, True)),  # no sample dim
         ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), eps[0], None, 2, 0, False)),
+        ("gaussian_latent", (rg(mu4), rg(s4), rg(pm4), rg(ps4), None, seed_t, 1, 2, False, 3)),  # dim=(1, 2, 3)
+        ("gaussian_latent", (rg(mu4), rg(s4), None, None, eps4[0], None, 0, 0, True, 2)),  # dim=(2, 3)
         ("gaussian_kl", (rg(mu), rg(s), rg(pm), rg(ps), 0, True)),
         ("gaussian_kl", (rg(mu), rg(s), None, None, 2, False)),
         ("bernoulli_log_prob", (rg(logits), x, 1, True)),
@@ -119,15 +125,57 @@ def _opcheck_cases(seed):
 
 
 @pytest.mark.parametrize("overload", list(OVERLOADS))
-@pytest.mark.parametrize("index", range(25))
+@pytest.mark.parametrize("index", range(27))
 def test_opcheck(overload, index, seed):
-    assert len(_opcheck_cases(seed)) == 25  # the parametrization covers every case
+    assert len(_opcheck_cases(seed)) == 27  # the parametrization covers every case
     backend = OVERLOADS[overload]
     if fe.backends()[backend] != "available" or fe._backend.OVERLOAD[backend] != overload:
         pytest.skip(f"backend {backend!r} is unavailable here, or has no overload {overload!r}")
     __import__(fe._backend._MODULES[backend])  # registers the backend's kernels
     name, args = _opcheck_cases(seed)[index]
     torch.library.opcheck(getattr(getattr(torch.ops.fastelbo, name), overload), args)
+
+
+@pytest.mark.parametrize("overload", list(OVERLOADS))
+@pytest.mark.parametrize("prior", [None, "full", "channel", "shared"])
+@pytest.mark.parametrize("n_samples,noise", [(0, "seed"), (2, "seed"), (2, "eps")])
+def test_the_latent_op_takes_trailing_event_dims_as_their_flattening(overload, prior, n_samples, noise, seed):
+    """gaussian_latent(..., event_dims=3) on (B, C, H, W) is the op on the caller's flat views
+    (B, C*H*W) with event_dims=1: z, log q, log p, KL and every gradient (the prior's summed back to
+    its shape: per sample, (C, 1, 1) or (C, H, W)), on each overload (csrc/binding/event_dims.h,
+    the Triton launcher's wrapper)."""
+    backend = OVERLOADS[overload]
+    if fe.backends()[backend] != "available" or fe._backend.OVERLOAD[backend] != overload:
+        pytest.skip(f"backend {backend!r} is unavailable here, or has no overload {overload!r}")
+    __import__(fe._backend._MODULES[backend])
+    op = getattr(torch.ops.fastelbo.gaussian_latent, overload)
+    g = generator(seed)
+    f64 = dict(dtype=torch.float64)
+    mu, s = randn(g, 2, 3, 2, 4, **f64), rand(g, 2, 3, 2, 4, low=-1, high=1, **f64)
+    shape = {"full": (2, 3, 2, 4), "channel": (3, 1, 1), "shared": (3, 2, 4)}.get(prior)
+    pm = None if shape is None else randn(g, *shape, **f64)
+    ps = None if shape is None else rand(g, *shape, low=-0.5, high=0.5, **f64)
+    seed_t = rng.draw_seed(mu.device, g)
+    eps = randn(g, *((n_samples,) if n_samples else ()), 2, 3, 2, 4, **f64) if noise == "eps" else None
+    grads_out = [randn(g, *((n_samples,) if n_samples else ()), 2, 3, 2, 4, **f64)] + [
+        randn(g, *((n_samples,) if n_samples else ()), 2, **f64) for _ in range(2)] + [randn(g, 2, **f64)]
+    leaves = [t.detach().requires_grad_() for t in (mu, s) + ((pm, ps) if pm is not None else ())]
+
+    def run(flat):
+        m, sc, *p = leaves
+        if flat:
+            full = [t.expand(mu.shape) if t.shape != mu.shape else t for t in p]
+            m, sc, *p = (t.flatten(1) for t in (m, sc, *full))
+        args = (m, sc, *(p or (None, None)), None if eps is None else (eps.flatten(-3) if flat else eps),
+                None if eps is not None else seed_t, 1, n_samples, False)
+        out = op(*args) if flat else op(*args, 3)
+        z = out[0].view(grads_out[0].shape)
+        return [z, *out[1:4]], torch.autograd.grad([z, *out[1:4]], leaves, grads_out)
+
+    (values, grads), (flat_values, flat_grads) = run(False), run(True)
+    for a, b in zip(values + list(grads), flat_values + list(flat_grads)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_opcheck_of_the_latent_that_draws_its_seed(seed):

@@ -69,15 +69,15 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
 
 FASTELBO_OP(gaussian_latent_op, "fastelbo::gaussian_latent",
             Tensor5(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                    const OptTensor&, int64_t, int64_t, bool))
+                    const OptTensor&, int64_t, int64_t, bool, int64_t))
 FASTELBO_OP(gaussian_latent_backward_op, "fastelbo::gaussian_latent_backward",
             Tensor4(const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
                     const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, int64_t,
-                    int64_t, bool))
+                    int64_t, bool, int64_t))
 FASTELBO_OP(gaussian_latent_backward_differentiable_op, "fastelbo::gaussian_latent_backward_differentiable",
             Tensor4(const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
                     const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, int64_t,
-                    int64_t, bool, std::array<bool, 4>))
+                    int64_t, bool, int64_t, std::array<bool, 4>))
 FASTELBO_OP(gaussian_kl_op, "fastelbo::gaussian_kl",
             Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, int64_t, bool))
 FASTELBO_OP(gaussian_kl_backward_op, "fastelbo::gaussian_kl_backward",
@@ -204,16 +204,17 @@ at::ScalarType saved_dtype(AutogradContext* ctx, const char* key) {
 struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                                const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed,
-                               int64_t param, int64_t n_samples, bool stl) {
+                               int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
     Tensor5 out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
+      out = gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
     }
     ctx->set_materialize_grads(false);
     ctx->saved_data["param"] = param;
     ctx->saved_data["n_samples"] = n_samples;
     ctx->saved_data["stl"] = stl;
+    ctx->saved_data["event_dims"] = event_dims;
     // The backward regenerates eps from the seed: the caller's, or the one the op drew (its fifth output).
     const Tensor& drawn = std::get<4>(out);
     const Tensor used_seed = drawn.numel() == 1 ? drawn : or_undefined(seed);
@@ -230,31 +231,35 @@ struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentF
     const int64_t param = ctx->saved_data["param"].toInt();
     const int64_t n_samples = ctx->saved_data["n_samples"].toInt();
     const bool stl = ctx->saved_data["stl"].toBool();
+    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
     // (eps and seed come after the four differentiable arguments; seed may be the one the op drew)
     const auto needs = needs_by_argument<4>(ctx, {true, true, prior_mu.defined(), prior_scale.defined()});
     Tensor4 result;
     if (at::GradMode::is_enabled()) {
       result = gaussian_latent_backward_differentiable_op().call(
           opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu, scale, opt(prior_mu), opt(prior_scale),
-          opt(eps), opt(seed), param, n_samples, stl, {needs[0], needs[1], needs[2], needs[3]});
+          opt(eps), opt(seed), param, n_samples, stl, event_dims, {needs[0], needs[1], needs[2], needs[3]});
     } else {
       at::AutoDispatchBelowADInplaceOrView guard;
       result = gaussian_latent_backward_op().call(opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu, scale,
-                                         opt(prior_mu), opt(prior_scale), opt(eps), opt(seed), param, n_samples, stl);
+                                         opt(prior_mu), opt(prior_scale), opt(eps), opt(seed), param, n_samples, stl,
+                                         event_dims);
     }
     return {if_needed(needs[0], std::get<0>(result)), if_needed(needs[1], std::get<1>(result)),
             if_needed(needs[2], std::get<2>(result)), if_needed(needs[3], std::get<3>(result)),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 Tensor5 gaussian_latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
-                        const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
+                        const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl,
+                        int64_t event_dims) {
   if (!recording(mu, scale, prior_mu, prior_scale, eps, seed)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
+    return gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
   }
-  const variable_list out = GaussianLatentFunction::apply(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl);
+  const variable_list out =
+      GaussianLatentFunction::apply(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 

@@ -15,7 +15,9 @@
 // gaussian_latent:   (stl only matters to the backward; autograd reads it from here)
 //                    z (K, *mu.shape), log_q (K, *batch), log_p (K, *batch), kl (*batch) for
 //                    n_samples = K >= 1; n_samples = 0 is one sample without the sample dim
-//                    (z of mu's shape, log_q and log_p (*batch); eps then has mu's shape)
+//                    (z of mu's shape, log_q and log_p (*batch); eps then has mu's shape). The
+//                    event dims are mu's last event_dims dims (batch = the others), taken as one
+//                    dim of their product (csrc/binding/event_dims.h)
 // gaussian_latent_backward: grad_mu, grad_scale, grad_prior_mu (prior_mu's shape), grad_prior_scale
 // gaussian_kl:       (*batch) or per_dim (*mu.shape);  gaussian_kl_backward: as gaussian_latent_backward
 // bernoulli_log_prob, continuous_bernoulli_log_prob:
@@ -60,11 +62,11 @@
 TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def(
       "gaussian_latent(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
-      "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int param, int n_samples, bool stl, int event_dims=1) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gaussian_latent_backward(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, Tensor mu, "
       "Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, int param, int n_samples, "
-      "bool stl) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool stl, int event_dims=1) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("gaussian_kl(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, bool per_dim) -> Tensor");
   m.def(
       "gaussian_kl_backward(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, int param, "
@@ -92,7 +94,7 @@ TORCH_LIBRARY_FRAGMENT(fastelbo, m) {
   m.def(
       "gaussian_latent_backward_differentiable(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
       "Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, int param, "
-      "int n_samples, bool stl, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int n_samples, bool stl, int event_dims, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gaussian_kl_backward_differentiable(Tensor grad, Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, "
       "int param, bool per_dim, bool[4] needs) -> (Tensor, Tensor, Tensor, Tensor)");

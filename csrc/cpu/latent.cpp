@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../binding/checks.h"
+#include "../binding/event_dims.h"
 #include "../binding/plan.h"
 #include "common.h"
 #include "latent_rows.h"
@@ -315,14 +316,16 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Tensor& mu, const Tensor& scale,
-                                                                       const OptTensor& prior_mu,
-                                                                       const OptTensor& prior_scale,
-                                                                       const OptTensor& eps, const OptTensor& seed,
-                                                                       int64_t param, int64_t n_samples, bool stl) {
-  (void)stl;  // the forward values do not depend on it
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(
+    const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
   checks::posterior(mu, scale, prior_mu, prior_scale, param, "fastelbo.gaussian_latent");
   checks::noise(mu, eps, seed, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/true);
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_forward(gaussian_latent_cpu, mu, scale, prior_mu, prior_scale, eps, seed, param,
+                                      n_samples, stl, event_dims);
+  }
   const bool draws = !(eps.has_value() && eps->defined()) && !(seed.has_value() && seed->defined());
   Tensor drawn = draws ? draw_default_seed() : at::empty({0}, mu.options().dtype(at::kLong));
   LatentRows rows(mu, scale, prior_mu, prior_scale);
@@ -348,7 +351,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(const Ten
 std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(
     const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p, const OptTensor& grad_kl,
     const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
-    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl) {
+    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent_backward");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_backward(gaussian_latent_backward_cpu, grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale,
+                                       prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
+  }
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const int64_t k_samples = sample_count(n_samples);
   PosteriorGrads out(rows, mu, grain_rows(rows.dim * (k_samples + 2)));

@@ -13,13 +13,14 @@ using OptionalTensor = c10::optional<at::Tensor>;
 // generator, as fastelbo.rng.draw_seed draws it), or an empty tensor when the caller passed one.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_latent_cpu(
     const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu, const OptionalTensor& prior_scale,
-    const OptionalTensor& eps, const OptionalTensor& seed, int64_t param, int64_t n_samples, bool stl);
+    const OptionalTensor& eps, const OptionalTensor& seed, int64_t param, int64_t n_samples, bool stl,
+    int64_t event_dims);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gaussian_latent_backward_cpu(
     const OptionalTensor& grad_z, const OptionalTensor& grad_log_q, const OptionalTensor& grad_log_p,
     const OptionalTensor& grad_kl, const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
     const OptionalTensor& prior_scale, const OptionalTensor& eps, const OptionalTensor& seed, int64_t param,
-    int64_t n_samples, bool stl);
+    int64_t n_samples, bool stl, int64_t event_dims);
 
 at::Tensor gaussian_kl_cpu(const at::Tensor& mu, const at::Tensor& scale, const OptionalTensor& prior_mu,
                            const OptionalTensor& prior_scale, int64_t param, bool per_dim);

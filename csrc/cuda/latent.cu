@@ -1,6 +1,7 @@
 // ATen binding of the latent kernels (kernels/latent.cuh): latent, latent_backward, kl,
 // kl_backward. Output shapes and dtypes as fastelbo/triton_backend/latent.py.
 #include "../binding/checks.h"
+#include "../binding/event_dims.h"
 #include "aten_utils.cuh"
 #include "kernels/latent.cuh"
 #include "ops.h"
@@ -123,10 +124,14 @@ at::Tensor zeros_or_empty(const at::Tensor& prior, const at::Tensor& mu) {
 // device (CUDA graphs), so it is always an empty int64 tensor here.
 Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
                              const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
-                             int64_t param, int64_t n_samples, bool stl) {
-  (void)stl;  // the forward values do not depend on it
+                             int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
   checks::posterior(mu, scale, prior_mu_opt, prior_scale_opt, param, "fastelbo.gaussian_latent");
   checks::noise(mu, eps_opt, seed_opt, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/false);
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_forward(gaussian_latent_cuda, mu, scale, prior_mu_opt, prior_scale_opt, eps_opt, seed_opt,
+                                      param, n_samples, stl, event_dims);
+  }
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);
@@ -177,7 +182,14 @@ Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTens
                                       const OptTensor& grad_log_p_opt, const OptTensor& grad_kl_opt, const Tensor& mu,
                                       const Tensor& scale, const OptTensor& prior_mu_opt,
                                       const OptTensor& prior_scale_opt, const OptTensor& eps_opt,
-                                      const OptTensor& seed_opt, int64_t param, int64_t n_samples, bool stl) {
+                                      const OptTensor& seed_opt, int64_t param, int64_t n_samples, bool stl,
+                                      int64_t event_dims) {
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent_backward");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_backward(gaussian_latent_backward_cuda, grad_z_opt, grad_log_q_opt, grad_log_p_opt,
+                                       grad_kl_opt, mu, scale, prior_mu_opt, prior_scale_opt, eps_opt, seed_opt, param,
+                                       n_samples, stl, event_dims);
+  }
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);

@@ -19,11 +19,12 @@ using Tensor5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::T
 // csrc/cuda/latent.cu
 Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                              const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed, int64_t param,
-                             int64_t n_samples, bool stl);
+                             int64_t n_samples, bool stl, int64_t event_dims);
 Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p,
                                       const OptTensor& grad_kl, const Tensor& mu, const Tensor& scale,
                                       const OptTensor& prior_mu, const OptTensor& prior_scale, const OptTensor& eps,
-                                      const OptTensor& seed, int64_t param, int64_t n_samples, bool stl);
+                                      const OptTensor& seed, int64_t param, int64_t n_samples, bool stl,
+                                      int64_t event_dims);
 Tensor gaussian_kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
                         int64_t param, bool per_dim);
 Tensor4 gaussian_kl_backward_cuda(const Tensor& grad, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,

@@ -131,3 +131,10 @@ def _layout(shape: tuple, dim) -> EventLayout | None:
 
 
 _cached_layout = functools.lru_cache(maxsize=256)(_layout)
+
+
+def trailing_event_dims(shape, event_dims: int) -> EventLayout | None:
+    """The layout of a tensor's last `event_dims` dims as one (None for 1: the kernels' own), as the
+    latent op takes them (its `event_dims` argument; csrc/binding/event_dims.h does the same in
+    C++): flat views of mu, scale and eps, the prior flattened over mu's event dims."""
+    return None if event_dims == 1 else _cached_layout(tuple(shape), tuple(range(len(shape) - event_dims, len(shape))))

@@ -123,7 +123,7 @@ def _dreg(log_lik, latent):
     hooks_z = latent.z.requires_grad and torch.is_grad_enabled()
     if hooks_z and latent.__dict__.get("dreg_applied", False):
         raise ValueError("estimator='dreg' was already applied to this latent; draw a new one")
-    mu, scale, param, n_samples, prior, eps, seed = latent.inputs
+    mu, scale, param, n_samples, prior, eps, seed = latent.flat_inputs()
     terms = DregTerms(log_q_grad_z(latent.backend, mu, scale, param, n_samples, prior, eps, seed),
                       lambda z: log_prior(z, prior, param))
     out = dreg(log_lik, latent, terms, latent.layout)

@@ -28,7 +28,7 @@ from .._dtypes import compute_dtype
 from .._types import Latent, TracedLatent
 from ..rng import draw_seed, normal_noise
 from . import _checks
-from ._event_dims import layout_for
+from ._event_dims import layout_for, trailing_event_dims
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 
@@ -42,11 +42,16 @@ SCHEMAS = {
     # seed or eps, and on every other device and overload, the fifth output is an empty int64 tensor.
     # A call that draws is random although its schema is functional: never trace it into a graph
     # that merges identical calls (pass a seed there, as fe.gaussian_latent does: _seed_for_kernel).
+    # event_dims: mu's last event_dims dims are the event (summed; log q, log p and the KL have mu's
+    # shape without them), taken as one dim of their product: the op flattens them itself, below
+    # autograd, so dim=(1, 2, 3) of an NCHW latent costs no view nodes (_on_cpp_kernels).
     "gaussian_latent": "(Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, Tensor? seed, "
-                       "int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+                       "int param, int n_samples, bool stl, int event_dims=1) "
+                       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     "gaussian_latent_backward": "(Tensor? grad_z, Tensor? grad_log_q, Tensor? grad_log_p, Tensor? grad_kl, "
                                 "Tensor mu, Tensor scale, Tensor? prior_mu, Tensor? prior_scale, Tensor? eps, "
-                                "Tensor? seed, int param, int n_samples, bool stl) -> (Tensor, Tensor, Tensor, Tensor)",
+                                "Tensor? seed, int param, int n_samples, bool stl, int event_dims=1) "
+                                "-> (Tensor, Tensor, Tensor, Tensor)",
     "normal_noise": "(Tensor seed, int n_samples, int n_rows, int dim, bool float64) -> Tensor",
 }
 
@@ -122,11 +127,14 @@ def _on_cpp_kernels(name, mu, scale, param, dim, n_samples, prior, stl) -> Trace
     layout = None if type(dim) is int and dim == -1 else layout_for(mu, dim)
     prior_mu, prior_scale = (None, None) if prior is None else prior
     seed = _seed_for_kernel(mu, None)
-    if layout is None:
+    if layout is None or layout.trailing:  # the op takes trailing event dims as they are (no views)
         out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, prior_mu, prior_scale, None, seed, code,
-                                                         n_samples or 0, stl)
-        return _traced(out, name, (mu, scale, param, n_samples, None if prior is None else (prior_mu, prior_scale),
-                                   None, seed))
+                                                         n_samples or 0, stl, 1 if layout is None else len(layout.dims))
+        latent = _traced(out, name, (mu, scale, param, n_samples,
+                                     None if prior is None else (prior_mu, prior_scale), None, seed))
+        if layout is not None:
+            latent.layout, latent.inputs_flat = layout, False
+        return latent
     flat_prior = None if prior is None else (layout.flat_prior(prior_mu), layout.flat_prior(prior_scale))
     flat_mu, flat_scale = layout.flat(mu), layout.flat(scale)
     out = torch.ops.fastelbo.gaussian_latent.default(flat_mu, flat_scale, *(flat_prior or (None, None)), None, seed,
@@ -294,7 +302,7 @@ def reference(mu, scale, param, n_samples, prior, stl, eps, seed):
 
 # ---- fakes (output shapes for torch.compile) ----
 
-def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
+def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims=1):
     # The structural checks of the C++ kernels (csrc/binding/checks.h), which a meta tensor or a
     # traced call never reaches.
     if scale.shape != mu.shape:
@@ -302,8 +310,11 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
     for name, t in (("scale", scale), ("prior_mu", prior_mu), ("prior_scale", prior_scale), ("eps", eps)):
         if t is not None:
             V.same_device(name, t, "mu", mu)
+    if not 1 <= event_dims <= mu.dim():
+        raise ValueError(f"fastelbo.gaussian_latent: event_dims must be in [1, {mu.dim()}] for mu with {mu.dim()} "
+                         f"dim(s), got {event_dims}")
     dtype = compute_dtype(mu, scale, prior_mu, prior_scale)
-    batch = mu.shape[:-1]
+    batch = mu.shape[:mu.dim() - event_dims]
     samples = (n_samples,) if n_samples else ()
     z = mu.new_empty((*samples, *mu.shape))
     log_q = mu.new_empty((*samples, *batch), dtype=dtype)
@@ -313,7 +324,7 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl):
 
 
 def backward_fake(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param,
-                  n_samples, stl):
+                  n_samples, stl, event_dims=1):
     return (mu.new_empty(mu.shape), scale.new_empty(scale.shape), like_or_empty(prior_mu, mu),
             like_or_empty(prior_scale, mu))
 
@@ -327,26 +338,33 @@ FAKES = {"gaussian_latent": fake, "gaussian_latent_backward": backward_fake, "no
 
 # ---- gradients ----
 
-def _reference_outputs(param, n_samples, stl, mu, scale, prior_mu, prior_scale, eps, seed):
-    """The op's outputs by the reference implementation (n_samples 0: no sample dim)."""
+def _reference_outputs(param, n_samples, stl, event_dims, mu, scale, prior_mu, prior_scale, eps, seed):
+    """The op's outputs by the reference implementation (n_samples 0: no sample dim), over the
+    flat event dims as the kernels take them (trailing_event_dims)."""
+    events = trailing_event_dims(mu.shape, event_dims)
     prior = None if prior_mu is None else (prior_mu, prior_scale)
-    return tuple(reference(mu, scale, PARAM_NAMES[param], n_samples or None, prior, stl, eps, seed))
+    if events is None:
+        return tuple(reference(mu, scale, PARAM_NAMES[param], n_samples or None, prior, stl, eps, seed))
+    z, log_q, log_p, kl = reference(events.flat(mu), events.flat(scale), PARAM_NAMES[param], n_samples or None,
+                                    None if prior is None else tuple(events.flat_prior(t) for t in prior), stl,
+                                    None if eps is None else events.flat(eps, int(bool(n_samples))), seed)
+    return events.unflat(z, int(bool(n_samples))), log_q, log_p, kl
 
 
 def backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed,
-                            param, n_samples, stl, needs):
+                            param, n_samples, stl, event_dims, needs):
     """The gradients (mu, scale, prior_mu, prior_scale) for the gradients of the four outputs,
     recomputed by the reference under autograd (differentiable; None where not `needs`): the
     second-order backward (`fastelbo::gaussian_latent_backward_differentiable` for the C++ op)."""
-    return tuple(reference_vjp(functools.partial(_reference_outputs, param, n_samples, stl),
+    return tuple(reference_vjp(functools.partial(_reference_outputs, param, n_samples, stl, event_dims),
                                (mu, scale, prior_mu, prior_scale, eps, seed), tuple(needs[:4]) + (False,) * 2,
                                (grad_z, grad_log_q, grad_log_p, grad_kl))[:4])
 
 
 def setup_context(ctx, inputs, output):
-    mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl = inputs
+    mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims = inputs
     ctx.save_for_backward(mu, scale, prior_mu, prior_scale, eps, seed)  # these overloads are always given eps or seed
-    ctx.options = (param, n_samples, stl)
+    ctx.options = (param, n_samples, stl, event_dims)
     ctx.set_materialize_grads(False)
 
 
@@ -356,12 +374,12 @@ def backward(ctx, grad_z, grad_log_q, grad_log_p, grad_kl, grad_seed=None):
     if differentiating():
         grads = backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale,
                                         eps, seed, *ctx.options, ctx.needs_input_grad[:4])
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
     grads = getattr(torch.ops.fastelbo.gaussian_latent_backward, ctx.overload)(
         grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, *ctx.options)
     has_prior = prior_mu is not None
     return (grads[0], grads[1], grads[2] if has_prior else None, grads[3] if has_prior else None,
-            None, None, None, None, None)
+            None, None, None, None, None, None)
 
 
 AUTOGRAD = {"gaussian_latent": (backward, setup_context)}

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..triton_kernels.latent import gaussian_kl_backward_kernel, gaussian_kl_forward_kernel, gaussian_latent_backward_kernel, gaussian_latent_forward_kernel
 from ._common import block_rows, compute, split_scalar
+from ..ops._event_dims import trailing_event_dims
 from ._layout import plan
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -72,11 +73,44 @@ class _Rows:
         return full.sum_to_size(prior.shape).to(prior.dtype)
 
 
+# ---- event dims ----
+
+def _events(mu: Tensor, event_dims: int):
+    if not 1 <= event_dims <= mu.dim():
+        raise ValueError(f"fastelbo.gaussian_latent: event_dims must be in [1, {mu.dim()}] for mu with {mu.dim()} "
+                         f"dim(s), got {event_dims}")
+    return trailing_event_dims(mu.shape, event_dims)
+
+
+def _flat(events, t: Optional[Tensor], leading: int = 0) -> Optional[Tensor]:
+    return None if t is None else events.flat(t, leading)
+
+
+def _flat_prior(events, prior: Optional[Tensor]) -> Optional[Tensor]:
+    return None if prior is None else events.flat_prior(prior)
+
+
+def _prior_grad(events, grad: Tensor, prior: Optional[Tensor]) -> Tensor:
+    """The gradient of `prior` from the kernel's gradient of its flat_prior."""
+    if prior is None:
+        return grad
+    padded = prior.reshape((1,) * (len(events.shape) - prior.dim()) + tuple(prior.shape))
+    sizes = [n if i in events.dims else padded.shape[i] for i, n in enumerate(events.shape)]
+    return grad.reshape(sizes).sum_to_size(prior.shape)
+
+
 # ---- forward ----
 
 def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
               eps: Optional[Tensor], seed: Optional[Tensor], param: int, n_samples: int,
-              stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+              stl: bool, event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    events = _events(mu, event_dims)
+    if events is not None:  # the last event_dims dims as one (as csrc/binding/event_dims.h)
+        leading = int(bool(n_samples))
+        z, *rest = gaussian_latent(events.flat(mu), events.flat(scale), _flat_prior(events, prior_mu),
+                                   _flat_prior(events, prior_scale), _flat(events, eps, leading), seed, param,
+                                   n_samples, stl)
+        return (events.unflat(z, leading), *rest)
     if eps is None and seed is None:
         raise ValueError(f"fastelbo.gaussian_latent: needs eps or a seed on {mu.device} "
                          "(only the CPU kernels draw their own seed)")
@@ -128,7 +162,16 @@ def _view(t: Optional[Tensor], *shape) -> Optional[Tensor]:
 def gaussian_latent_backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
                        grad_kl: Optional[Tensor], mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
                        prior_scale: Optional[Tensor], eps: Optional[Tensor], seed: Optional[Tensor],
-                       param: int, n_samples: int, stl: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       param: int, n_samples: int, stl: bool, event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    events = _events(mu, event_dims)
+    if events is not None:  # the last event_dims dims as one (as csrc/binding/event_dims.h)
+        leading = int(bool(n_samples))
+        grads = gaussian_latent_backward(_flat(events, grad_z, leading), grad_log_q, grad_log_p, grad_kl,
+                                         events.flat(mu), events.flat(scale), _flat_prior(events, prior_mu),
+                                         _flat_prior(events, prior_scale), _flat(events, eps, leading), seed, param,
+                                         n_samples, stl)
+        return (grads[0].reshape(mu.shape), grads[1].reshape(scale.shape),
+                *(_prior_grad(events, g, p) for g, p in ((grads[2], prior_mu), (grads[3], prior_scale))))
     dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
     grad_mu = mu.new_empty(mu.shape)
     grad_scale = scale.new_empty(scale.shape)
