@@ -263,8 +263,8 @@ def resolve(backend: str | None, device: torch.device) -> str:
 # the environment) run once at trace time and become constants of the graph:
 # torch.compiler.assume_constant_result. That function imports torch._dynamo (and with it triton:
 # about a second), which `import fastelbo` should not cost a program that never compiles. So the
-# two functions are marked as soon as torch._dynamo is imported: now if it already is, else by a
-# one-shot import hook, which runs before anything can trace them (torch.compile imports
+# two functions are marked as soon as torch._dynamo is imported: now if it already is, else when
+# its module has run (an import hook), before anything can trace them (torch.compile imports
 # torch._dynamo first).
 
 def _mark_constant_for_compile() -> None:
@@ -273,28 +273,54 @@ def _mark_constant_for_compile() -> None:
 
 
 class _MarkWhenDynamoLoads(importlib.abc.MetaPathFinder):
-    """A meta-path finder that finds nothing itself: when torch._dynamo is about to be imported it
-    leaves sys.meta_path, and has the module's own loader call _mark_constant_for_compile once the
-    module has run."""
+    """A meta-path finder that finds torch._dynamo with the other finders and gives its spec a
+    loader that runs the module, then marks (_MarkingLoader). It stays in sys.meta_path until the
+    mark is made: a spec asked for and not used (importlib.util.find_spec) changes nothing."""
+
+    marks_dynamo = True  # (how an instance from before a reload of this module is known)
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "torch._dynamo":
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        run_module = spec.loader.exec_module
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if getattr(finder, "marks_dynamo", False) or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _MarkingLoader(spec.loader, self)
+                return spec
+        return None
 
-        def exec_module(module):
-            run_module(module)
+
+class _MarkingLoader(importlib.abc.Loader):
+    """torch._dynamo's own loader (every attribute delegated to it), which marks once the module has
+    run. A failed mark is a warning, never a failed import: compiled regions then trace the
+    resolution (a graph break on its first import) instead of taking it as a constant."""
+
+    def __init__(self, loader, finder):
+        self._loader, self._finder = loader, finder
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec) if hasattr(self._loader, "create_module") else None
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        if module.__name__ != "torch._dynamo" or self._finder not in sys.meta_path:
+            return
+        sys.meta_path.remove(self._finder)
+        try:
             _mark_constant_for_compile()
+        except Exception as error:  # (the import itself succeeded: never undo it)
+            warnings.warn(f"fastelbo: could not mark its backend resolution for torch.compile ({error!r}); "
+                          "compiled regions that call fastelbo first may break the graph", stacklevel=2)
 
-        spec.loader.exec_module = exec_module
-        return spec
 
-
+sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "marks_dynamo", False)]
 if "torch._dynamo" in sys.modules:
     _mark_constant_for_compile()
 else:

@@ -75,10 +75,9 @@ class _Rows:
 
 # ---- event dims ----
 
-def _events(mu: Tensor, event_dims: int):
+def _events(mu: Tensor, event_dims: int, op: str = "fastelbo.gaussian_latent"):
     if not 1 <= event_dims <= mu.dim():
-        raise ValueError(f"fastelbo.gaussian_latent: event_dims must be in [1, {mu.dim()}] for mu with {mu.dim()} "
-                         f"dim(s), got {event_dims}")
+        raise ValueError(f"{op}: event_dims must be in [1, {mu.dim()}] for mu with {mu.dim()} dim(s), got {event_dims}")
     return trailing_event_dims(mu.shape, event_dims)
 
 
@@ -163,7 +162,7 @@ def gaussian_latent_backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tens
                        grad_kl: Optional[Tensor], mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
                        prior_scale: Optional[Tensor], eps: Optional[Tensor], seed: Optional[Tensor],
                        param: int, n_samples: int, stl: bool, event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    events = _events(mu, event_dims)
+    events = _events(mu, event_dims, "fastelbo.gaussian_latent_backward")
     if events is not None:  # the last event_dims dims as one (as csrc/binding/event_dims.h)
         leading = int(bool(n_samples))
         grads = gaussian_latent_backward(_flat(events, grad_z, leading), grad_log_q, grad_log_p, grad_kl,
