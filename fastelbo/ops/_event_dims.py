@@ -136,5 +136,9 @@ _cached_layout = functools.lru_cache(maxsize=256)(_layout)
 def trailing_event_dims(shape, event_dims: int) -> EventLayout | None:
     """The layout of a tensor's last `event_dims` dims as one (None for 1: the kernels' own), as the
     latent op takes them (its `event_dims` argument; csrc/binding/event_dims.h does the same in
-    C++): flat views of mu, scale and eps, the prior flattened over mu's event dims."""
-    return None if event_dims == 1 else _cached_layout(tuple(shape), tuple(range(len(shape) - event_dims, len(shape))))
+    C++): flat views of mu, scale and eps, the prior flattened over mu's event dims. (Uncached while
+    dynamo traces, as layout_for.)"""
+    if event_dims == 1:
+        return None
+    dims = tuple(range(len(shape) - event_dims, len(shape)))
+    return _layout(tuple(shape), dims) if torch.compiler.is_compiling() else _cached_layout(tuple(shape), dims)
