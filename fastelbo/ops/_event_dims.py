@@ -95,6 +95,11 @@ class EventLayout:
         sizes = [t.shape[i] if i in self.batch else n for i, n in enumerate(self.shape)]
         return self.flat(t if list(t.shape) == sizes else t.expand(sizes))
 
+    def prior_grad(self, grad: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """The gradient of `prior` from a gradient of its flat_prior: back in mu's dim order, summed
+        over what flat_prior expanded."""
+        return self.unflat(grad).sum_to_size(prior.shape)
+
     def expand_rows(self, t: torch.Tensor, leading: int = 0) -> torch.Tensor:
         """A per-row tensor (leading..., batch...) broadcastable against unflat tensors: 1s at the
         event dims."""
@@ -133,11 +138,18 @@ def _layout(shape: tuple, dim) -> EventLayout | None:
 _cached_layout = functools.lru_cache(maxsize=256)(_layout)
 
 
-def trailing_event_dims(shape, event_dims: int) -> EventLayout | None:
+def check_event_dims(ndim: int, event_dims: int, op: str = "fastelbo.gaussian_latent") -> None:
+    """The latent op's `event_dims` argument in [1, ndim] (mu's dims), else a ValueError naming it."""
+    if not 1 <= event_dims <= ndim:
+        raise ValueError(f"{op}: event_dims must be in [1, {ndim}] for mu with {ndim} dim(s), got {event_dims}")
+
+
+def trailing_event_dims(shape, event_dims: int, op: str = "fastelbo.gaussian_latent") -> EventLayout | None:
     """The layout of a tensor's last `event_dims` dims as one (None for 1: the kernels' own), as the
-    latent op takes them (its `event_dims` argument; csrc/binding/event_dims.h does the same in
-    C++): flat views of mu, scale and eps, the prior flattened over mu's event dims. (Uncached while
-    dynamo traces, as layout_for.)"""
+    latent op `op` takes them (its `event_dims` argument, checked: check_event_dims;
+    csrc/binding/event_dims.h does the same in C++): flat views of mu, scale and eps, the prior
+    flattened over mu's event dims. (Uncached while dynamo traces, as layout_for.)"""
+    check_event_dims(len(shape), event_dims, op)
     if event_dims == 1:
         return None
     dims = tuple(range(len(shape) - event_dims, len(shape)))

@@ -28,7 +28,7 @@ from .._dtypes import compute_dtype
 from .._types import Latent, TracedLatent
 from ..rng import draw_seed, normal_noise
 from . import _checks
-from ._event_dims import layout_for, trailing_event_dims
+from ._event_dims import check_event_dims, layout_for, trailing_event_dims
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 
@@ -123,24 +123,21 @@ def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=
 def _on_cpp_kernels(name, mu, scale, param, dim, n_samples, prior, stl) -> TracedLatent:
     """gaussian_latent on the C++ kernels' default overload, which checks the arguments itself:
     no eps or generator, and n_samples and prior already of the right kinds."""
-    code = PARAM_CODES[param]
     layout = None if type(dim) is int and dim == -1 else layout_for(mu, dim)
+    if layout is not None and not layout.trailing:  # the same call on flat views, z back in mu's dim order
+        flat_prior = None if prior is None else tuple(layout.flat_prior(t) for t in prior)
+        flat = _on_cpp_kernels(name, layout.flat(mu), layout.flat(scale), param, -1, n_samples, flat_prior, stl)
+        return _unflat(layout, flat, n_samples)
+    # The op takes trailing event dims as they are (no views): event_dims.
     prior_mu, prior_scale = (None, None) if prior is None else prior
     seed = _seed_for_kernel(mu, None)
-    if layout is None or layout.trailing:  # the op takes trailing event dims as they are (no views)
-        out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, prior_mu, prior_scale, None, seed, code,
-                                                         n_samples or 0, stl, 1 if layout is None else len(layout.dims))
-        latent = _traced(out, name, (mu, scale, param, n_samples,
-                                     None if prior is None else (prior_mu, prior_scale), None, seed))
-        if layout is not None:
-            latent.layout, latent.inputs_flat = layout, False
-        return latent
-    flat_prior = None if prior is None else (layout.flat_prior(prior_mu), layout.flat_prior(prior_scale))
-    flat_mu, flat_scale = layout.flat(mu), layout.flat(scale)
-    out = torch.ops.fastelbo.gaussian_latent.default(flat_mu, flat_scale, *(flat_prior or (None, None)), None, seed,
-                                                     code, n_samples or 0, stl)
-    flat = _traced(out, name, (flat_mu, flat_scale, param, n_samples, flat_prior, None, seed))
-    return _unflat(layout, flat, n_samples)
+    out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, prior_mu, prior_scale, None, seed, PARAM_CODES[param],
+                                                     n_samples or 0, stl, 1 if layout is None else len(layout.dims))
+    latent = _traced(out, name, (mu, scale, param, n_samples, None if prior is None else (prior_mu, prior_scale),
+                                 None, seed))
+    if layout is not None:
+        latent.layout, latent.inputs_flat = layout, False
+    return latent
 
 
 def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
@@ -310,9 +307,7 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, eve
     for name, t in (("scale", scale), ("prior_mu", prior_mu), ("prior_scale", prior_scale), ("eps", eps)):
         if t is not None:
             V.same_device(name, t, "mu", mu)
-    if not 1 <= event_dims <= mu.dim():
-        raise ValueError(f"fastelbo.gaussian_latent: event_dims must be in [1, {mu.dim()}] for mu with {mu.dim()} "
-                         f"dim(s), got {event_dims}")
+    check_event_dims(mu.dim(), event_dims)
     dtype = compute_dtype(mu, scale, prior_mu, prior_scale)
     batch = mu.shape[:mu.dim() - event_dims]
     samples = (n_samples,) if n_samples else ()

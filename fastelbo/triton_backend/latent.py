@@ -75,12 +75,6 @@ class _Rows:
 
 # ---- event dims ----
 
-def _events(mu: Tensor, event_dims: int, op: str = "fastelbo.gaussian_latent"):
-    if not 1 <= event_dims <= mu.dim():
-        raise ValueError(f"{op}: event_dims must be in [1, {mu.dim()}] for mu with {mu.dim()} dim(s), got {event_dims}")
-    return trailing_event_dims(mu.shape, event_dims)
-
-
 def _flat(events, t: Optional[Tensor], leading: int = 0) -> Optional[Tensor]:
     return None if t is None else events.flat(t, leading)
 
@@ -90,12 +84,7 @@ def _flat_prior(events, prior: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _prior_grad(events, grad: Tensor, prior: Optional[Tensor]) -> Tensor:
-    """The gradient of `prior` from the kernel's gradient of its flat_prior."""
-    if prior is None:
-        return grad
-    padded = prior.reshape((1,) * (len(events.shape) - prior.dim()) + tuple(prior.shape))
-    sizes = [n if i in events.dims else padded.shape[i] for i, n in enumerate(events.shape)]
-    return grad.reshape(sizes).sum_to_size(prior.shape)
+    return grad if prior is None else events.prior_grad(grad, prior)
 
 
 # ---- forward ----
@@ -103,7 +92,7 @@ def _prior_grad(events, grad: Tensor, prior: Optional[Tensor]) -> Tensor:
 def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
               eps: Optional[Tensor], seed: Optional[Tensor], param: int, n_samples: int,
               stl: bool, event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    events = _events(mu, event_dims)
+    events = trailing_event_dims(mu.shape, event_dims)
     if events is not None:  # the last event_dims dims as one (as csrc/binding/event_dims.h)
         leading = int(bool(n_samples))
         z, *rest = gaussian_latent(events.flat(mu), events.flat(scale), _flat_prior(events, prior_mu),
@@ -161,8 +150,9 @@ def _view(t: Optional[Tensor], *shape) -> Optional[Tensor]:
 def gaussian_latent_backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
                        grad_kl: Optional[Tensor], mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
                        prior_scale: Optional[Tensor], eps: Optional[Tensor], seed: Optional[Tensor],
-                       param: int, n_samples: int, stl: bool, event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    events = _events(mu, event_dims, "fastelbo.gaussian_latent_backward")
+                       param: int, n_samples: int, stl: bool,
+                       event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    events = trailing_event_dims(mu.shape, event_dims, "fastelbo.gaussian_latent_backward")
     if events is not None:  # the last event_dims dims as one (as csrc/binding/event_dims.h)
         leading = int(bool(n_samples))
         grads = gaussian_latent_backward(_flat(events, grad_z, leading), grad_log_q, grad_log_p, grad_kl,
