@@ -165,12 +165,13 @@ def _event_dims_latent_case(name, dim, prior=None, n_samples=None, channels_last
     return OpCase(name, lambda g: _nchw_posterior(g, prior), run, grads)
 
 
-def _event_dims_kl_case(name, dim, prior, per_dim):
+def _event_dims_kl_case(name, dim, prior, per_dim, channels_last=False):
     def run(t, backend, g):
         import fastelbo as fe
 
-        p = (t["prior_mu"], t["prior_scale"]) if prior else None
-        return (fe.gaussian_kl(t["mu"], t["scale"], dim=dim, prior=p, per_dim=per_dim, backend=backend),)
+        p = (_in_layout(t["prior_mu"], channels_last), _in_layout(t["prior_scale"], channels_last)) if prior else None
+        mu, scale = _in_layout(t["mu"], channels_last), _in_layout(t["scale"], channels_last)
+        return (fe.gaussian_kl(mu, scale, dim=dim, prior=p, per_dim=per_dim, backend=backend),)
 
     grads = ("mu", "scale") + (("prior_mu", "prior_scale") if prior else ())
     return OpCase(name, lambda g: _nchw_posterior(g, prior), run, grads)
@@ -485,9 +486,15 @@ CASES: tuple[OpCase, ...] = (
                             prior="channel", n_samples=2, default_generator=True),
     _event_dims_latent_case("gaussian_latent[dim=(2,3),full prior,default generator]", (2, 3), prior="full",
                             default_generator=True),
+    _event_dims_latent_case("gaussian_latent[dim=(1,2,3),full prior,K=2,channels_last,default generator]",
+                            (1, 2, 3), prior="full", n_samples=2, channels_last=True, default_generator=True),
+    _event_dims_latent_case("gaussian_latent[dim=(1,2,3),channel prior,channels_last]", (1, 2, 3), prior="channel",
+                            channels_last=True),
     _kl_case("gaussian_kl[logvar]", "logvar", prior=False, per_dim=False),
     _event_dims_kl_case("gaussian_kl[dim=(2,3),channel prior,per_dim]", (2, 3), "channel", per_dim=True),
     _event_dims_kl_case("gaussian_kl[dim=(1,2,3),full prior]", (1, 2, 3), "full", per_dim=False),
+    _event_dims_kl_case("gaussian_kl[dim=(1,2,3),full prior,per_dim,channels_last]", (1, 2, 3), "full",
+                        per_dim=True, channels_last=True),
     _kl_case("gaussian_kl[softplus,prior,per_dim]", "softplus", prior=True, per_dim=True),
     _kl_case("gaussian_kl[log_std,per_dim]", "log_std", prior=False, per_dim=True),
     # NVAE's sigma map, 5 tanh(s/5), saturating below (scales from -15 to 2; large sigmas would make

@@ -11,6 +11,7 @@ from helpers import DEVICE, FUSED_BACKENDS, HAS_TRITON, generator, rand, randn
 
 COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_reshape_copy")
 COPY_FREE = {"nchw(1,2,3)": ((1, 2, 3), False), "nchw(2,3)": ((2, 3), False), "nchw(1,)": (1, False),
+             "channels_last(1,2,3)": ((1, 2, 3), True), "channels_last(2,3)": ((2, 3), True),
              "channels_last(1,)": (1, True)}
 
 
@@ -43,10 +44,11 @@ def test_the_cpu_kernels_read_nchw_and_channels_last_without_a_copy(layout, seed
             torch.autograd.grad(loss, (mu, scale, *prior))
 
     assert _copies(step) == []
-    # The check sees copies: channels-last with dim=(1, 2, 3) is copied ((C, H, W) are not one
-    # strided run), and so is a layout the kernels' row planner cannot address.
+    # The check sees copies: a channels-last mu with an NCHW prior of its shape copies the prior,
+    # and a layout the kernels' row planner cannot address is copied.
     cl_mu, cl_scale = _posterior(g, channels_last=True)
-    assert _copies(lambda: fe.gaussian_latent(cl_mu, cl_scale, dim=(1, 2, 3), backend="cpu")) != []
+    nchw_prior = (cl_mu.detach().contiguous(), cl_scale.detach().contiguous())
+    assert _copies(lambda: fe.gaussian_latent(cl_mu, cl_scale, dim=(1, 2, 3), prior=nchw_prior, backend="cpu")) != []
     odd = randn(g, 2, 3, 4, 5, 6).permute(3, 1, 0, 2, 4)
     assert _copies(lambda: fe.gaussian_latent(odd, odd, backend="cpu")) != []
 
@@ -74,14 +76,20 @@ def test_trailing_event_dims_go_to_the_op_without_view_nodes(dim, seed):
 @pytest.mark.parametrize("layout", list(COPY_FREE))
 def test_the_triton_launchers_plan_nchw_and_channels_last_without_a_copy(layout, seed):
     """The Triton launchers address the flat views through their strides: the row planner hands
-    back the same tensors (under the interpreter the profiler sees the interpreter's own copies)."""
+    back the same tensors (under the interpreter the profiler sees the interpreter's own copies).
+    Trailing event dims are flattened by the op (OpEventDims: channels-last in storage order)."""
+    from fastelbo.ops._event_dims import OpEventDims
     from fastelbo.triton_backend._layout import plan
 
     dim, channels_last = COPY_FREE[layout]
     mu, scale = _posterior(generator(seed), channels_last)
     event = layout_for(mu, dim)
+    if event.trailing:
+        event = OpEventDims(mu, len(event.dims))
+        assert event.channels == (3 if channels_last and dim == (1, 2, 3) else 1)
     flat = [event.flat(mu), event.flat(scale), event.flat_prior(randn(generator(seed), 3, 1, 1))
             .expand(event.flat(mu).shape)]
+    assert all(t._base is not None for t in flat[:2])  # views of mu and scale
     planned, _ = plan(flat, 1)
     assert all(p is t for p, t in zip(planned, flat))
 

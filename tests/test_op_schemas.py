@@ -101,6 +101,9 @@ def _opcheck_cases(seed):
         ("gaussian_latent", (rg(mu), rg(s), rg(pm), rg(ps), eps[0], None, 2, 0, False)),
         ("gaussian_latent", (rg(mu4), rg(s4), rg(pm4), rg(ps4), None, seed_t, 1, 2, False, 3)),  # dim=(1, 2, 3)
         ("gaussian_latent", (rg(mu4), rg(s4), None, None, eps4[0], None, 0, 0, True, 2)),  # dim=(2, 3)
+        # channels-last, dim=(1, 2, 3): flattened in storage order, z and the gradients channels-last
+        ("gaussian_latent", (rg(_cl(mu4)), rg(_cl(s4)), rg(pm4), rg(_cl(ps4)), None, seed_t, 1, 2, False, 3)),
+        ("gaussian_latent", (rg(_cl(mu4)), rg(_cl(s4)), None, None, _cl(eps4[0]), None, 2, 0, True, 3)),
         ("gaussian_kl", (rg(mu), rg(s), rg(pm), rg(ps), 0, True)),
         ("gaussian_kl", (rg(mu), rg(s), None, None, 2, False)),
         ("bernoulli_log_prob", (rg(logits), x, 1, True)),
@@ -125,9 +128,9 @@ def _opcheck_cases(seed):
 
 
 @pytest.mark.parametrize("overload", list(OVERLOADS))
-@pytest.mark.parametrize("index", range(27))
+@pytest.mark.parametrize("index", range(29))
 def test_opcheck(overload, index, seed):
-    assert len(_opcheck_cases(seed)) == 27  # the parametrization covers every case
+    assert len(_opcheck_cases(seed)) == 29  # the parametrization covers every case
     backend = OVERLOADS[overload]
     if fe.backends()[backend] != "available" or fe._backend.OVERLOAD[backend] != overload:
         pytest.skip(f"backend {backend!r} is unavailable here, or has no overload {overload!r}")
@@ -139,11 +142,15 @@ def test_opcheck(overload, index, seed):
 @pytest.mark.parametrize("overload", list(OVERLOADS))
 @pytest.mark.parametrize("prior", [None, "full", "channel", "shared"])
 @pytest.mark.parametrize("n_samples,noise", [(0, "seed"), (2, "seed"), (2, "eps")])
-def test_the_latent_op_takes_trailing_event_dims_as_their_flattening(overload, prior, n_samples, noise, seed):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_latent_op_takes_trailing_event_dims_as_their_flattening(overload, prior, n_samples, noise,
+                                                                     channels_last, seed):
     """gaussian_latent(..., event_dims=3) on (B, C, H, W) is the op on the caller's flat views
     (B, C*H*W) with event_dims=1: z, log q, log p, KL and every gradient (the prior's summed back to
     its shape: per sample, (C, 1, 1) or (C, H, W)), on each overload (csrc/binding/event_dims.h,
-    the Triton launcher's wrapper)."""
+    the Triton launcher's wrapper). Channels-last tensors (mu, scale, a per-sample prior, eps, z's
+    gradient) too: the kernels take them in storage order and draw each element's noise at its
+    logical index, and z and mu's gradients come back channels-last."""
     backend = OVERLOADS[overload]
     if fe.backends()[backend] != "available" or fe._backend.OVERLOAD[backend] != overload:
         pytest.skip(f"backend {backend!r} is unavailable here, or has no overload {overload!r}")
@@ -159,6 +166,9 @@ def test_the_latent_op_takes_trailing_event_dims_as_their_flattening(overload, p
     eps = randn(g, *((n_samples,) if n_samples else ()), 2, 3, 2, 4, **f64) if noise == "eps" else None
     grads_out = [randn(g, *((n_samples,) if n_samples else ()), 2, 3, 2, 4, **f64)] + [
         randn(g, *((n_samples,) if n_samples else ()), 2, **f64) for _ in range(2)] + [randn(g, 2, **f64)]
+    if channels_last:
+        mu, s, eps, grads_out[0] = (None if t is None else _cl(t) for t in (mu, s, eps, grads_out[0]))
+        pm, ps = (_cl(t) if t is not None and t.shape == mu.shape else t for t in (pm, ps))
     leaves = [t.detach().requires_grad_() for t in (mu, s) + ((pm, ps) if pm is not None else ())]
 
     def run(flat):
@@ -173,9 +183,16 @@ def test_the_latent_op_takes_trailing_event_dims_as_their_flattening(overload, p
         return [z, *out[1:4]], torch.autograd.grad([z, *out[1:4]], leaves, grads_out)
 
     (values, grads), (flat_values, flat_grads) = run(False), run(True)
+    if channels_last:
+        assert all(t.movedim(-3, -1).is_contiguous() for t in (values[0], grads[0], grads[1]))
     for a, b in zip(values + list(grads), flat_values + list(flat_grads)):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _cl(t):
+    """t (B, C, H, W), or with samples leading, stored channels-last: (C, H, W) as (H, W, C)."""
+    return t.movedim(-3, -1).contiguous().movedim(-1, -3)
 
 
 def test_opcheck_of_the_latent_that_draws_its_seed(seed):

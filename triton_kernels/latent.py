@@ -4,6 +4,8 @@ Layout: mu, scale (and eps, prior) are read as R rows of D through row_offset (a
 z is written contiguous (K, R, D); log q, log p are (K, R) and kl is (R,), in the compute dtype.
 One program owns BLOCK_R rows and all D columns, and loops over the K samples, so backward sums
 the K samples' gradients in registers (no atomics) and eps is regenerated, never stored.
+CHANNELS_LAST: the rows hold a channels-last event in storage order (column s C + c is logical
+element c S + s, C = channels), and each column draws its logical element's noise.
 
 Forward, with sigma, log sigma from `scale` by PARAM and eps from Philox (or the eps tensor):
     z       = mu + sigma eps
@@ -36,6 +38,18 @@ def _noise(k0, k1, rows, sample, DTYPE: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _noise_channels_last(k0, k1, rows, sample, D, channels, DTYPE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """eps of columns 0..BLOCK_D-1 of rows stored channels-last (csrc/binding/event_dims.h): column
+    s C + c holds logical element d = c S + s (C = channels, S = D / C), lane d % 4 of Philox call
+    d // 4: one call per column, four times the calls of _noise."""
+    cols = tl.arange(0, BLOCK_D)
+    d = (cols % channels) * (D // channels) + cols // channels
+    n0, n1, n2, n3 = normal_lanes(k0, k1, (d // 4)[None, :], rows[:, None], sample, DTYPE)
+    lane = (d % 4)[None, :]
+    return tl.where(lane == 0, n0, tl.where(lane == 1, n1, tl.where(lane == 2, n2, n3)))
+
+
+@triton.jit
 def _load_rows(ptr, rows, cols, mask, n1, n2, s0, s1, s2, sd, DTYPE: tl.constexpr):
     offs = row_offset(rows, n1, n2, s0, s1, s2)[:, None] + cols[None, :].to(tl.int64) * sd
     return tl.load(ptr + offs, mask=mask, other=0.0).to(DTYPE)
@@ -49,8 +63,9 @@ def gaussian_latent_forward_kernel(
     mu_s0, mu_s1, mu_s2, mu_sd, sc_s0, sc_s1, sc_s2, sc_sd,
     pm_s0, pm_s1, pm_s2, pm_sd, ps_s0, ps_s1, ps_s2, ps_sd,
     eps_sk, eps_s0, eps_s1, eps_s2, eps_sd,
-    const_hi, const_lo,
-    PARAM: tl.constexpr, HAS_PRIOR: tl.constexpr, HAS_EPS: tl.constexpr, DTYPE: tl.constexpr,
+    const_hi, const_lo, channels,
+    PARAM: tl.constexpr, HAS_PRIOR: tl.constexpr, HAS_EPS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    DTYPE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """z, log q, log p for K samples and the analytic KL of BLOCK_R rows (formulas above).
@@ -80,6 +95,8 @@ def gaussian_latent_forward_kernel(
         k64 = tl.cast(k, tl.int64)
         if HAS_EPS:
             eps = _load_rows(eps_ptr + k64 * eps_sk, rows, cols, mask, n1, n2, eps_s0, eps_s1, eps_s2, eps_sd, DTYPE)
+        elif CHANNELS_LAST:
+            eps = _noise_channels_last(k0, k1, rows, k, D, channels, DTYPE, BLOCK_D)
         else:
             eps = _noise(k0, k1, rows, k, DTYPE, BLOCK_D)
         z = mu + sigma * eps
@@ -116,8 +133,9 @@ def gaussian_latent_backward_kernel(
     mu_s0, mu_s1, mu_s2, mu_sd, sc_s0, sc_s1, sc_s2, sc_sd,
     pm_s0, pm_s1, pm_s2, pm_sd, ps_s0, ps_s1, ps_s2, ps_sd,
     eps_sk, eps_s0, eps_s1, eps_s2, eps_sd,
-    gz_sk, gz_sr, gz_sd, gq_sk, gq_sr, gp_sk, gp_sr, gk_sr,
+    gz_sk, gz_sr, gz_sd, gq_sk, gq_sr, gp_sk, gp_sr, gk_sr, channels,
     PARAM: tl.constexpr, HAS_PRIOR: tl.constexpr, HAS_EPS: tl.constexpr, STL: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
     HAS_GZ: tl.constexpr, HAS_GQ: tl.constexpr, HAS_GP: tl.constexpr, HAS_GK: tl.constexpr,
     PM_SHARED: tl.constexpr, PS_SHARED: tl.constexpr, DTYPE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -150,6 +168,8 @@ def gaussian_latent_backward_kernel(
         k64 = tl.cast(k, tl.int64)
         if HAS_EPS:
             eps = _load_rows(eps_ptr + k64 * eps_sk, rows, cols, mask, n1, n2, eps_s0, eps_s1, eps_s2, eps_sd, DTYPE)
+        elif CHANNELS_LAST:
+            eps = _noise_channels_last(k0, k1, rows, k, D, channels, DTYPE, BLOCK_D)
         else:
             eps = _noise(k0, k1, rows, k, DTYPE, BLOCK_D)
         g = zero

@@ -62,15 +62,27 @@ bool tiled_rows(const LatentRows& rows, int64_t k_samples) {
 }
 
 // A task's noise tile: eps of columns [c0, c0 + n) of (row r, sample 0), or the explicit eps there.
+// Rows stored channels-last (source.channels > 1) draw the whole row at its first tile: a tile's
+// columns are then scattered over the row's logical order.
 template <typename T>
 struct NoiseTile {
   NoiseBlock<T> noise;
   std::vector<T> buffer;
+  bool whole_rows;
   // (a block sized for one tile: fill_columns asks for at most kTileColumns / 4 calls)
-  explicit NoiseTile(int64_t dim)
-      : noise(std::min(dim, kTileColumns)), buffer(4 * ((std::min(dim, kTileColumns) + 3) / 4)) {}
+  explicit NoiseTile(const EpsSource<T>& source)
+      : noise(tile_dim(source), source.channels),
+        buffer(4 * ((tile_dim(source) + 3) / 4)),
+        whole_rows(source.channels > 1) {}
+  static int64_t tile_dim(const EpsSource<T>& source) {
+    return source.channels > 1 ? source.dim : std::min(source.dim, kTileColumns);
+  }
   const T* columns(const EpsSource<T>& source, int64_t r, int64_t c0, int64_t n) {
     if (source.eps != nullptr) return source.eps + r * source.dim + c0;
+    if (whole_rows) {
+      if (c0 == 0) noise.fill(buffer.data(), source.dim, source.key, r, 1, 0);
+      return buffer.data() + c0;
+    }
     noise.fill_columns(buffer.data(), source.key, r, 0, c0 / 4, (n + 3) / 4);
     return buffer.data();
   }
@@ -78,14 +90,15 @@ struct NoiseTile {
 
 template <typename scalar_t>
 void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, const Tensor& seed, int64_t param,
-                                    int64_t k_samples, Tensor& z, Tensor& log_q, Tensor& log_p, Tensor& kl) {
+                                    int64_t k_samples, int64_t channels, Tensor& z, Tensor& log_q, Tensor& log_p,
+                                    Tensor& kl) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   const bool has_prior = rows.has_prior;
-  const EpsSource<T> eps_source(eps, seed, R, D);
+  const EpsSource<T> eps_source(eps, seed, R, D, channels);
   if constexpr (std::is_same_v<scalar_t, T>) {
     if (flat_rows<scalar_t>(rows)) {
       latent_forward_flat<T>(in.ptr[0], in.ptr[1], eps_source, static_cast<int>(param), k_samples, R, D,
@@ -113,7 +126,7 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
   };
   if (tiled_rows(rows, k_samples)) {
     at::parallel_for(0, R, grain_rows(D * 3), [&](int64_t begin, int64_t end) {
-      NoiseTile<T> tile(D);
+      NoiseTile<T> tile(eps_source);
       for (int64_t r = begin; r < end; ++r) {
         const RowPointers<scalar_t> at(in, r, has_prior);
         V kl_acc(T(0)), lq_acc(T(0)), lp_acc(T(0));
@@ -136,7 +149,7 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
   }
   at::parallel_for(0, R, grain_rows(D * (k_samples + 2)), [&](int64_t begin, int64_t end) {
     RowTerms<T> t(P);
-    typename EpsSource<T>::Scratch scratch(D, P, k_samples);
+    typename EpsSource<T>::Scratch scratch(eps_source, P, k_samples);
     for (int64_t r = begin; r < end; ++r) {
       t.read(in, r, D, static_cast<int>(param), has_prior, false);
       V kl_acc(T(0));
@@ -174,14 +187,15 @@ struct LatentGrads {
 
 template <typename scalar_t>
 void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& g, const Tensor& eps,
-                                     const Tensor& seed, int64_t param, int64_t K, bool stl, PosteriorGrads& out) {
+                                     const Tensor& seed, int64_t param, int64_t K, bool stl, int64_t channels,
+                                     PosteriorGrads& out) {
   using T = compute_t<scalar_t>;
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const RowInputs<scalar_t> in(rows);
   const int64_t R = rows.rows(), D = rows.dim, P = padded_dim(D, W);
   const bool has_prior = rows.has_prior;
-  const EpsSource<T> eps_source(eps, seed, R, D);
+  const EpsSource<T> eps_source(eps, seed, R, D, channels);
   const T* gz = g.gz.defined() ? g.gz.const_data_ptr<T>() : nullptr;
   const T* gq = g.gq.defined() ? g.gq.const_data_ptr<T>() : nullptr;
   const T* gp = g.gp.defined() ? g.gp.const_data_ptr<T>() : nullptr;
@@ -248,7 +262,7 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   // Blocks of rows are fixed (not per thread), so results do not depend on the thread count.
   if (tiled_rows(rows, K)) {
     at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
-      NoiseTile<T> tile(D);
+      NoiseTile<T> tile(eps_source);
       for (int64_t b = b_begin; b < b_end; ++b) {
         for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
           const RowPointers<scalar_t> at(in, r, has_prior);
@@ -277,7 +291,7 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   }
   at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
     RowTerms<T> t(P);
-    typename EpsSource<T>::Scratch scratch(D, P, K);
+    typename EpsSource<T>::Scratch scratch(eps_source, P, K);
     std::vector<T> acc_z(P), acc_ze(P), acc_pmu(P), acc_plog(P);
     for (int64_t b = b_begin; b < b_end; ++b) {
       for (int64_t r = b * block; r < std::min(R, (b + 1) * block); ++r) {
@@ -314,18 +328,11 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   });
 }
 
-}  // namespace
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(
+// The flat forward (one event dim; `channels` > 1: its columns stored channels-last, see
+// csrc/binding/event_dims.h), after the entry's checks.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_flat_cpu(
     const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
-    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
-  checks::posterior(mu, scale, prior_mu, prior_scale, param, "fastelbo.gaussian_latent");
-  checks::noise(mu, eps, seed, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/true);
-  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent");
-  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
-    return event_dims::latent_forward(gaussian_latent_cpu, mu, scale, prior_mu, prior_scale, eps, seed, param,
-                                      n_samples, stl, event_dims);
-  }
+    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t channels) {
   const bool draws = !(eps.has_value() && eps->defined()) && !(seed.has_value() && seed->defined());
   Tensor drawn = draws ? draw_default_seed() : at::empty({0}, mu.options().dtype(at::kLong));
   LatentRows rows(mu, scale, prior_mu, prior_scale);
@@ -342,21 +349,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(
     Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute).contiguous() : Tensor();
     Tensor seed_t = draws ? drawn : defined_or_empty(seed);
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_cpu", [&] {
-      gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, k_samples, z, log_q, log_p, kl);
+      gaussian_latent_forward_kernel<scalar_t>(rows, eps_c, seed_t, param, k_samples, channels, z, log_q, log_p, kl);
     });
   }
   return {as_dtype(z, mu.scalar_type()), log_q, log_p, kl, drawn};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(
+// The flat backward (one event dim, `channels` as gaussian_latent_flat_cpu's).
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_flat_cpu(
     const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p, const OptTensor& grad_kl,
     const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
-    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
-  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent_backward");
-  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
-    return event_dims::latent_backward(gaussian_latent_backward_cpu, grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale,
-                                       prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
-  }
+    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t channels) {
   LatentRows rows(mu, scale, prior_mu, prior_scale);
   const int64_t k_samples = sample_count(n_samples);
   PosteriorGrads out(rows, mu, grain_rows(rows.dim * (k_samples + 2)));
@@ -366,10 +369,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(
     Tensor eps_c = eps.has_value() && eps->defined() ? eps->to(compute_dtype(rows.dtype)).contiguous() : Tensor();
     Tensor seed_t = defined_or_empty(seed);
     FASTELBO_DISPATCH_FLOAT(rows.dtype, "fastelbo_gaussian_latent_backward_cpu", [&] {
-      gaussian_latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, k_samples, stl, out);
+      gaussian_latent_backward_kernel<scalar_t>(rows, grads, eps_c, seed_t, param, k_samples, stl, channels, out);
     });
   }
   return out.finish(mu, scale, prior_mu, prior_scale);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gaussian_latent_cpu(
+    const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
+  checks::posterior(mu, scale, prior_mu, prior_scale, param, "fastelbo.gaussian_latent");
+  checks::noise(mu, eps, seed, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/true);
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_forward(gaussian_latent_flat_cpu, mu, scale, prior_mu, prior_scale, eps, seed, param,
+                                      n_samples, stl, event_dims);
+  }
+  return gaussian_latent_flat_cpu(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, 1);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gaussian_latent_backward_cpu(
+    const OptTensor& grad_z, const OptTensor& grad_log_q, const OptTensor& grad_log_p, const OptTensor& grad_kl,
+    const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
+    const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent_backward");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_backward(gaussian_latent_backward_flat_cpu, grad_z, grad_log_q, grad_log_p, grad_kl, mu,
+                                       scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
+  }
+  return gaussian_latent_backward_flat_cpu(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale,
+                                           eps, seed, param, n_samples, stl, 1);
 }
 
 }  // namespace fastelbo

@@ -85,7 +85,7 @@ void latent_forward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_so
   at::parallel_for(0, R, grain_rows(D * (K + 2)), [&](int64_t begin, int64_t end) {
     const int64_t cap = std::min(kFlatBlockRows, end - begin) * D;
     std::vector<T> sigma(cap), log_sigma(cap), terms_q(cap), terms_p(cap), eps_buf(cap);
-    NoiseBlock<T> noise(D);
+    NoiseBlock<T> noise(D, eps_source.channels);
     for (int64_t r0 = begin; r0 < end; r0 += kFlatBlockRows) {
       const int64_t n_rows = std::min(kFlatBlockRows, end - r0), n = n_rows * D;
       const T* m = mu + r0 * D;
@@ -137,7 +137,7 @@ void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_s
   at::parallel_for(0, R, grain_rows(D * (K + 2)), [&](int64_t begin, int64_t end) {
     const int64_t cap = std::min(kFlatBlockRows, end - begin) * D;
     std::vector<T> sigma(cap), log_sigma(cap), dlog(cap), acc_g(cap), acc_ge(cap), eps_buf(cap), row_a(cap), row_b(cap);
-    NoiseBlock<T> noise(D);
+    NoiseBlock<T> noise(D, eps_source.channels);
     const T zero(0);
     for (int64_t r0 = begin; r0 < end; r0 += kFlatBlockRows) {
       const int64_t n_rows = std::min(kFlatBlockRows, end - r0), n = n_rows * D;

@@ -18,10 +18,14 @@ namespace fastelbo {
 // calls) does not pay a vector of Sleef log / sin / cos for two lanes. Each element's value is
 // that of its own (row, group, lane) counter, whatever the block: the noise does not depend on
 // the blocking (nor on threads). Make one per task (it allocates).
+//
+// `channels` = C > 1: the rows are stored channels-last (csrc/binding/event_dims.h): row column
+// s C + c holds logical element d = c S + s (S = D / C), whose noise it gets.
 template <typename T>
 struct NoiseBlock {
   static constexpr int64_t kTargetGroups = 64;  // Philox calls per block when rows are short
   int64_t dim;
+  int64_t channels;                        // 1: columns in logical order
   int64_t groups;                          // ceil(D / 4) Philox calls per row
   int64_t max_rows;                        // rows per block
   int64_t padded;                          // max_rows * groups rounded up to whole vectors
@@ -35,8 +39,9 @@ struct NoiseBlock {
   static constexpr bool kInRegisters = false;
 #endif
 
-  explicit NoiseBlock(int64_t n_dim)
+  explicit NoiseBlock(int64_t n_dim, int64_t n_channels = 1)
       : dim(n_dim),
+        channels(n_channels),
         groups((n_dim + 3) / 4),
         max_rows(std::max<int64_t>(1, kTargetGroups / std::max<int64_t>(groups, 1))),
         padded((max_rows * groups + Vec<T>::size() - 1) / Vec<T>::size() * Vec<T>::size()),
@@ -138,10 +143,23 @@ struct NoiseBlock {
     }
   }
 
-  // Lane d mod 4 of call (row i, group d div 4) to out[i stride + d].
+  // Lane d mod 4 of call (row i, group d div 4) to out[i stride + d] (with channels, to the
+  // column that holds logical element d).
   void copy_out(T* out, int64_t stride, int64_t n_rows) const {
     const int64_t n = n_rows * groups;
     const T* normals = lanes.data();
+    if (channels > 1) {
+      const int64_t spatial = dim / channels;
+      for (int64_t i = 0; i < n_rows; ++i) {
+        T* row = out + i * stride;
+        for (int64_t c = 0, d = 0; c < channels; ++c) {
+          for (int64_t s = 0; s < spatial; ++s, ++d) {
+            row[s * channels + c] = normals[(d & 3) * padded + i * groups + (d >> 2)];
+          }
+        }
+      }
+      return;
+    }
     if (dim % 4 == 0 && stride == dim) {
       // Whole rows back to back: call c's four lanes are out[4 c .. 4 c + 3], a 4-way interleave.
       const T* n0 = normals;
@@ -164,16 +182,17 @@ struct NoiseBlock {
 };
 
 // Where a latent kernel's eps comes from: the explicit eps tensor (contiguous (K, R, D), compute
-// type) or Philox from the seed. row() gives the D values of (row r, sample k); a task owns one
-// Scratch (its blocks of noise and their buffers).
+// type) or Philox from the seed, for rows stored with `channels` (NoiseBlock). row() gives the D
+// values of (row r, sample k); a task owns one Scratch (its blocks of noise and their buffers).
 template <typename T>
 struct EpsSource {
   const T* eps = nullptr;
   core::PhiloxKey key{0, 0};
-  int64_t rows, dim;
+  int64_t rows, dim, channels;
 
-  EpsSource(const at::Tensor& explicit_eps, const at::Tensor& seed, int64_t n_rows, int64_t n_dim)
-      : rows(n_rows), dim(n_dim) {
+  EpsSource(const at::Tensor& explicit_eps, const at::Tensor& seed, int64_t n_rows, int64_t n_dim,
+            int64_t n_channels = 1)
+      : rows(n_rows), dim(n_dim), channels(n_channels) {
     if (explicit_eps.defined()) {
       eps = explicit_eps.const_data_ptr<T>();
     } else {
@@ -190,8 +209,8 @@ struct EpsSource {
     std::vector<T> blocks;        // slots x noise.max_rows x padded
     std::vector<int64_t> first;   // per slot: the block's first row, or -1
     std::vector<int64_t> sample;  // per slot: the block's sample
-    Scratch(int64_t dim, int64_t padded_dim, int64_t n_slots)
-        : noise(dim),
+    Scratch(const EpsSource& source, int64_t padded_dim, int64_t n_slots)
+        : noise(source.dim, source.channels),
           padded(padded_dim),
           slots(n_slots),
           blocks(n_slots * noise.max_rows * padded_dim, T(0)),

@@ -118,20 +118,11 @@ at::Tensor zeros_or_empty(const at::Tensor& prior, const at::Tensor& mu) {
   return prior.defined() ? at::zeros_like(prior) : at::empty({0}, mu.options());
 }
 
-}  // namespace
-
-// The fifth output is the seed the op drew itself: never on CUDA, where the caller draws it on the
-// device (CUDA graphs), so it is always an empty int64 tensor here.
-Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
-                             const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
-                             int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
-  checks::posterior(mu, scale, prior_mu_opt, prior_scale_opt, param, "fastelbo.gaussian_latent");
-  checks::noise(mu, eps_opt, seed_opt, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/false);
-  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent");
-  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
-    return event_dims::latent_forward(gaussian_latent_cuda, mu, scale, prior_mu_opt, prior_scale_opt, eps_opt, seed_opt,
-                                      param, n_samples, stl, event_dims);
-  }
+// The flat forward (one event dim; `channels` > 1: its columns stored channels-last, see
+// csrc/binding/event_dims.h), after the entry's checks.
+Tensor5 gaussian_latent_flat_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
+                                  const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
+                                  int64_t param, int64_t n_samples, bool stl, int64_t channels) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);
@@ -170,6 +161,7 @@ Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
     p.log_p = ptr<T>(log_p);
     p.kl = ptr<T>(kl);
     p.n_samples = k;
+    p.channels = channels;
     p.half_log_2pi_d = static_cast<double>(dim) * core::kHalfLog2Pi;
     FE_LAUNCH(grid_x(latent_blocks(rows, dim)), kBlock, 0, stream, gaussian_latent_forward_kernel<S, T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -178,18 +170,13 @@ Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTen
   return {z, log_q, log_p, kl, no_seed};
 }
 
-Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_log_q_opt,
-                                      const OptTensor& grad_log_p_opt, const OptTensor& grad_kl_opt, const Tensor& mu,
-                                      const Tensor& scale, const OptTensor& prior_mu_opt,
-                                      const OptTensor& prior_scale_opt, const OptTensor& eps_opt,
-                                      const OptTensor& seed_opt, int64_t param, int64_t n_samples, bool stl,
-                                      int64_t event_dims) {
-  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent_backward");
-  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
-    return event_dims::latent_backward(gaussian_latent_backward_cuda, grad_z_opt, grad_log_q_opt, grad_log_p_opt,
-                                       grad_kl_opt, mu, scale, prior_mu_opt, prior_scale_opt, eps_opt, seed_opt, param,
-                                       n_samples, stl, event_dims);
-  }
+// The flat backward (one event dim, `channels` as gaussian_latent_flat_cuda's).
+Tensor4 gaussian_latent_backward_flat_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_log_q_opt,
+                                           const OptTensor& grad_log_p_opt, const OptTensor& grad_kl_opt,
+                                           const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
+                                           const OptTensor& prior_scale_opt, const OptTensor& eps_opt,
+                                           const OptTensor& seed_opt, int64_t param, int64_t n_samples, bool stl,
+                                           int64_t channels) {
   c10::cuda::CUDAGuard device_guard(mu.device());
   const at::Tensor prior_mu = value_or_undefined(prior_mu_opt), prior_scale = value_or_undefined(prior_scale_opt);
   const at::Tensor eps = value_or_undefined(eps_opt), seed = value_or_undefined(seed_opt);
@@ -236,11 +223,46 @@ Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTens
     p.gk_sr = gk.defined() ? gk.stride(0) : 0;
     out.fill<S, T>(p, s);
     p.n_samples = k;
+    p.channels = channels;
     p.stl = stl;
     FE_LAUNCH(grid_x(latent_blocks(rows, dim)), kBlock, 0, stream, gaussian_latent_backward_kernel<S, T>)(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.finish(s, prior_mu, prior_scale, mu);
+}
+
+}  // namespace
+
+// The fifth output is the seed the op drew itself: never on CUDA, where the caller draws it on the
+// device (CUDA graphs), so it is always an empty int64 tensor here.
+Tensor5 gaussian_latent_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,
+                             const OptTensor& prior_scale_opt, const OptTensor& eps_opt, const OptTensor& seed_opt,
+                             int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
+  checks::posterior(mu, scale, prior_mu_opt, prior_scale_opt, param, "fastelbo.gaussian_latent");
+  checks::noise(mu, eps_opt, seed_opt, n_samples, "fastelbo.gaussian_latent", /*may_draw=*/false);
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_forward(gaussian_latent_flat_cuda, mu, scale, prior_mu_opt, prior_scale_opt, eps_opt,
+                                      seed_opt, param, n_samples, stl, event_dims);
+  }
+  return gaussian_latent_flat_cuda(mu, scale, prior_mu_opt, prior_scale_opt, eps_opt, seed_opt, param, n_samples, stl,
+                                   1);
+}
+
+Tensor4 gaussian_latent_backward_cuda(const OptTensor& grad_z_opt, const OptTensor& grad_log_q_opt,
+                                      const OptTensor& grad_log_p_opt, const OptTensor& grad_kl_opt, const Tensor& mu,
+                                      const Tensor& scale, const OptTensor& prior_mu_opt,
+                                      const OptTensor& prior_scale_opt, const OptTensor& eps_opt,
+                                      const OptTensor& seed_opt, int64_t param, int64_t n_samples, bool stl,
+                                      int64_t event_dims) {
+  event_dims::check(mu, event_dims, "fastelbo.gaussian_latent_backward");
+  if (event_dims > 1) {  // one dim of D = their product (csrc/binding/event_dims.h)
+    return event_dims::latent_backward(gaussian_latent_backward_flat_cuda, grad_z_opt, grad_log_q_opt, grad_log_p_opt,
+                                       grad_kl_opt, mu, scale, prior_mu_opt, prior_scale_opt, eps_opt, seed_opt, param,
+                                       n_samples, stl, event_dims);
+  }
+  return gaussian_latent_backward_flat_cuda(grad_z_opt, grad_log_q_opt, grad_log_p_opt, grad_kl_opt, mu, scale,
+                                            prior_mu_opt, prior_scale_opt, eps_opt, seed_opt, param, n_samples, stl, 1);
 }
 
 Tensor gaussian_kl_cuda(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu_opt,

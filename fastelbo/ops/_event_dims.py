@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from typing import Optional
 
 import torch
 
@@ -154,3 +155,77 @@ def trailing_event_dims(shape, event_dims: int, op: str = "fastelbo.gaussian_lat
         return None
     dims = tuple(range(len(shape) - event_dims, len(shape)))
     return _layout(tuple(shape), dims) if torch.compiler.is_compiling() else _cached_layout(tuple(shape), dims)
+
+
+def _one_run(sizes, strides) -> bool:
+    """Whether dims of these sizes and strides flatten into one strided run (a view): each dim's
+    stride is the next one's stride times its size, dims of size 1 aside (as ATen's computeStride)."""
+    if any(n == 0 for n in sizes):
+        return True
+    inner = None
+    for n, st in zip(reversed(sizes), reversed(strides)):
+        if n == 1:
+            continue
+        if inner is not None and st != inner:
+            return False
+        inner = st * n
+    return True
+
+
+def stored_channels(mu: torch.Tensor, event_dims: int) -> int:
+    """C = mu's first event dim when mu stores its last event_dims dims channels-last ((C, H, W)
+    not one run, (H, W, C) one run), else 1: csrc/binding/event_dims.h's Flattening.channels."""
+    if event_dims < 2:
+        return 1
+    first = mu.dim() - event_dims
+    sizes, strides = tuple(mu.shape[first:]), tuple(mu.stride()[first:])
+    if sizes[0] < 2 or _one_run(sizes, strides):
+        return 1
+    return sizes[0] if _one_run(sizes[1:] + sizes[:1], strides[1:] + strides[:1]) else 1
+
+
+class OpEventDims:
+    """The latent op's last `event_dims` dims as one dim, in the order its kernels take them, as
+    csrc/binding/event_dims.h does in C++ (for the Triton launcher, and for the fakes' strides):
+    flatten(-event_dims), or for a channels-last mu (`channels` = C > 1) movedim(-event_dims, -1)
+    then flatten, a view whose column s C + c holds logical element d = c S + s: the kernels draw
+    that column's noise at d, and z and the gradients come back channels-last."""
+
+    def __init__(self, mu: torch.Tensor, event_dims: int):
+        self.event_dims = event_dims
+        self.mu_shape = tuple(mu.shape)
+        self.channels = stored_channels(mu, event_dims)
+
+    def flat(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """t (mu's event dims last, anything before them) with its event dims as one."""
+        if t is None:
+            return None
+        first = t.dim() - self.event_dims
+        return t.flatten(first) if self.channels == 1 else t.movedim(first, -1).flatten(first)
+
+    def unflat(self, t: torch.Tensor, shape) -> torch.Tensor:
+        """The inverse of flat: t (..., D) back to `shape` (channels-last strides when channels > 1)."""
+        if self.channels == 1:
+            return t.reshape(shape)
+        first = len(shape) - self.event_dims
+        return t.reshape(*shape[:first], *shape[first + 1:], shape[first]).movedim(-1, first)
+
+    def _prior_sizes(self, prior: torch.Tensor) -> tuple:
+        ndim, lead = len(self.mu_shape), len(self.mu_shape) - prior.dim()
+        return tuple(self.mu_shape[i] if i >= ndim - self.event_dims else (1 if i < lead else prior.shape[i - lead])
+                     for i in range(ndim))
+
+    def flat_prior(self, prior: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The prior broadcast against mu over the event dims only, flat: broadcastable to flat(mu)."""
+        if prior is None or tuple(prior.shape) == self.mu_shape:
+            return self.flat(prior)
+        sizes = self._prior_sizes(prior)
+        return self.flat(prior.reshape((1,) * (len(sizes) - prior.dim()) + tuple(prior.shape)).expand(sizes))
+
+    def prior_grad(self, grad: torch.Tensor, prior: Optional[torch.Tensor]) -> torch.Tensor:
+        """The gradient of `prior` from a gradient of its flat_prior."""
+        if prior is None:
+            return grad
+        if tuple(prior.shape) == self.mu_shape:
+            return self.unflat(grad, self.mu_shape)
+        return self.unflat(grad, self._prior_sizes(prior)).sum_to_size(prior.shape)

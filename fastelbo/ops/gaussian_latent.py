@@ -18,6 +18,7 @@ second order, recomputed by the reference under autograd, for both).
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -28,7 +29,7 @@ from .._dtypes import compute_dtype
 from .._types import Latent, TracedLatent
 from ..rng import draw_seed, normal_noise
 from . import _checks
-from ._event_dims import check_event_dims, layout_for, trailing_event_dims
+from ._event_dims import OpEventDims, check_event_dims, layout_for, stored_channels, trailing_event_dims
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 
@@ -140,8 +141,8 @@ def _on_cpp_kernels(name, mu, scale, param, dim, n_samples, prior, stl) -> Trace
     return latent
 
 
-def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
-    """gaussian_latent after its checks."""
+def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend, event_dims=1) -> TracedLatent:
+    """gaussian_latent after its checks (event_dims: mu's last dims summed, on the kernels)."""
     n_samples = None if n_samples is None else int(n_samples)
     name = resolve(backend, mu.device)
     if name == "reference":
@@ -153,7 +154,7 @@ def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend) -
             _seed_for_kernel(mu, generator) if overload == "default" else draw_seed(mu.device, generator))
         prior_mu, prior_scale = prior if prior is not None else (None, None)
         out = getattr(torch.ops.fastelbo.gaussian_latent, overload)(
-            mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl)
+            mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl, event_dims)
     return _traced(out, name, (mu, scale, param, n_samples, prior, eps, seed))
 
 
@@ -174,10 +175,15 @@ def _seed_for_kernel(mu: torch.Tensor, generator):
 
 
 def _with_layout(layout, mu, scale, param, n_samples, prior, stl, generator, eps, backend) -> TracedLatent:
-    """The latent over event dims other than the last: the kernels on flat views (batch..., D) of
-    mu, scale, the prior and eps (_event_dims.py), z back in mu's dim order. The latent keeps the
-    flat arguments and the layout, for DReG."""
+    """The latent over event dims other than the last. Trailing ones go to the kernels' op as its
+    event_dims (no views; channels-last mu not copied, csrc/binding/event_dims.h). Otherwise, and on
+    the reference, the kernels run on flat views (batch..., D) of mu, scale, the prior and eps
+    (_event_dims.py), z back in mu's dim order. The latent keeps the layout, for DReG."""
     prior = _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
+    if layout.trailing and resolve(backend, mu.device) != "reference":
+        latent = _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend, len(layout.dims))
+        latent.layout, latent.inputs_flat = layout, False
+        return latent
     leading = 0 if n_samples is None else 1
     flat = _checked(layout.flat(mu), layout.flat(scale), param, n_samples,
                     None if prior is None else tuple(layout.flat_prior(t) for t in prior), stl, generator,
@@ -311,7 +317,7 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, eve
     dtype = compute_dtype(mu, scale, prior_mu, prior_scale)
     batch = mu.shape[:mu.dim() - event_dims]
     samples = (n_samples,) if n_samples else ()
-    z = mu.new_empty((*samples, *mu.shape))
+    z = _new_like_kernels(mu, event_dims, (*samples, *mu.shape))
     log_q = mu.new_empty((*samples, *batch), dtype=dtype)
     draws = eps is None and seed is None and mu.device.type == "cpu"  # the CPU kernel draws its seed
     drawn = mu.new_empty(() if draws else (0,), dtype=torch.int64)
@@ -320,8 +326,28 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, eve
 
 def backward_fake(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param,
                   n_samples, stl, event_dims=1):
+    if event_dims > 1 and stored_channels(mu, event_dims) > 1:
+        # the kernels' contiguous flat gradients, unflattened as csrc/binding/event_dims.h does
+        events = OpEventDims(mu, event_dims)
+
+        def prior_grad(prior):
+            return like_or_empty(None, mu) if prior is None else events.prior_grad(
+                prior.new_empty(events.flat_prior(prior).shape), prior)
+
+        return (_new_like_kernels(mu, event_dims, mu.shape), _new_like_kernels(mu, event_dims, scale.shape),
+                prior_grad(prior_mu), prior_grad(prior_scale))
     return (mu.new_empty(mu.shape), scale.new_empty(scale.shape), like_or_empty(prior_mu, mu),
             like_or_empty(prior_scale, mu))
+
+
+def _new_like_kernels(mu, event_dims: int, shape) -> torch.Tensor:
+    """An empty tensor of `shape` (mu's, K leading or not) with the strides the kernels give it:
+    contiguous, or channels-last where mu stores its event dims so (csrc/binding/event_dims.h)."""
+    if event_dims == 1 or stored_channels(mu, event_dims) == 1:
+        return mu.new_empty(shape)
+    events = OpEventDims(mu, event_dims)
+    return events.unflat(mu.new_empty((*shape[:len(shape) - event_dims], math.prod(shape[len(shape) - event_dims:]))),
+                         shape)
 
 
 def noise_fake(seed, n_samples, n_rows, dim, float64):

@@ -4,6 +4,8 @@ fastelbo/triton_backend/register.py, with the schemas, fakes and autograd of fas
 
 param is 0 (logvar), 1 (log_std) or 2 (softplus). The seed is the int64 device tensor of
 fastelbo.rng.draw_seed; backward regenerates eps from it. Absent prior gradients are empty tensors.
+event_dims > 1 flattens mu's last dims as csrc/binding/event_dims.h does (ops/_event_dims.py:
+OpEventDims; a channels-last event in storage order, the kernels told its channel count).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from ..triton_kernels.latent import gaussian_kl_backward_kernel, gaussian_kl_forward_kernel, gaussian_latent_backward_kernel, gaussian_latent_forward_kernel
 from ._common import block_rows, compute, split_scalar
-from ..ops._event_dims import trailing_event_dims
+from ..ops._event_dims import OpEventDims, check_event_dims
 from ._layout import plan
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -75,16 +77,11 @@ class _Rows:
 
 # ---- event dims ----
 
-def _flat(events, t: Optional[Tensor], leading: int = 0) -> Optional[Tensor]:
-    return None if t is None else events.flat(t, leading)
-
-
-def _flat_prior(events, prior: Optional[Tensor]) -> Optional[Tensor]:
-    return None if prior is None else events.flat_prior(prior)
-
-
-def _prior_grad(events, grad: Tensor, prior: Optional[Tensor]) -> Tensor:
-    return grad if prior is None else events.prior_grad(grad, prior)
+def _events(mu: Tensor, event_dims: int, op: str) -> Optional[OpEventDims]:
+    """mu's last event_dims dims as one (checked; None for 1: the kernels' own), as
+    csrc/binding/event_dims.h takes them: channels-last ones as a view, with `channels`."""
+    check_event_dims(mu.dim(), event_dims, op)
+    return OpEventDims(mu, event_dims) if event_dims > 1 else None
 
 
 # ---- forward ----
@@ -92,13 +89,18 @@ def _prior_grad(events, grad: Tensor, prior: Optional[Tensor]) -> Tensor:
 def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
               eps: Optional[Tensor], seed: Optional[Tensor], param: int, n_samples: int,
               stl: bool, event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    events = trailing_event_dims(mu.shape, event_dims)
+    events = _events(mu, event_dims, "fastelbo.gaussian_latent")
     if events is not None:  # the last event_dims dims as one (as csrc/binding/event_dims.h)
-        leading = int(bool(n_samples))
-        z, *rest = gaussian_latent(events.flat(mu), events.flat(scale), _flat_prior(events, prior_mu),
-                                   _flat_prior(events, prior_scale), _flat(events, eps, leading), seed, param,
-                                   n_samples, stl)
-        return (events.unflat(z, leading), *rest)
+        z, *rest = _forward(events.flat(mu), events.flat(scale), events.flat_prior(prior_mu),
+                            events.flat_prior(prior_scale), events.flat(eps), seed, param, n_samples, events.channels)
+        return (events.unflat(z, (*((n_samples,) if n_samples else ()), *mu.shape)), *rest)
+    return _forward(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, 1)
+
+
+def _forward(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior_scale: Optional[Tensor],
+             eps: Optional[Tensor], seed: Optional[Tensor], param: int, n_samples: int,
+             channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The forward over one event dim, its columns stored channels-last when channels > 1."""
     if eps is None and seed is None:
         raise ValueError(f"fastelbo.gaussian_latent: needs eps or a seed on {mu.device} "
                          "(only the CPU kernels draw their own seed)")
@@ -121,8 +123,8 @@ def gaussian_latent(mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor], prior
         z, log_q, log_p, kl,
         rows.rows, rows.dim, k, rows.layout.n1, rows.layout.n2,
         *rows.stride_args(), *eps_args[1:],
-        const_hi, const_lo,
-        PARAM=param, HAS_PRIOR=rows.has_prior, HAS_EPS=eps is not None, DTYPE=tl_dtype,
+        const_hi, const_lo, channels,
+        PARAM=param, HAS_PRIOR=rows.has_prior, HAS_EPS=eps is not None, CHANNELS_LAST=channels > 1, DTYPE=tl_dtype,
         BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,
     )
     return z, log_q, log_p, kl, no_seed
@@ -152,15 +154,22 @@ def gaussian_latent_backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tens
                        prior_scale: Optional[Tensor], eps: Optional[Tensor], seed: Optional[Tensor],
                        param: int, n_samples: int, stl: bool,
                        event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    events = trailing_event_dims(mu.shape, event_dims, "fastelbo.gaussian_latent_backward")
+    events = _events(mu, event_dims, "fastelbo.gaussian_latent_backward")
     if events is not None:  # the last event_dims dims as one (as csrc/binding/event_dims.h)
-        leading = int(bool(n_samples))
-        grads = gaussian_latent_backward(_flat(events, grad_z, leading), grad_log_q, grad_log_p, grad_kl,
-                                         events.flat(mu), events.flat(scale), _flat_prior(events, prior_mu),
-                                         _flat_prior(events, prior_scale), _flat(events, eps, leading), seed, param,
-                                         n_samples, stl)
-        return (grads[0].reshape(mu.shape), grads[1].reshape(scale.shape),
-                *(_prior_grad(events, g, p) for g, p in ((grads[2], prior_mu), (grads[3], prior_scale))))
+        grads = _backward(events.flat(grad_z), grad_log_q, grad_log_p, grad_kl, events.flat(mu), events.flat(scale),
+                          events.flat_prior(prior_mu), events.flat_prior(prior_scale), events.flat(eps), seed, param,
+                          n_samples, stl, events.channels)
+        return (events.unflat(grads[0], mu.shape), events.unflat(grads[1], scale.shape),
+                events.prior_grad(grads[2], prior_mu), events.prior_grad(grads[3], prior_scale))
+    return _backward(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param,
+                     n_samples, stl, 1)
+
+
+def _backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tensor], grad_log_p: Optional[Tensor],
+              grad_kl: Optional[Tensor], mu: Tensor, scale: Tensor, prior_mu: Optional[Tensor],
+              prior_scale: Optional[Tensor], eps: Optional[Tensor], seed: Optional[Tensor], param: int,
+              n_samples: int, stl: bool, channels: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward over one event dim, its columns stored channels-last when channels > 1."""
     dtype, tl_dtype = compute(mu, scale, prior_mu, prior_scale)
     grad_mu = mu.new_empty(mu.shape)
     grad_scale = scale.new_empty(scale.shape)
@@ -180,8 +189,8 @@ def gaussian_latent_backward(grad_z: Optional[Tensor], grad_log_q: Optional[Tens
         grad_mu, grad_scale, pmu_buffer, pscale_buffer,
         r, d, k, rows.layout.n1, rows.layout.n2,
         *rows.stride_args(), *eps_args[1:],
-        *_strides(gz, 3), *_strides(gq, 2), *_strides(gp, 2), *_strides(gk, 1),
-        PARAM=param, HAS_PRIOR=rows.has_prior, HAS_EPS=eps is not None, STL=stl,
+        *_strides(gz, 3), *_strides(gq, 2), *_strides(gp, 2), *_strides(gk, 1), channels,
+        PARAM=param, HAS_PRIOR=rows.has_prior, HAS_EPS=eps is not None, STL=stl, CHANNELS_LAST=channels > 1,
         HAS_GZ=gz is not None, HAS_GQ=gq is not None, HAS_GP=gp is not None, HAS_GK=gk is not None,
         PM_SHARED=rows.shared(2), PS_SHARED=rows.shared(3), DTYPE=tl_dtype,
         BLOCK_R=rows.block_r, BLOCK_D=rows.block_d, num_warps=rows.num_warps,

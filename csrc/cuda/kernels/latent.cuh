@@ -44,6 +44,7 @@ struct LatentFwdParams {
   T* log_p;              // (K, R)
   T* kl;                 // (R,)
   int64_t n_samples;
+  int64_t channels;      // 1, or C: the columns stored channels-last (latent_eps)
   double half_log_2pi_d; // D log(2 pi) / 2, a run-time scalar
 };
 
@@ -66,6 +67,7 @@ struct LatentBwdParams {
   T* grad_prior_scale;   // likewise with ps_shared
   bool pm_shared, ps_shared;
   int64_t n_samples;
+  int64_t channels;      // as LatentFwdParams'
   bool stl;
 };
 
@@ -155,13 +157,27 @@ __device__ __forceinline__ T kl_term(const LatentElems<T>& e, int j) {
 }
 
 // eps of dims d0 .. d0 + 3 of (sample k, row): the explicit contiguous (K, R, D) tensor, or Philox.
+// With `channels` = C > 1 the columns are stored channels-last (csrc/binding/event_dims.h):
+// column s C + c holds logical element d = c S + s, whose noise is lane d mod 4 of call d div 4,
+// one Philox call per column (four times the calls of the logical order).
 template <typename S, typename T>
 __device__ __forceinline__ void latent_eps(const S* eps, core::PhiloxKey key, int64_t k, int64_t row, int64_t d0,
-                                           int64_t R, int64_t D, T out[4]) {
+                                           int64_t R, int64_t D, int64_t channels, T out[4]) {
   if (eps != nullptr) {
     const int64_t base = (k * R + row) * D;
 #pragma unroll
     for (int j = 0; j < 4; ++j) out[j] = d0 + j < D ? load<T>(eps, base + d0 + j) : T(0);
+  } else if (channels > 1) {
+    const int64_t spatial = D / channels;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t col = d0 + j < D ? d0 + j : D - 1;
+      const int64_t d = (col % channels) * spatial + col / channels;
+      T lanes[4];
+      philox_normals<T>(key, d / 4, row, k, lanes);
+      const int lane = static_cast<int>(d & 3);
+      out[j] = lane == 0 ? lanes[0] : lane == 1 ? lanes[1] : lane == 2 ? lanes[2] : lanes[3];
+    }
   } else {
     philox_normals<T>(key, d0 / 4, row, k, out);
   }
@@ -235,7 +251,7 @@ __global__ void __launch_bounds__(kBlock) gaussian_latent_forward_kernel(const L
       detail::LatentElems<T> e;  // re-read per sample: L1/L2 hits, the Box-Muller math dominates
       detail::load_latent(p.in, base, d0, e);
       T eps[4];
-      detail::latent_eps(p.eps, key, k, row, d0, R, D, eps);
+      detail::latent_eps(p.eps, key, k, row, d0, R, D, p.channels, eps);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if (d0 + j >= D) continue;
@@ -299,7 +315,7 @@ __global__ void __launch_bounds__(kBlock) gaussian_latent_backward_kernel(const 
       T acc_plog[4] = {T(0), T(0), T(0), T(0)};  // sum_k gp_k (u_k^2 - 1)
       for (int64_t k = 0; k < p.n_samples; ++k) {
         T eps[4];
-        detail::latent_eps(p.eps, key, k, row, d0, R, D, eps);
+        detail::latent_eps(p.eps, key, k, row, d0, R, D, p.channels, eps);
         const T gp = p.grad_log_p != nullptr ? p.grad_log_p[k * p.gp_sk + row * p.gp_sr] : T(0);
         const T gq = (p.grad_log_q != nullptr && p.stl) ? p.grad_log_q[k * p.gq_sk + row * p.gq_sr] : T(0);
 #pragma unroll
