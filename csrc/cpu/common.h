@@ -225,6 +225,11 @@ inline at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
+// t expanded to `sizes`: t itself when it has them (no op call: a per-sample prior, x of the logits' shape).
+inline at::Tensor expanded_to(const at::Tensor& t, at::IntArrayRef sizes) {
+  return t.sizes() == sizes ? t : t.expand(sizes);
+}
+
 // All float inputs of one dtype, or upcast to the compute dtype (a copy, only for mixed dtypes).
 inline at::ScalarType common_float_dtype(std::initializer_list<const at::Tensor*> tensors) {
   at::ScalarType first_dtype = at::ScalarType::Undefined;

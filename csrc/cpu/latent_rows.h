@@ -30,8 +30,8 @@ struct LatentRows {
     dtype = common_float_dtype({&mu, &scale, has_prior ? &*pm : nullptr, has_prior ? &*ps : nullptr});
     std::vector<Tensor> tensors = {as_dtype(mu, dtype), as_dtype(scale, dtype)};
     if (has_prior) {
-      tensors.push_back(pm->to(dtype).expand(mu.sizes()));
-      tensors.push_back(ps->to(dtype).expand(mu.sizes()));
+      tensors.push_back(expanded_to(as_dtype(*pm, dtype), mu.sizes()));
+      tensors.push_back(expanded_to(as_dtype(*ps, dtype), mu.sizes()));
       prior_single_row[0] = single_row(*pm, 1);
       prior_single_row[1] = single_row(*ps, 1);
     }

@@ -253,7 +253,7 @@ std::tuple<Tensor, Tensor> binary_log_prob(const Tensor& logits, const Tensor& x
   Tensor grad = grad_buffer(need_grad, logits, compute);
   if (out.numel() == 0) return {out, grad};
   if (logits.numel() == 0) return {out.zero_(), grad};
-  RowPlan plan = plan_rows({logits, xx.expand(logits.sizes())}, event_dims);
+  RowPlan plan = plan_rows({logits, expanded_to(xx, logits.sizes())}, event_dims);
   FASTELBO_DISPATCH_FLOAT(dtype, "fastelbo_binary_cpu", [&] {
     using T = compute_t<scalar_t>;
     switch (xx.scalar_type()) {
@@ -295,8 +295,8 @@ std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tenso
   Tensor out = at::empty(batch_shape(mean, event_dims), mean.options().dtype(compute));
   Tensor grad = grad_buffer(need_grad, mean, compute);
   if (out.numel() == 0) return {out, grad};
-  std::vector<Tensor> tensors = {as_dtype(mean, dtype), as_dtype(x, dtype).expand(mean.sizes())};
-  if (has_logvar) tensors.push_back(logvar->to(dtype).expand(mean.sizes()));
+  std::vector<Tensor> tensors = {as_dtype(mean, dtype), expanded_to(as_dtype(x, dtype), mean.sizes())};
+  if (has_logvar) tensors.push_back(expanded_to(as_dtype(*logvar, dtype), mean.sizes()));
   RowPlan plan = plan_rows(tensors, event_dims);
   FASTELBO_DISPATCH_FLOAT(dtype, "fastelbo_gaussian_cpu", [&] {
     gaussian_kernel<scalar_t>(plan, has_logvar, logvar_value, need_grad, expected_grad, out, grad);
