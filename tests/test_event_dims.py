@@ -53,6 +53,38 @@ def test_the_cpu_kernels_read_nchw_and_channels_last_without_a_copy(layout, seed
     assert _copies(lambda: fe.gaussian_latent(odd, odd, backend="cpu")) != []
 
 
+def _layouts(g):
+    """Latents whose strides test the choice of flattening: NCHW, channels-last, empty batch, size-1
+    dims, slices along each dim, a broadcast (stride-0) batch, channels-last 3-D (NCDHW)."""
+    cl = randn(g, 4, 3, 5, 6).contiguous(memory_format=torch.channels_last)
+    return {"nchw": randn(g, 2, 3, 4, 5), "channels_last": cl, "empty batch": cl[:0], "C=1": cl[:, :1],
+            "H=1": cl[:, :, :1], "W=1": cl[:, :, :, :1], "batch slice": cl[::2], "channel slice": cl[:, 1:],
+            "height slice": cl[:, :, 1:4], "width slice": cl[:, :, :, ::2],
+            "broadcast batch": cl[:1].expand(3, -1, -1, -1),
+            "channels_last_3d": randn(g, 2, 3, 2, 4, 5).contiguous(memory_format=torch.channels_last_3d)}
+
+
+@pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the cpu backend")
+def test_the_python_and_cpp_flattenings_agree(seed):
+    """The fakes and the Triton launcher flatten the event as csrc/binding/event_dims.h does
+    (ops/_event_dims.py: stored_channels, OpEventDims): the strides of the fake z and gradients are
+    the C++ op's, on every layout of _layouts."""
+    from fastelbo.ops import gaussian_latent as module
+
+    fe.gaussian_latent(torch.zeros(1, 1), torch.zeros(1, 1), backend="cpu")  # loads the C++ library
+    for name, mu in _layouts(generator(seed)).items():
+        n = mu.dim() - 1
+        for k in (0, 2):
+            args = (mu, mu, mu, mu, None, torch.tensor(7), 1, k, False, n)
+            z = torch.ops.fastelbo.gaussian_latent.default(*args)[0]
+            fake_z = module.fake(*args)[0]
+            assert (z.shape, z.stride()) == (fake_z.shape, fake_z.stride()), (name, k)
+        grads = torch.ops.fastelbo.gaussian_latent_backward.default(torch.ones_like(mu), None, None, None, *args[:6], 1,
+                                                                  0, False, n)
+        fakes = module.backward_fake(None, None, None, None, *args[:6], 1, 0, False, n)
+        assert [(t.shape, t.stride()) for t in grads] == [(t.shape, t.stride()) for t in fakes], name
+
+
 @pytest.mark.skipif("cpu" not in FUSED_BACKENDS, reason="the cpu backend")
 @pytest.mark.parametrize("dim", [(1, 2, 3), (2, 3)])
 def test_trailing_event_dims_go_to_the_op_without_view_nodes(dim, seed):

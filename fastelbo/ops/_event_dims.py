@@ -175,7 +175,7 @@ def _one_run(sizes, strides) -> bool:
 def stored_channels(mu: torch.Tensor, event_dims: int) -> int:
     """C = mu's first event dim when mu stores its last event_dims dims channels-last ((C, H, W)
     not one run, (H, W, C) one run), else 1: csrc/binding/event_dims.h's Flattening.channels."""
-    if event_dims < 2:
+    if event_dims < 2 or mu.numel() == 0:  # (no elements: every flatten is a view, as computeStride says)
         return 1
     first = mu.dim() - event_dims
     sizes, strides = tuple(mu.shape[first:]), tuple(mu.stride()[first:])
