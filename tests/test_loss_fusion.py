@@ -19,6 +19,9 @@ LIKELIHOODS = ["bernoulli_log_prob", "continuous_bernoulli_log_prob", "gaussian_
 # The continuous Bernoulli's buffer is not an output of its op (its second order is recomputed from
 # the logits): its backward cannot tell its own holders from a caller's, and never hands it over.
 HANDED_OVER = {"bernoulli_log_prob": True, "continuous_bernoulli_log_prob": False, "gaussian_log_prob": True}
+# Where the backward owns the buffer but the incoming gradient is another one, the Bernoulli's
+# scales it in place into the gradient (the Gaussian's backward kernel writes a new one).
+SCALED_IN_PLACE = {"bernoulli_log_prob": True, "continuous_bernoulli_log_prob": False, "gaussian_log_prob": False}
 ON_CPU = pytest.mark.skipif(DEVICE != "cpu" or "cpu" not in FUSED_BACKENDS,
                             reason="the handover is the CPU backward's (reading the gradient there needs no sync)")
 
@@ -81,7 +84,8 @@ def test_the_buffer_becomes_the_gradient_when_the_incoming_gradient_is_the_expec
 def test_the_buffer_stays_private_where_it_must(name, case, seed):
     """Each condition under which the backward makes a new gradient instead (and that gradient is
     still right): retain_graph (the buffer serves the next backward), a caller holding the buffer
-    output, an incoming gradient that is not the expected one, parameters of another dtype (a cast)."""
+    output, parameters of another dtype (a cast); and an incoming gradient that is not the expected
+    one, where the Bernoulli's backward, owning the buffer, scales it in place instead."""
     _load_library()
     dtype = torch.float16 if case == "half parameters" else torch.float32
     params, x, logvar = _inputs(name, generator(seed), dtype)
@@ -93,7 +97,9 @@ def test_the_buffer_stays_private_where_it_must(name, case, seed):
         buffer = None
     grad_out = torch.full_like(out, c) if case != "another gradient" else torch.linspace(-1, 2, out.numel())
     out.backward(grad_out, retain_graph=case == "retain_graph")
-    assert params.grad.data_ptr() != address
+    if case == "buffer held":
+        torch.testing.assert_close(buffer, kept, rtol=0, atol=0)  # the caller's buffer was not scaled
+    assert (params.grad.data_ptr() == address) == (case == "another gradient" and SCALED_IN_PLACE[name])
     tol = TOLERANCES[dtype]["bwd"]
     got = (params.grad,) if logvar is None else (params.grad, logvar.grad)
     for a, b in zip(got, _reference_grads(name, params, x, logvar, grad_out)):

@@ -355,23 +355,31 @@ bool only_this_node_holds(const Tensor& buffer) {
   return buffer.storage().use_count() <= 2 && buffer.use_count() == 1;
 }
 
-// Whether the backward may hand the buffer itself over as the logits' gradient: every row's
-// incoming gradient is exactly expected_grad, so the buffer already is g d out/d l, and a product
-// would copy it. Only where that is free and safe: a buffer output the forward wrote (need_grad,
-// not under saved-tensor hooks), CPU tensors (reading g needs no device sync), the logits in the
-// buffer's dtype (no cast), a graph freed after this backward (with retain_graph the buffer serves
-// the next backward too, so it must not become a gradient that autograd accumulates into or a user
-// modifies), and no holder but this node. The buffer is then the gradient's only owner once the engine releases this node's saved
-// tensors, so AccumulateGrad takes it as .grad without a copy.
-bool hand_over(const Tensor& buffer, bool buffer_output, const Tensor& grad_out, double expected_grad,
-               at::ScalarType logits_dtype) {
-  if (!buffer_output || buffer.scalar_type() != logits_dtype || grad_out.scalar_type() != logits_dtype ||
-      !plain_cpu(buffer) || !plain_cpu(grad_out) || torch::autograd::get_current_graph_task_keep_graph() ||
-      !only_this_node_holds(buffer)) {
-    return false;
-  }
+// Whether the backward owns the buffer outright, and may make it the logits' gradient (as it is, or
+// scaled in place): a buffer output the forward wrote (need_grad, not under saved-tensor hooks),
+// CPU tensors (hand_over reads g without a device sync), the logits in the buffer's dtype (no
+// cast), a graph freed after this backward (with retain_graph the buffer serves the next backward
+// too, so it must not become a gradient that autograd accumulates into or a user modifies), and no
+// holder but this node. The buffer is then the gradient's only owner once the engine releases this
+// node's saved tensors, so AccumulateGrad takes it as .grad without a copy.
+bool owns_buffer(const Tensor& buffer, bool buffer_output, const Tensor& grad_out, at::ScalarType logits_dtype) {
+  return buffer_output && buffer.scalar_type() == logits_dtype && grad_out.scalar_type() == logits_dtype &&
+         plain_cpu(buffer) && plain_cpu(grad_out) && !torch::autograd::get_current_graph_task_keep_graph() &&
+         only_this_node_holds(buffer);
+}
+
+// Whether every row's incoming gradient is exactly expected_grad, so the buffer already is
+// g d out/d l, and a product would copy it.
+bool is_expected(const Tensor& grad_out, double expected_grad, at::ScalarType logits_dtype) {
   return logits_dtype == at::kDouble ? all_equal<double>(grad_out, expected_grad)
                                      : all_equal<float>(grad_out, expected_grad);
+}
+
+// Whether the backward may hand the buffer itself over as the logits' gradient, unscaled.
+bool hand_over(const Tensor& buffer, bool buffer_output, const Tensor& grad_out, double expected_grad,
+               at::ScalarType logits_dtype) {
+  return owns_buffer(buffer, buffer_output, grad_out, logits_dtype) &&
+         is_expected(grad_out, expected_grad, logits_dtype);
 }
 
 struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
@@ -418,8 +426,12 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
     if (grad_out.defined()) {
       const Tensor g = expand_events(grad_out, event_dims);
       if (needs_logits) {
-        if (hand_over(buffer, ctx->saved_data["buffer_output"].toBool(), grad_out, expected_grad, logits_dtype)) {
+        if (owns_buffer(buffer, ctx->saved_data["buffer_output"].toBool(), grad_out, logits_dtype)) {
+          // The buffer as the gradient: as it is, or scaled in place (no new tensor: nothing else holds it).
           grad_logits = buffer.detach();  // (the unpacked buffer has this node as its grad_fn)
+          if (!is_expected(grad_out, expected_grad, logits_dtype)) {
+            grad_logits.mul_(expected_grad == 1.0 ? g : g.div(expected_grad));
+          }
         } else {
           grad_logits = buffer.mul(expected_grad == 1.0 ? g : g.div(expected_grad)).to(logits_dtype);
         }
