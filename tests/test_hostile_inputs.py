@@ -107,9 +107,12 @@ class Case:
     def conditioned(self) -> bool:
         """Whether the float64 reference on the same inputs is a truth the table can hold any
         run to. Not for the promised extremes (the float32 rounding of their inputs alone moves the result
-        more: e.g. IWAE weights of log-weights near -1e6), nor for the estimator pipeline in
-        float16 / bfloat16 (its log-likelihood comes from a user's decoder run on z in that dtype)."""
-        return not self.extreme and not (self.op == "elbo" and self.dtype in HALF_DTYPES)
+        more: e.g. IWAE weights of log-weights near -1e6), nor for values outside the support
+        (bad_values, unvalidated: a Bernoulli x of 247 makes terms x l of thousands that cancel to
+        a log-density near 1, which the float32 reference itself misses by several times the
+        table), nor for the estimator pipeline in float16 / bfloat16 (its log-likelihood comes from
+        a user's decoder run on z in that dtype)."""
+        return not self.extreme and not self.bad_values and not (self.op == "elbo" and self.dtype in HALF_DTYPES)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_show(v, self.tensors)}" for k, v in self.kwargs.items())

@@ -64,7 +64,7 @@ std::vector<int64_t> words(int64_t seed, int64_t k, int64_t r, int64_t d) {
 // rows, so a short row's block can span rows on both sides of 2^32).
 at::Tensor noise_row(const at::Tensor& seed, int64_t rows, int64_t dim, int64_t r, int64_t k, int64_t first) {
   const fastelbo::EpsSource<float> source(at::Tensor(), seed, rows, dim);
-  typename fastelbo::EpsSource<float>::Scratch scratch(dim, 4 * ((dim + 3) / 4), 1);
+  typename fastelbo::EpsSource<float>::Scratch scratch(source, 4 * ((dim + 3) / 4), 1);
   source.row(scratch, first, k);
   const float* eps = source.row(scratch, r, k);
   return at::from_blob(const_cast<float*>(eps), {dim}, at::kFloat).clone();
