@@ -147,6 +147,25 @@ def test_an_element_draws_the_same_noise_in_every_layout(backend, seed):
         assert torch.equal(same.z, fe.gaussian_latent(mu, scale, generator=generator(seed), backend=backend).z)
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("n_samples", [None, 2])
+def test_a_long_channels_last_row_draws_the_noise_of_its_nchw_copy(backend, n_samples, seed):
+    """Channels-last with dim=(1, 2, 3) and D = 1368 > 512 (the CPU kernels' tile of a long row;
+    C = 8, S = 171, not a multiple of 4): z, log q and every gradient as the NCHW call's, a
+    per-sample prior given in the same layout."""
+    g = generator(seed)
+    mu, scale, pm, ps = (randn(g, 3, 8, 9, 19, dtype=torch.float64, scale=s) for s in (1.0, 0.3, 1.0, 0.3))
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        leaves = [t.contiguous(memory_format=layout).requires_grad_() for t in (mu, scale, pm, ps)]
+        lat = fe.gaussian_latent(leaves[0], leaves[1], param="log_std", dim=(1, 2, 3), n_samples=n_samples,
+                                 prior=tuple(leaves[2:]), generator=generator(seed), backend=backend)
+        loss = (lat.z * lat.z).sum() + lat.log_q.sum() + 2 * lat.log_p.sum() + lat.kl.sum()
+        results.append([lat.z, lat.log_q, lat.log_p, lat.kl, *torch.autograd.grad(loss, leaves)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dim, error, words", [
     ((1, 1), ValueError, "repeated"), (4, ValueError, "out of range"), ((-5,), ValueError, "out of range"),
     ((), TypeError, "dim must be"), (1.0, TypeError, "dim must be"), (True, TypeError, "dim must be"),
