@@ -7,6 +7,7 @@ import torch
 
 import fastelbo as fe
 from fastelbo.ops._event_dims import layout_for
+from fastelbo.testing import TOLERANCES
 from helpers import DEVICE, FUSED_BACKENDS, HAS_TRITON, generator, rand, randn
 
 COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_reshape_copy")
@@ -149,21 +150,26 @@ def test_an_element_draws_the_same_noise_in_every_layout(backend, seed):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("n_samples", [None, 2])
-def test_a_long_channels_last_row_draws_the_noise_of_its_nchw_copy(backend, n_samples, seed):
-    """Channels-last with dim=(1, 2, 3) and D = 1368 > 512 (the CPU kernels' tile of a long row;
-    C = 8, S = 171, not a multiple of 4): z, log q and every gradient as the NCHW call's, a
-    per-sample prior given in the same layout."""
+@pytest.mark.parametrize("prior", [True, False])
+@pytest.mark.parametrize("shape, dtype", [((3, 8, 9, 19), torch.float64), ((2, 16, 6, 10), torch.float32)])
+def test_a_long_channels_last_row_draws_the_noise_of_its_nchw_copy(backend, n_samples, prior, shape, dtype, seed):
+    """Channels-last with dim=(1, 2, 3) and D > 512 (the CPU kernels' tile of a long row): z, log q
+    and every gradient as the NCHW call's, with a per-sample prior in the same layout or none (the
+    CPU's flat path). C = 8 and S = 171 (not a multiple of 4): the CPU scatters the row's noise;
+    C = 16 and S = 60 in float32: the AVX-512 noise is drawn straight in storage order
+    (NoiseBlock::fill_channels_last)."""
     g = generator(seed)
-    mu, scale, pm, ps = (randn(g, 3, 8, 9, 19, dtype=torch.float64, scale=s) for s in (1.0, 0.3, 1.0, 0.3))
+    mu, scale, pm, ps = (randn(g, *shape, dtype=dtype, scale=s) for s in (1.0, 0.3, 1.0, 0.3))
     results = []
     for layout in (torch.contiguous_format, torch.channels_last):
-        leaves = [t.contiguous(memory_format=layout).requires_grad_() for t in (mu, scale, pm, ps)]
+        leaves = [t.contiguous(memory_format=layout).requires_grad_() for t in (mu, scale, pm, ps)[:4 if prior else 2]]
         lat = fe.gaussian_latent(leaves[0], leaves[1], param="log_std", dim=(1, 2, 3), n_samples=n_samples,
-                                 prior=tuple(leaves[2:]), generator=generator(seed), backend=backend)
+                                 prior=tuple(leaves[2:]) or None, generator=generator(seed), backend=backend)
         loss = (lat.z * lat.z).sum() + lat.log_q.sum() + 2 * lat.log_p.sum() + lat.kl.sum()
         results.append([lat.z, lat.log_q, lat.log_p, lat.kl, *torch.autograd.grad(loss, leaves)])
+    tol = TOLERANCES[dtype]["bwd"]
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=tol.rtol, atol=tol.atol)
 
 
 @pytest.mark.parametrize("dim, error, words", [

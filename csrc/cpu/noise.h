@@ -58,6 +58,10 @@ struct NoiseBlock {
   // eps of rows row0 .. row0 + n_rows - 1 (n_rows <= max_rows) of `sample`: row i's D values at
   // out + i * stride.
   void fill(T* out, int64_t stride, core::PhiloxKey key, int64_t row0, int64_t n_rows, int64_t sample) {
+    if (storage_order_in_registers()) {
+      for (int64_t i = 0; i < n_rows; ++i) fill_channels_last(out + i * stride, key, row0 + i, sample);
+      return;
+    }
     if constexpr (kInRegisters) {
 #if defined(CPU_CAPABILITY_AVX512)
       const int64_t n = n_rows * groups;
@@ -94,6 +98,31 @@ struct NoiseBlock {
   }
 
  private:
+  // Whether channels-last rows are drawn straight in storage order (fill_channels_last): float32
+  // on AVX-512, C a multiple of 16 and S = D / C of 4. Otherwise copy_out scatters them.
+  bool storage_order_in_registers() const {
+    return kInRegisters && channels > 1 && channels % 16 == 0 && (dim / channels) % 4 == 0;
+  }
+
+  // One channels-last row in storage order, no scatter: calls c S/4 + k (k < S/4) for 16 channels
+  // c0 .. c0 + 15 at once are lanes 0..3 of positions 4k .. 4k + 3 of those channels, so lane j of
+  // the 16 calls is the 16 consecutive columns (4k + j) C + c0 .. + 15.
+  void fill_channels_last(T* out, core::PhiloxKey key, int64_t row, int64_t sample) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kInRegisters) {
+      const int64_t quarter = dim / channels / 4;
+      for (int64_t c0 = 0; c0 < channels; c0 += 16) {
+        const __m512i first = _mm512_mullo_epi32(avx512::iota_from(c0), _mm512_set1_epi32(static_cast<int>(quarter)));
+        for (int64_t k = 0; k < quarter; ++k) {
+          T* at = out + 4 * k * channels + c0;
+          avx512::normals16(_mm512_add_epi32(first, _mm512_set1_epi32(static_cast<int>(k))), _mm512_setzero_si512(),
+                            row, sample, key, at, at + channels, at + 2 * channels, at + 3 * channels);
+        }
+      }
+    }
+#endif
+  }
+
   // The four lanes of calls (g0 + g, row0 + i, sample), g < n_groups, i < n_rows, call i n_groups + g,
   // into `lanes`: words, Philox and Box-Muller each on whole arrays (the inner loops vectorize;
   // Sleef for log, cos, sin).
