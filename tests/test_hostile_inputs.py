@@ -90,6 +90,7 @@ class Case:
     extreme: bool = False         # the promised extreme values: finite results promised
     finite: bool = True           # no NaN / inf in, no target out of range: finite results promised
     nonfinite: bool = False       # NaN / inf in a float input
+    outside_unit: bool = False    # finite unit data (a Bernoulli x) outside [0, 1]
     backend_arg: object = RUN_BACKEND
     default_seed: int | None = None  # noise from the default generator, in this state
     cotangent_seed: int = 0       # the random cotangents of the backward pass
@@ -108,11 +109,12 @@ class Case:
         """Whether the float64 reference on the same inputs is a truth the table can hold any
         run to. Not for the promised extremes (the float32 rounding of their inputs alone moves the result
         more: e.g. IWAE weights of log-weights near -1e6), nor for values outside the support
-        (bad_values, unvalidated: a Bernoulli x of 247 makes terms x l of thousands that cancel to
-        a log-density near 1, which the float32 reference itself misses by several times the
-        table), nor for the estimator pipeline in float16 / bfloat16 (its log-likelihood comes from
-        a user's decoder run on z in that dtype)."""
-        return not self.extreme and not self.bad_values and not (self.op == "elbo" and self.dtype in HALF_DTYPES)
+        (unit data outside [0, 1], unvalidated, below float64: a Bernoulli x of 247 makes terms x l
+        of thousands that cancel to a log-density near 1, which the float32 reference itself misses
+        by several times the table), nor for the estimator pipeline in float16 / bfloat16 (its
+        log-likelihood comes from a user's decoder run on z in that dtype)."""
+        return (not self.extreme and not (self.outside_unit and self.dtype != torch.float64)
+                and not (self.op == "elbo" and self.dtype in HALF_DTYPES))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_show(v, self.tensors)}" for k, v in self.kwargs.items())
@@ -183,6 +185,7 @@ class Builder:
         self.extreme = False
         self.finite = True
         self.nonfinite = False
+        self.outside_unit = False
 
     # shapes and dtypes
     def batch(self, max_dims=3) -> tuple:
@@ -284,8 +287,9 @@ class Builder:
         t = self._layout(self._make(kind, dtype), tuple(shape))
         if t.is_floating_point() and (grad == "always" or (grad == "maybe" and self.draw(st.booleans()))):
             t = t.detach().requires_grad_(True)
-        self._flag(name if argument is None else argument, t.detach(), kind == "unit" and dtype != torch.bool,
-                   lambda v: (v < 0) | (v > 1))
+        unit = kind == "unit" and dtype != torch.bool
+        if self._flag(name if argument is None else argument, t.detach(), unit, lambda v: (v < 0) | (v > 1)) and unit:
+            self.outside_unit |= bool(((t.detach() < 0) | (t.detach() > 1)).any())  # (NaN compares false)
         if self.profile == "extreme" and kind in EXTREMES:
             self.extreme = True
         self.tensors[name] = t
@@ -319,8 +323,8 @@ class Builder:
 
     def case(self, op, kwargs, dtype, **fields) -> Case:
         return Case(op, kwargs, self.tensors, dtype, bad_values=tuple(self.bad_values), extreme=self.extreme,
-                    finite=self.finite, nonfinite=self.nonfinite, cotangent_seed=self.draw(st.integers(0, 2**31 - 1)),
-                    **fields)
+                    finite=self.finite, nonfinite=self.nonfinite, outside_unit=self.outside_unit,
+                    cotangent_seed=self.draw(st.integers(0, 2**31 - 1)), **fields)
 
     # mistakes
     def wrong_type(self, tensor: T):
