@@ -145,18 +145,6 @@ def check_event_dims(ndim: int, event_dims: int, op: str = "fastelbo.gaussian_la
         raise ValueError(f"{op}: event_dims must be in [1, {ndim}] for mu with {ndim} dim(s), got {event_dims}")
 
 
-def trailing_event_dims(shape, event_dims: int, op: str = "fastelbo.gaussian_latent") -> EventLayout | None:
-    """The layout of a tensor's last `event_dims` dims as one (None for 1: the kernels' own), as the
-    latent op `op` takes them (its `event_dims` argument, checked: check_event_dims;
-    csrc/binding/event_dims.h does the same in C++): flat views of mu, scale and eps, the prior
-    flattened over mu's event dims. (Uncached while dynamo traces, as layout_for.)"""
-    check_event_dims(len(shape), event_dims, op)
-    if event_dims == 1:
-        return None
-    dims = tuple(range(len(shape) - event_dims, len(shape)))
-    return _layout(tuple(shape), dims) if torch.compiler.is_compiling() else _cached_layout(tuple(shape), dims)
-
-
 def _one_run(sizes, strides) -> bool:
     """Whether dims of these sizes and strides flatten into one strided run (a view): each dim's
     stride is the next one's stride times its size, dims of size 1 aside (as ATen's computeStride)."""
@@ -189,12 +177,13 @@ class OpEventDims:
     csrc/binding/event_dims.h does in C++ (for the Triton launcher, and for the fakes' strides):
     flatten(-event_dims), or for a channels-last mu (`channels` = C > 1) movedim(-event_dims, -1)
     then flatten, a view whose column s C + c holds logical element d = c S + s: the kernels draw
-    that column's noise at d, and z and the gradients come back channels-last."""
+    that column's noise at d, and z and the gradients come back channels-last. storage_order=False:
+    always the logical flatten (the reference, whose noise follows the column index)."""
 
-    def __init__(self, mu: torch.Tensor, event_dims: int):
+    def __init__(self, mu: torch.Tensor, event_dims: int, storage_order: bool = True):
         self.event_dims = event_dims
         self.mu_shape = tuple(mu.shape)
-        self.channels = stored_channels(mu, event_dims)
+        self.channels = stored_channels(mu, event_dims) if storage_order else 1
 
     def flat(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """t (mu's event dims last, anything before them) with its event dims as one."""

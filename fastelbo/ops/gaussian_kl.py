@@ -16,7 +16,7 @@ from .. import _validate as V
 from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype
 from . import _checks
-from ._event_dims import OpEventDims, layout_for, stored_channels
+from ._event_dims import OpEventDims, layout_for
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
 from ._math import gaussian_kl_per_dim, sigma_and_log_sigma
 from .gaussian_latent import _prior_terms
@@ -39,9 +39,9 @@ def gaussian_kl(mu, scale, *, param="logvar", dim=-1, prior=None, per_dim=False,
         prior = _checks.prior(prior, mu)
     if per_dim is not False and per_dim is not True:
         V.flag("per_dim", per_dim)
-    if layout is not None and layout.trailing and stored_channels(mu, len(layout.dims)) > 1:
+    events = OpEventDims(mu, len(layout.dims)) if layout is not None and layout.trailing else None
+    if events is not None and events.channels > 1:
         # channels-last: the event flattened in storage order, a view (the KL is a sum: any order)
-        events = OpEventDims(mu, len(layout.dims))
         flat_prior = None if prior is None else tuple(events.flat_prior(t) for t in prior)
         kl = gaussian_kl(events.flat(mu), events.flat(scale), param=param, prior=flat_prior, per_dim=per_dim,
                          backend=backend)

@@ -29,7 +29,7 @@ from .._dtypes import compute_dtype
 from .._types import Latent, TracedLatent
 from ..rng import draw_seed, normal_noise
 from . import _checks
-from ._event_dims import OpEventDims, check_event_dims, layout_for, stored_channels, trailing_event_dims
+from ._event_dims import OpEventDims, check_event_dims, layout_for
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 
@@ -317,7 +317,7 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, eve
     dtype = compute_dtype(mu, scale, prior_mu, prior_scale)
     batch = mu.shape[:mu.dim() - event_dims]
     samples = (n_samples,) if n_samples else ()
-    z = _new_like_kernels(mu, event_dims, (*samples, *mu.shape))
+    z = _new_like_kernels(_kernel_events(mu, event_dims), mu, (*samples, *mu.shape))
     log_q = mu.new_empty((*samples, *batch), dtype=dtype)
     draws = eps is None and seed is None and mu.device.type == "cpu"  # the CPU kernel draws its seed
     drawn = mu.new_empty(() if draws else (0,), dtype=torch.int64)
@@ -326,28 +326,35 @@ def fake(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, eve
 
 def backward_fake(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed, param,
                   n_samples, stl, event_dims=1):
-    if event_dims > 1 and stored_channels(mu, event_dims) > 1:
-        # the kernels' contiguous flat gradients, unflattened as csrc/binding/event_dims.h does
-        events = OpEventDims(mu, event_dims)
+    events = _kernel_events(mu, event_dims)
+    if events is None:
+        return (mu.new_empty(mu.shape), scale.new_empty(scale.shape), like_or_empty(prior_mu, mu),
+                like_or_empty(prior_scale, mu))
 
-        def prior_grad(prior):
-            return like_or_empty(None, mu) if prior is None else events.prior_grad(
-                prior.new_empty(events.flat_prior(prior).shape), prior)
+    def prior_grad(prior):  # the kernel's contiguous flat gradient, unflattened as csrc/binding/event_dims.h does
+        return like_or_empty(None, mu) if prior is None else events.prior_grad(
+            prior.new_empty(events.flat_prior(prior).shape), prior)
 
-        return (_new_like_kernels(mu, event_dims, mu.shape), _new_like_kernels(mu, event_dims, scale.shape),
-                prior_grad(prior_mu), prior_grad(prior_scale))
-    return (mu.new_empty(mu.shape), scale.new_empty(scale.shape), like_or_empty(prior_mu, mu),
-            like_or_empty(prior_scale, mu))
+    return (_new_like_kernels(events, mu, mu.shape), _new_like_kernels(events, mu, scale.shape),
+            prior_grad(prior_mu), prior_grad(prior_scale))
 
 
-def _new_like_kernels(mu, event_dims: int, shape) -> torch.Tensor:
-    """An empty tensor of `shape` (mu's, K leading or not) with the strides the kernels give it:
-    contiguous, or channels-last where mu stores its event dims so (csrc/binding/event_dims.h)."""
-    if event_dims == 1 or stored_channels(mu, event_dims) == 1:
-        return mu.new_empty(shape)
+def _kernel_events(mu, event_dims: int):
+    """The OpEventDims of an op call whose kernels store mu's event channels-last, else None (their
+    outputs are then contiguous)."""
+    if event_dims == 1:
+        return None
     events = OpEventDims(mu, event_dims)
-    return events.unflat(mu.new_empty((*shape[:len(shape) - event_dims], math.prod(shape[len(shape) - event_dims:]))),
-                         shape)
+    return events if events.channels > 1 else None
+
+
+def _new_like_kernels(events, mu, shape) -> torch.Tensor:
+    """An empty tensor of `shape` (mu's, K leading or not) with the strides the kernels give it:
+    contiguous, or channels-last for _kernel_events' `events` (csrc/binding/event_dims.h)."""
+    if events is None:
+        return mu.new_empty(shape)
+    lead = len(shape) - events.event_dims
+    return events.unflat(mu.new_empty((*shape[:lead], math.prod(shape[lead:]))), shape)
 
 
 def noise_fake(seed, n_samples, n_rows, dim, float64):
@@ -360,16 +367,17 @@ FAKES = {"gaussian_latent": fake, "gaussian_latent_backward": backward_fake, "no
 # ---- gradients ----
 
 def _reference_outputs(param, n_samples, stl, event_dims, mu, scale, prior_mu, prior_scale, eps, seed):
-    """The op's outputs by the reference implementation (n_samples 0: no sample dim), over the
-    flat event dims as the kernels take them (trailing_event_dims)."""
-    events = trailing_event_dims(mu.shape, event_dims)
+    """The op's outputs by the reference implementation (n_samples 0: no sample dim), over its last
+    event_dims dims flattened in logical order (the reference's noise follows the column index)."""
+    check_event_dims(mu.dim(), event_dims)
     prior = None if prior_mu is None else (prior_mu, prior_scale)
-    if events is None:
+    if event_dims == 1:
         return tuple(reference(mu, scale, PARAM_NAMES[param], n_samples or None, prior, stl, eps, seed))
+    events = OpEventDims(mu, event_dims, storage_order=False)
     z, log_q, log_p, kl = reference(events.flat(mu), events.flat(scale), PARAM_NAMES[param], n_samples or None,
                                     None if prior is None else tuple(events.flat_prior(t) for t in prior), stl,
-                                    None if eps is None else events.flat(eps, int(bool(n_samples))), seed)
-    return events.unflat(z, int(bool(n_samples))), log_q, log_p, kl
+                                    events.flat(eps), seed)
+    return events.unflat(z, (*((n_samples,) if n_samples else ()), *mu.shape)), log_q, log_p, kl
 
 
 def backward_differentiable(grad_z, grad_log_q, grad_log_p, grad_kl, mu, scale, prior_mu, prior_scale, eps, seed,
