@@ -488,3 +488,21 @@ def test_latent_rows_of_whole_vectors(dtype, dim, prior, seed):
 
     result = compare(_wide_latent_case(dim, prior), CPP, dtype, device=DEVICE, seed=seed)
     assert result.passed, result
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows,dim", [(64, 8), (16, 40), (8, 1024)])
+def test_an_expanded_gradient_of_z_gives_the_gradients_of_its_copy(dtype, rows, dim, seed):
+    """z.sum()'s gradient reaches the latent's backward expanded (stride 0): short rows copy it and
+    take the flat path, long rows read it through its strides; either way bit for bit the
+    gradients of a contiguous one."""
+    g = generator(seed)
+    mu, scale = randn(g, rows, dim, dtype=dtype), randn(g, rows, dim, dtype=dtype, scale=0.5)
+    backward = torch.ops.fastelbo.gaussian_latent_backward.default
+    expanded = torch.tensor(0.7, dtype=dtype).expand(rows, dim)
+    drawn = torch.tensor(seed, dtype=torch.int64)
+    with torch.no_grad():
+        got = backward(expanded, None, None, None, mu, scale, None, None, None, drawn, 0, 0, False, 1)
+        want = backward(expanded.contiguous(), None, None, None, mu, scale, None, None, None, drawn, 0, 0, False, 1)
+    for a, b in zip(got[:2], want[:2]):
+        assert torch.equal(a, b)

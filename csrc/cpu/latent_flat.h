@@ -14,6 +14,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -31,12 +32,61 @@ bool flat_rows(const LatentRows& rows) {
          rows.plan.tensors[1].is_contiguous();
 }
 
-// out[i * out_stride] = sum_d terms[i * D + d] + offset for each of n_rows rows: D scalar adds for
-// rows shorter than a vector, else vector adds along the row and one horizontal sum.
+// Rows of a compile-time width kDim shorter than a vector: row_sums and spread_rows below. The row
+// loop runs over whole rows with kDim unrolled, so the compiler vectorizes it across rows (each
+// row's kDim terms an interleaved group of loads or stores); each row's sum still adds its terms
+// in order from 0, as the scalar loop does, bit for bit.
+template <int64_t kDim, typename T>
+inline void fixed_row_sums(const T* terms, int64_t n_rows, T offset, T* out) {
+  for (int64_t i = 0; i < n_rows; ++i) {
+    T acc = T(0);
+#pragma GCC unroll 16
+    for (int64_t d = 0; d < kDim; ++d) acc += terms[i * kDim + d];
+    out[i] = acc + offset;
+  }
+}
+
+template <int64_t kDim, typename T>
+inline void fixed_spread_rows(const T* values, int64_t stride, int64_t n_rows, T* out) {
+  for (int64_t i = 0; i < n_rows; ++i) {
+    const T v = values[i * stride];
+#pragma GCC unroll 16
+    for (int64_t d = 0; d < kDim; ++d) out[i * kDim + d] = v;
+  }
+}
+
+// fn(std::integral_constant<int64_t, D>) for the short widths D = 1, 2, 4, 8; false for others.
+template <typename Fn>
+inline bool with_short_width(int64_t dim, Fn&& fn) {
+  switch (dim) {
+    case 1:
+      fn(std::integral_constant<int64_t, 1>{});
+      return true;
+    case 2:
+      fn(std::integral_constant<int64_t, 2>{});
+      return true;
+    case 4:
+      fn(std::integral_constant<int64_t, 4>{});
+      return true;
+    case 8:
+      fn(std::integral_constant<int64_t, 8>{});
+      return true;
+    default:
+      return false;
+  }
+}
+
+// out[i] = sum_d terms[i * D + d] + offset for each of n_rows rows: the fixed widths' loop for rows
+// of 1, 2, 4 or 8, D scalar adds for other rows shorter than a vector, else vector adds along the
+// row and one horizontal sum.
 template <typename T>
-inline void row_sums(const T* terms, int64_t n_rows, int64_t dim, T offset, T* out, int64_t out_stride) {
+inline void row_sums(const T* terms, int64_t n_rows, int64_t dim, T offset, T* out) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
+  if (dim < W &&
+      with_short_width(dim, [&](auto width) { fixed_row_sums<decltype(width)::value>(terms, n_rows, offset, out); })) {
+    return;
+  }
   for (int64_t i = 0; i < n_rows; ++i) {
     const T* row = terms + i * dim;
     T acc = T(0);
@@ -49,13 +99,16 @@ inline void row_sums(const T* terms, int64_t n_rows, int64_t dim, T offset, T* o
       if (d < dim) vacc += V::loadu(row + d, dim - d);
       acc = hsum(vacc);
     }
-    out[i * out_stride] = acc + offset;
+    out[i] = acc + offset;
   }
 }
 
 // values[i * stride] repeated over row i's D elements: a per-row gradient as per-element vectors.
 template <typename T>
 inline void spread_rows(const T* values, int64_t stride, int64_t n_rows, int64_t dim, T* out) {
+  if (with_short_width(dim,
+                       [&](auto width) { fixed_spread_rows<decltype(width)::value>(values, stride, n_rows, out); }))
+    return;
   for (int64_t i = 0; i < n_rows; ++i) std::fill(out + i * dim, out + (i + 1) * dim, values[i * stride]);
 }
 
@@ -77,8 +130,8 @@ inline void for_flat(int64_t n, Body&& body) {
 }
 
 template <typename T>
-void latent_forward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_source, int param, int64_t K,
-                         int64_t R, int64_t D, T* z, T* log_q, T* log_p, T* kl) {
+void latent_forward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_source, int param, int64_t K, int64_t R,
+                         int64_t D, T* z, T* log_q, T* log_p, T* kl) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const T half_log_2pi_d = static_cast<T>(static_cast<double>(D) * core::kHalfLog2Pi);
@@ -98,7 +151,7 @@ void latent_forward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_so
         const V half(T(0.5));
         (half * core::expm1_minus_x<V>(V(T(2)) * t.log_sigma) + half * mv * mv).store(terms_q.data() + j, c);
       });
-      row_sums(terms_q.data(), n_rows, D, T(0), kl + r0, 1);
+      row_sums(terms_q.data(), n_rows, D, T(0), kl + r0);
       for (int64_t k = 0; k < K; ++k) {
         const T* e = flat_eps(eps_source, noise, eps_buf.data(), r0, n_rows, k);
         T* zk = z + (k * R + r0) * D;
@@ -109,8 +162,8 @@ void latent_forward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_so
           (V(T(-0.5)) * ev * ev - V::loadu(log_sigma.data() + j, c)).store(terms_q.data() + j, c);
           (V(T(-0.5)) * zv * zv).store(terms_p.data() + j, c);
         });
-        row_sums(terms_q.data(), n_rows, D, -half_log_2pi_d, log_q + k * R + r0, 1);
-        row_sums(terms_p.data(), n_rows, D, -half_log_2pi_d, log_p + k * R + r0, 1);
+        row_sums(terms_q.data(), n_rows, D, -half_log_2pi_d, log_q + k * R + r0);
+        row_sums(terms_p.data(), n_rows, D, -half_log_2pi_d, log_p + k * R + r0);
       }
     }
   });
@@ -130,8 +183,8 @@ struct FlatGrads {
 };
 
 template <typename T>
-void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_source, int param, int64_t K,
-                          int64_t R, int64_t D, bool stl, const FlatGrads<T>& g, T* grad_mu, T* grad_scale) {
+void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_source, int param, int64_t K, int64_t R,
+                          int64_t D, bool stl, const FlatGrads<T>& g, T* grad_mu, T* grad_scale) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   at::parallel_for(0, R, grain_rows(D * (K + 2)), [&](int64_t begin, int64_t end) {
@@ -212,7 +265,7 @@ void kl_forward_flat(const T* mu, const T* scale, int param, int64_t R, int64_t 
         const V half(T(0.5));
         (half * core::expm1_minus_x<V>(V(T(2)) * log_sigma) + half * mv * mv).store(dst + j, c);
       });
-      if (!per_dim) row_sums(terms.data(), n_rows, D, T(0), out + r0, 1);
+      if (!per_dim) row_sums(terms.data(), n_rows, D, T(0), out + r0);
     }
   });
 }

@@ -44,6 +44,8 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -177,7 +179,7 @@ def library_spec(kind: str, root: str | None = None) -> LibrarySpec:
     root = csrc_dir() if root is None else root
     if kind == "cpu":
         capability = cpu_capability()
-        sources = ([os.path.join(root, "binding", name) for name in ("schema.cpp", "autograd.cpp")]
+        sources = ([os.path.join(root, "binding", name) for name in ("schema.cpp", "autograd.cpp", "python.cpp")]
                    + sorted(glob.glob(os.path.join(root, "cpu", "*.cpp"))))
         flags = ["-O3", "-fopenmp"] + _CPU_FLAGS.get(capability, ["-DCPU_CAPABILITY=DEFAULT"])
         options = (("extra_cflags", tuple(flags)), ("extra_ldflags", ("-fopenmp",)))
@@ -481,6 +483,21 @@ def build(kind: str) -> Result:
 def cpu_library() -> str | None:
     """Build (if needed) and load the CPU library; None on success, else why it is unavailable."""
     return _library("cpu", explicit=False).reason
+
+
+def cpu_bindings():
+    """The CPU library's Python module (csrc/binding/python.cpp: typed calls of the forward ops,
+    without torch.ops' boxed path), from the file cpu_library() loaded; raises ImportError when the
+    library is unavailable or the module cannot be imported from it."""
+    result = _library("cpu", explicit=False)
+    if result.reason is not None:
+        raise ImportError(f"fastelbo's C++ library is unavailable: {result.reason}")
+    name = os.path.splitext(os.path.basename(result.library))[0]  # the PyInit_ name torch's build gave it
+    loader = importlib.machinery.ExtensionFileLoader(name, result.library)
+    spec = importlib.util.spec_from_file_location(name, result.library, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 def cuda_sim_library() -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops, rng
+from ..ops import _cpp_calls
 from . import _build
 
 _reason = _build.cpu_library()
@@ -25,3 +26,7 @@ for _op in ops.MODULES:
     for _name, _impl in _op.SECOND_ORDER.items():
         torch.library.impl(f"fastelbo::{_name}", "CompositeImplicitAutograd")(_impl)
 torch.library.register_fake("fastelbo::philox_words", rng.philox_words_fake)
+
+# The typed Python bindings of the forward ops (csrc/binding/python.cpp), which the public
+# functions call in eager mode instead of torch.ops' boxed path (fastelbo/ops/_cpp_calls.py).
+_cpp_calls.install(_build.cpu_bindings())

@@ -20,6 +20,7 @@ from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype, kernel_scalar
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, needs_grad, reference_vjp, scale_buffer
+from ._cpp_calls import kernel
 from ._math import bernoulli_log_density, cb_log_normalizer, sum_event_dims
 
 NAME = "bernoulli_log_prob"
@@ -45,8 +46,8 @@ def log_prob_for_loss(logits, x, event_dims, backend, expected_grad: float) -> t
         refused = None
         try:
             if OVERLOAD.get(resolve(backend, logits.device)) == "default":
-                return torch.ops.fastelbo.bernoulli_log_prob.default(logits, x, event_dims, needs_grad(logits),
-                                                                     expected_grad)[0]
+                return kernel(NAME, "default", (logits, x))(logits, x, event_dims, needs_grad(logits),
+                                                            expected_grad)[0]
         except Exception as error:
             refused = error
         if refused is not None:
@@ -56,8 +57,7 @@ def log_prob_for_loss(logits, x, event_dims, backend, expected_grad: float) -> t
     name = resolve(backend, logits.device)
     if name == "reference":
         return reference(logits, x, event_dims)
-    return getattr(torch.ops.fastelbo.bernoulli_log_prob, OVERLOAD[name])(logits, x, event_dims,
-                                                                          needs_grad(logits), expected_grad)[0]
+    return kernel(NAME, OVERLOAD[name], (logits, x))(logits, x, event_dims, needs_grad(logits), expected_grad)[0]
 
 
 def reference(logits, x, event_dims):

@@ -17,6 +17,7 @@ from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype
 from . import _checks
 from ._autograd import add, needs_grad, scale_buffer
+from ._cpp_calls import kernel
 from ._math import sum_event_dims
 
 NAME = "categorical_log_prob"
@@ -37,8 +38,7 @@ def categorical_log_prob(logits, target, *, event_dims=1, backend=None) -> torch
     name = resolve(backend, logits.device)
     if name == "reference":
         return reference(logits, target, event_dims)
-    return getattr(torch.ops.fastelbo.categorical_log_prob, OVERLOAD[name])(logits, target, event_dims,
-                                                                            needs_grad(logits))[0]
+    return kernel(NAME, OVERLOAD[name], (logits, target))(logits, target, event_dims, needs_grad(logits))[0]
 
 
 def reference(logits, target, event_dims):

@@ -17,6 +17,7 @@ import torch
 from .._backend import OVERLOAD, resolve
 from . import _checks
 from ._autograd import needs_grad
+from ._cpp_calls import kernel
 from .bernoulli_log_prob import BINARY_SCHEMA, binary_autograd, binary_fake, binary_second_order
 from .bernoulli_log_prob import continuous_reference as reference
 
@@ -36,8 +37,7 @@ def log_prob_for_loss(logits, x, event_dims, backend, expected_grad: float) -> t
     name = resolve(backend, logits.device)
     if name == "reference":
         return reference(logits, x, event_dims)
-    return getattr(torch.ops.fastelbo.continuous_bernoulli_log_prob, OVERLOAD[name])(
-        logits, x, event_dims, needs_grad(logits), expected_grad)[0]
+    return kernel(NAME, OVERLOAD[name], (logits, x))(logits, x, event_dims, needs_grad(logits), expected_grad)[0]
 
 
 FAKES = {"continuous_bernoulli_log_prob": binary_fake}

@@ -29,6 +29,7 @@ from .. import _validate as V
 from .._backend import OVERLOAD, check_backend_name, resolve
 from .._types import DregTerms, Latent, TracedLatent
 from ._autograd import differentiating, no_grad_buffers, reference_vjp
+from ._cpp_calls import kernel
 from .gaussian_latent import log_prior, log_q_grad_z
 
 NAME = "elbo"
@@ -109,7 +110,7 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
         return torch.sub(log_lik, latent.kl, alpha=beta)  # one sample without a sample dim, as above
     if name == "reference":
         return reference(log_lik, latent, kl, estimator, beta)
-    op = getattr(torch.ops.fastelbo.elbo, OVERLOAD[name])
+    op = kernel(NAME, OVERLOAD[name], (log_lik, latent.log_q, latent.log_p, latent.kl))
     if estimator == "iwae" and latent.log_q.dim() == latent.kl.dim():  # one sample: its weight is 1
         return op(log_lik.unsqueeze(0), latent.log_q.unsqueeze(0), latent.log_p.unsqueeze(0), latent.kl, 2, beta)[0]
     return op(log_lik, latent.log_q, latent.log_p, latent.kl, MODES[(estimator, kl)], beta)[0]

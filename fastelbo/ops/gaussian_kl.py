@@ -18,6 +18,7 @@ from .._dtypes import compute_dtype
 from . import _checks
 from ._event_dims import OpEventDims, layout_for
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
+from ._cpp_calls import kernel
 from ._math import gaussian_kl_per_dim, sigma_and_log_sigma
 from .gaussian_latent import _prior_terms
 
@@ -55,8 +56,8 @@ def gaussian_kl(mu, scale, *, param="logvar", dim=-1, prior=None, per_dim=False,
     if name == "reference":
         return reference(mu, scale, param, prior, per_dim)
     prior_mu, prior_scale = prior if prior is not None else (None, None)
-    return getattr(torch.ops.fastelbo.gaussian_kl, OVERLOAD[name])(mu, scale, prior_mu, prior_scale,
-                                                                   PARAM_CODES[param], per_dim)
+    return kernel(NAME, OVERLOAD[name], (mu, scale, prior_mu, prior_scale))(mu, scale, prior_mu, prior_scale,
+                                                                            PARAM_CODES[param], per_dim)
 
 
 def reference(mu, scale, param, prior, per_dim):

@@ -31,6 +31,8 @@ from ..rng import draw_seed, normal_noise
 from . import _checks
 from ._event_dims import OpEventDims, check_event_dims, layout_for
 from ._autograd import PARAM_CODES, PARAM_NAMES, differentiating, like_or_empty, reference_vjp
+from . import _cpp_calls
+from ._cpp_calls import kernel, runs_eagerly
 from ._math import HALF_LOG_2PI, gaussian_kl_per_dim, sigma_and_log_sigma
 
 NAME = "gaussian_latent"
@@ -131,9 +133,14 @@ def _on_cpp_kernels(name, mu, scale, param, dim, n_samples, prior, stl) -> Trace
         return _unflat(layout, flat, n_samples)
     # The op takes trailing event dims as they are (no views): event_dims.
     prior_mu, prior_scale = (None, None) if prior is None else prior
-    seed = _seed_for_kernel(mu, None)
-    out = torch.ops.fastelbo.gaussian_latent.default(mu, scale, prior_mu, prior_scale, None, seed, PARAM_CODES[param],
-                                                     n_samples or 0, stl, 1 if layout is None else len(layout.dims))
+    # (_seed_for_kernel and kernel(NAME, "default", eager=eager), written out: the step's most
+    # frequent call saves two Python calls)
+    eager = runs_eagerly((mu, scale, prior_mu, prior_scale))
+    seed = None if eager and type(mu) is torch.Tensor and mu.device.type == "cpu" else draw_seed(mu.device, None)
+    op = _cpp_calls.BINDINGS.gaussian_latent if eager and _cpp_calls.BINDINGS is not None else (
+        torch.ops.fastelbo.gaussian_latent.default)
+    out = op(mu, scale, prior_mu, prior_scale, None, seed, PARAM_CODES[param], n_samples or 0, stl,
+             1 if layout is None else len(layout.dims))
     latent = _traced(out, name, (mu, scale, param, n_samples, None if prior is None else (prior_mu, prior_scale),
                                  None, seed))
     if layout is not None:
@@ -150,26 +157,27 @@ def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend, e
         out = reference(mu, scale, param, n_samples, prior, stl, eps, seed)
     else:
         overload = OVERLOAD[name]
-        seed = None if eps is not None else (
-            _seed_for_kernel(mu, generator) if overload == "default" else draw_seed(mu.device, generator))
         prior_mu, prior_scale = prior if prior is not None else (None, None)
-        out = getattr(torch.ops.fastelbo.gaussian_latent, overload)(
+        eager = runs_eagerly((mu, scale, prior_mu, prior_scale, eps))
+        seed = None if eps is not None else (
+            _seed_for_kernel(mu, generator, eager) if overload == "default" else draw_seed(mu.device, generator))
+        out = kernel(NAME, overload, eager=eager)(
             mu, scale, prior_mu, prior_scale, eps, seed, PARAM_CODES[param], n_samples or 0, stl, event_dims)
     return _traced(out, name, (mu, scale, param, n_samples, prior, eps, seed))
 
 
-def _seed_for_kernel(mu: torch.Tensor, generator):
-    """The seed to pass the C++ kernels: None for a plain CPU tensor in eager mode, where the kernel
-    draws it from the default generator itself, as draw_seed would; drawn here for a given
-    generator, on CUDA (the device-side seed keeps CUDA graphs valid), and whenever the call is
-    being traced into a graph: under torch.compile, torch.jit.trace, or AOT autograd and make_fx's
-    fake tracing (mu is then a tensor subclass). There the op's own draw would be a hidden side
-    effect of a functional op, and a graph pass such as AOT autograd's common-subexpression
-    elimination would merge two identical calls into one noise; torch.randint is an op those
-    passes know to be random. (make_fx with real tensors traces plain tensors: a graph made that
-    way replays the draw on each run, and must not be CSE'd.)"""
-    if (type(mu) is torch.Tensor and mu.device.type == "cpu" and generator is None
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+def _seed_for_kernel(mu: torch.Tensor, generator, eager: bool):
+    """The seed to pass the C++ kernels: None for a plain CPU tensor in a call that runs eagerly
+    (_cpp_calls.runs_eagerly), where the kernel draws it from the default generator itself, as
+    draw_seed would; drawn here for a given generator, on CUDA (the device-side seed keeps CUDA
+    graphs valid), and whenever the call is being traced into a graph: under torch.compile,
+    torch.jit.trace, or AOT autograd and make_fx's fake tracing (mu is then a tensor subclass).
+    There the op's own draw would be a hidden side effect of a functional op, and a graph pass such
+    as AOT autograd's common-subexpression elimination would merge two identical calls into one
+    noise; torch.randint is an op those passes know to be random. (make_fx with real tensors
+    traces plain tensors: a graph made that way replays the draw on each run, and must not be
+    CSE'd.)"""
+    if eager and type(mu) is torch.Tensor and mu.device.type == "cpu" and generator is None:
         return None
     return draw_seed(mu.device, generator)
 

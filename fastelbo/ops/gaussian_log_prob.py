@@ -23,6 +23,7 @@ from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype, kernel_scalar
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, expand_events, needs_grad
+from ._cpp_calls import kernel
 from ._math import sum_event_dims
 
 NAME = "gaussian_log_prob"
@@ -62,7 +63,7 @@ def log_prob_for_loss(mean, x, logvar, event_dims, backend, expected_grad: float
     name = resolve(backend, mean.device)
     if name == "reference":
         return reference(mean, x, logvar, event_dims)
-    op = getattr(torch.ops.fastelbo.gaussian_log_prob, OVERLOAD[name])
+    op = kernel(NAME, OVERLOAD[name], (mean, x, logvar))
     if tensor_logvar:
         return op(mean, x, logvar, 0.0, event_dims, needs_grad(mean, x, logvar), expected_grad)[0]
     return op(mean, x, None, logvar, event_dims, needs_grad(mean, x), expected_grad)[0]
