@@ -2,7 +2,7 @@
 // dispatcher ops as torch.ops.fastelbo.<op>.default (op_handles.h), called unboxed, as ATen's
 // generated Python bindings call the native ops. torch.ops' generic path converts every argument
 // to an IValue on a stack, looks for __torch_function__ overrides, and calls the op boxed: about
-// 1.5 us of a small call (at 256 x 8, the latent op took 8.5 us through it, 6.8 us through this).
+// 1.5 us of a small call (at 256 x 8, the latent op took 8.2 us through it, 6.7 us through this).
 // fastelbo/ops/_cpp_calls.py chooses between the two per call: these in eager mode on tensors
 // without __torch_function__, torch.ops (which handles those, and which torch.compile traces)
 // otherwise. The GIL is released during the call, as torch.ops and ATen's bindings release it.
