@@ -118,3 +118,48 @@ def test_a_tensor_subclass_with_torch_function_goes_through_torch_ops(recorder):
     assert torch.ops.fastelbo.bernoulli_log_prob.default in _Subclass.calls
     expected = fe.bernoulli_log_prob(logits.as_subclass(torch.Tensor), x, backend="cpu")
     assert torch.equal(out.as_subclass(torch.Tensor), expected)
+
+
+def test_traced_graphs_draw_the_seed_in_sight(recorder):
+    """make_fx and torch.jit.trace record the latent's seed as a torch.randint and the op through
+    torch.ops (gaussian_latent._seed_for_kernel), never the CPU kernel's own draw, which the graph
+    would not show and a graph pass could merge."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def sample(mu, scale):
+        return fe.gaussian_latent(mu, scale, backend="cpu").z
+
+    mu, scale = torch.randn(4, 3), torch.randn(4, 3)
+    graph = make_fx(sample)(mu, scale)
+    targets = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert any(t.startswith("aten.randint") for t in targets) and "fastelbo.gaussian_latent.default" in targets
+    traced = torch.jit.trace(sample, (mu, scale), check_trace=False)
+    kinds = {node.kind() for node in traced.graph.nodes()}
+    assert {"aten::randint", "fastelbo::gaussian_latent"} <= kinds
+    assert recorder.taken == []
+    assert not torch.equal(traced(mu, scale), traced(mu, scale))  # a fresh seed each run
+
+
+def test_without_the_bindings_the_ops_run_through_torch_ops():
+    """A library whose Python module cannot be imported still serves the cpu backend, through
+    torch.ops, and says so once (a fresh process: the library loads once per process)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, torch\n"
+        "from fastelbo.cpp_backend import _build\n"
+        "def refuse():\n"
+        "    raise ImportError('no PyInit here')\n"
+        "_build.cpu_bindings = refuse\n"
+        "import fastelbo as fe\n"
+        "from fastelbo.ops import _cpp_calls\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = fe.bernoulli_log_prob(torch.zeros(2, 3), torch.ones(2, 3), backend='cpu')\n"
+        "assert _cpp_calls.BINDINGS is None\n"
+        "assert any('no PyInit here' in str(w.message) for w in caught), [str(w.message) for w in caught]\n"
+        "assert torch.allclose(out, torch.full((2,), -3 * torch.log(torch.tensor(2.0)).item()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -5,7 +5,7 @@ user and the kernels. One warmed-up step (gaussian_latent + bernoulli_log_prob +
 forward and backward) on the `cpu` backend may make at most 40 Python function calls
 (`sys.setprofile` "call" events: fastelbo's own functions and whatever of torch's Python they
 reach; 26 with the analytic KL, 30 with the MC KL, 33 for IWAE with K = 4 when this bound was set,
-222 before the op work; 33, 38 and 38 since the ops are called through the C++ library's typed
+222 before the op work; 33, 37 and 37 at 9e93a05; 33, 38 and 38 with the C++ library's typed
 bindings, whose choice (fastelbo/ops/_cpp_calls.py) is a Python call or two where torch.ops'
 OpOverload.__call__ was one, for about 1.5 us less C++ per call). A count is stable where a time is not; the speed itself is shown by
 `fastelbo bench`.

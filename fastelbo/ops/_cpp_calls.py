@@ -7,8 +7,10 @@ overrides, a boxed call; about 1.5 us of a small call. The C++ library's Python 
 dispatcher ops unboxed, as ATen's generated bindings call the native ops. A call takes it where
 torch.ops would do nothing more: outside dynamo's tracing (torch.compile traces torch.ops, not
 the module) and on tensors without __torch_function__ (no subclass overriding it, no torch
-function mode). Everything below the dispatcher's entry (autograd, Python dispatch such as
-FakeTensor, make_fx and non-strict export, vmap, the CPU or CUDA kernel) is the same either way.
+function mode: make_fx holds one, so its traces go through torch.ops). Everything below the
+dispatcher's entry (autograd, Python dispatch such as FakeTensorMode and __torch_dispatch__
+subclasses, the CPU or CUDA kernel) is the same either way. (torch.func transforms never reach
+either: the public functions refuse the fused backends inside them, fastelbo/_backend.py.)
 """
 from __future__ import annotations
 

@@ -170,13 +170,13 @@ def _seed_for_kernel(mu: torch.Tensor, generator, eager: bool):
     """The seed to pass the C++ kernels: None for a plain CPU tensor in a call that runs eagerly
     (_cpp_calls.runs_eagerly), where the kernel draws it from the default generator itself, as
     draw_seed would; drawn here for a given generator, on CUDA (the device-side seed keeps CUDA
-    graphs valid), and whenever the call is being traced into a graph: under torch.compile,
-    torch.jit.trace, or AOT autograd and make_fx's fake tracing (mu is then a tensor subclass).
+    graphs valid), and whenever the call is being traced into a graph: under torch.compile and
+    torch.export, torch.jit.trace, AOT autograd's fake tracing (mu is then a tensor subclass) and
+    make_fx (which holds a torch function mode, so runs_eagerly is False even on real tensors).
     There the op's own draw would be a hidden side effect of a functional op, and a graph pass such
     as AOT autograd's common-subexpression elimination would merge two identical calls into one
-    noise; torch.randint is an op those passes know to be random. (make_fx with real tensors
-    traces plain tensors: a graph made that way replays the draw on each run, and must not be
-    CSE'd.)"""
+    noise; torch.randint is an op those passes know to be random (tests/test_cpp_calls.py checks
+    the graphs hold it)."""
     if eager and type(mu) is torch.Tensor and mu.device.type == "cpu" and generator is None:
         return None
     return draw_seed(mu.device, generator)
