@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -55,25 +56,16 @@ inline void fixed_spread_rows(const T* values, int64_t stride, int64_t n_rows, T
   }
 }
 
-// fn(std::integral_constant<int64_t, D>) for the short widths D = 1, 2, 4, 8; false for others.
+// fn(std::integral_constant<int64_t, D>) when dim is one of the widths kWidths; false for others.
+template <int64_t... kWidths, typename Fn>
+inline bool with_width(int64_t dim, Fn&& fn) {
+  return ((dim == kWidths && (fn(std::integral_constant<int64_t, kWidths>{}), true)) || ...);
+}
+
+// The short widths that have a fixed-width loop.
 template <typename Fn>
 inline bool with_short_width(int64_t dim, Fn&& fn) {
-  switch (dim) {
-    case 1:
-      fn(std::integral_constant<int64_t, 1>{});
-      return true;
-    case 2:
-      fn(std::integral_constant<int64_t, 2>{});
-      return true;
-    case 4:
-      fn(std::integral_constant<int64_t, 4>{});
-      return true;
-    case 8:
-      fn(std::integral_constant<int64_t, 8>{});
-      return true;
-    default:
-      return false;
-  }
+  return with_width<1, 2, 4, 8>(dim, std::forward<Fn>(fn));
 }
 
 // out[i] = sum_d terms[i * D + d] + offset for each of n_rows rows: the fixed widths' loop for rows
