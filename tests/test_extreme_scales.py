@@ -117,3 +117,28 @@ def test_the_reported_subnormal_kl(backend):
     kl.sum().backward()
     assert kl.item() == pytest.approx(51.45, rel=1e-6)
     assert scale.grad.item() == pytest.approx(-0.5, rel=1e-6)
+
+
+@pytest.mark.parametrize("with_prior", [False, True], ids=["standard_prior", "per_sample_prior"])
+@pytest.mark.parametrize("param", list(SWEEPS))
+def test_an_infinite_scale_passes_the_gradient_through_z(backend, param, with_prior):
+    """scale = +inf in one element (sigma = inf, z = +-inf): the gradient through z and log p reaches
+    that scale as the reference's autograd gives it. softplus' d log sigma/ds is 0 there, so a
+    backward that formed dL/dlog sigma first and multiplied by it gave NaN where autograd gives
+    -inf (found by tests/test_hostile_inputs.py); the other elements stay finite and close."""
+    g = generator(3)
+    mu = torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE)
+    s = torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE)
+    s[1, 2] = math.inf
+    eps = torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE)
+    prior = tuple(torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE) for _ in "ms") if with_prior else None
+    grads = {}
+    for who in ("reference", backend):
+        leaves = [mu.clone().requires_grad_(True), s.clone().requires_grad_(True)]
+        z, log_q, log_p, _ = fe.gaussian_latent(*leaves, param=param, eps=eps, prior=prior, backend=who)
+        loss = (0.3 * z).sum() + (log_p - log_q).sum()  # the Monte Carlo ELBO's latent terms
+        grads[who] = torch.autograd.grad(loss, leaves)
+    for truth, actual, leaf in zip(grads["reference"], grads[backend], ("mu", "scale")):
+        torch.testing.assert_close(actual, truth, equal_nan=True, msg=lambda m: f"{backend} d/d{leaf}: {m}")
+    if param == "softplus":
+        assert grads["reference"][1][1, 2] == -math.inf  # what the case is about: not NaN

@@ -19,12 +19,14 @@ Backward, given gz = dL/dz, gq = dL/dlog q, gp = dL/dlog p, gk = dL/dkl:
     dL/dlog sigma = sigma sum_k g_k eps_k  [ - sum_k gq_k  without stl ] + gk expm1(2r)
     dL/dmu_p      = sum_k gp_k u_k / sigma_p - gk delta / sigma_p
     dL/dlog sigma_p = sum_k gp_k (u_k^2 - 1) - gk (expm1(2r) + delta^2)
-and dL/ds = dL/dlog sigma * d log sigma / ds (likewise for the prior's scale).
+and dL/ds = dsigma/ds sum_k g_k eps_k + dlog sigma/ds [gk expm1(2r) - sum_k gq_k]: dL/dlog sigma *
+dlog sigma/ds taken apart, so that softplus' sigma = inf passes z's gradient on as autograd does;
+dL/ds_p = dL/dlog sigma_p * d log sigma_p / ds_p.
 """
 import triton
 import triton.language as tl
 
-from .math import expm1, expm1_minus_x, round_to, row_offset, scalar, sigma_terms
+from .math import dsigma_ds, expm1, expm1_minus_x, round_to, row_offset, scalar, sigma_terms
 from .rng import normal_lanes, seed_key
 
 
@@ -196,7 +198,7 @@ def gaussian_latent_backward_kernel(
         acc_z_eps += g * eps
 
     grad_mu = acc_z
-    grad_log_sigma = sigma * acc_z_eps - acc_q[:, None]
+    grad_log_sigma = zero - acc_q[:, None]  # but for the path through z: dsigma/ds sum_k g_k eps_k
     if HAS_GK:
         gk = tl.load(gk_ptr + rows * gk_sr, mask=row_mask, other=0.0).to(DTYPE)[:, None]
         if HAS_PRIOR:
@@ -211,7 +213,8 @@ def gaussian_latent_backward_kernel(
         grad_log_sigma += gk * em
     out_offs = rows[:, None] * D + cols[None, :]
     tl.store(gmu_ptr + out_offs, round_to(grad_mu, gmu_ptr.dtype.element_ty), mask=mask)
-    tl.store(gscale_ptr + out_offs, round_to(grad_log_sigma * dlog_sigma, gscale_ptr.dtype.element_ty), mask=mask)
+    grad_scale = dsigma_ds(s, sigma, dlog_sigma, PARAM) * acc_z_eps + grad_log_sigma * dlog_sigma
+    tl.store(gscale_ptr + out_offs, round_to(grad_scale, gscale_ptr.dtype.element_ty), mask=mask)
     if HAS_PRIOR:
         _store_prior_grad(gpmu_ptr, acc_pmu * inv_psigma, rows, cols, mask, D, PM_SHARED)
         _store_prior_grad(gpscale_ptr, acc_plog * pdlog_sigma, rows, cols, mask, D, PS_SHARED)

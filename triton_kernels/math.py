@@ -109,6 +109,16 @@ def sigma_terms(s, PARAM: tl.constexpr):
 
 
 @triton.jit
+def dsigma_ds(s, sigma, dlog_sigma, PARAM: tl.constexpr):
+    """d sigma / d s: sigma d log sigma/ds, except for softplus, where it is sigmoid(s), finite (1) where
+    sigma = inf and d log sigma/ds = 0 (a gradient through z then reaches s, as autograd's does)."""
+    if PARAM == 2:
+        return sigmoid(s)
+    else:
+        return sigma * dlog_sigma
+
+
+@triton.jit
 def expm1_minus_x(x):
     """e^x - 1 - x: a series for |x| < 0.1 (x^2 (1/2! + x/3! + ... + x^8/10!)), else expm1(x) - x."""
     small = tl.abs(x) < 0.1

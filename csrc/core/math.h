@@ -146,6 +146,7 @@ struct SigmaTerms {
   V sigma;      // sigma
   V log_sigma;  // log sigma
   V dlog;       // d log sigma / d s
+  V dsigma;     // d sigma / d s
 };
 
 // sigma, log sigma and d log sigma / ds of the encoder's scale output s:
@@ -155,15 +156,19 @@ struct SigmaTerms {
 //                 log sigma = s - e^s/2 and its derivative 1 - e^s/2 (softplus(s) would underflow).
 //   soft_log_std: log sigma = 5 tanh(s / 5) (NVAE's soft clamp), d log sigma/ds = 1 - tanh(s/5)^2,
 //                 as 4 e^(-2|s|/5) / (2 + m)^2 with m = expm1(-2|s|/5) (no cancellation where tanh saturates)
-// Forward passes, which never read the derivative, pass need_dlog = false (dlog is then 0).
+// d sigma/ds is sigma d log sigma/ds, except for softplus, where it is sigmoid(s): finite (1) where
+// sigma = inf and d log sigma/ds = 0, so a gradient through z reaches s there as autograd's would.
+// Forward passes, which never read the derivatives, pass need_dlog = false (dlog, dsigma may then be 0).
 template <typename V, typename M = Ops<V>>
 FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
   if (param == kLogvar) {
     V log_sigma = M::c(0.5) * s;
-    return SigmaTerms<V>{M::exp(log_sigma), log_sigma, M::c(0.5)};
+    V sigma = M::exp(log_sigma);
+    return SigmaTerms<V>{sigma, log_sigma, M::c(0.5), M::c(0.5) * sigma};
   }
   if (param == kLogStd) {
-    return SigmaTerms<V>{M::exp(s), s, M::c(1.0)};
+    V sigma = M::exp(s);
+    return SigmaTerms<V>{sigma, s, M::c(1.0), sigma};
   }
   if (param == kSoftLogStd) {
     // tanh |y| = -m / (2 + m) with m = expm1(-2|y|) in (-1, 0]: no overflow, no cancellation
@@ -175,16 +180,18 @@ FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
     V t = (M::c(0.0) - m) / u;
     V log_sigma = M::c(5.0) * M::select(M::lt(y, M::c(0.0)), M::c(0.0) - t, t);
     V dlog = need_dlog ? M::c(4.0) * M::exp(M::c(-2.0) * M::abs(y)) / (u * u) : M::c(0.0);
-    return SigmaTerms<V>{M::exp(log_sigma), log_sigma, dlog};
+    V sigma = M::exp(log_sigma);
+    return SigmaTerms<V>{sigma, log_sigma, dlog, sigma * dlog};
   }
   V sigma = softplus<V, M>(s);
   auto tail = M::lt(s, M::c(-20.0));
   V e = M::exp(M::minimum(s, M::c(-20.0)));
   V safe_sigma = M::select(tail, M::c(1.0), sigma);
   V log_sigma = M::select(tail, s - M::c(0.5) * e, M::log(safe_sigma));
-  if (!need_dlog) return SigmaTerms<V>{sigma, log_sigma, M::c(0.0)};
-  V dlog = M::select(tail, M::c(1.0) - M::c(0.5) * e, sigmoid<V, M>(s) / safe_sigma);
-  return SigmaTerms<V>{sigma, log_sigma, dlog};
+  if (!need_dlog) return SigmaTerms<V>{sigma, log_sigma, M::c(0.0), M::c(0.0)};
+  V dsigma = sigmoid<V, M>(s);
+  V dlog = M::select(tail, M::c(1.0) - M::c(0.5) * e, dsigma / safe_sigma);
+  return SigmaTerms<V>{sigma, log_sigma, dlog, dsigma};
 }
 
 // e^x - 1 - x: x^2 (1/2! + x/3! + ... + x^8/10!) for |x| below the limit where those terms are

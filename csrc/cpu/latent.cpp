@@ -13,8 +13,10 @@
 //     dL/dlog sigma   = sigma sum_k g_k eps_k  [ - sum_k gq_k  without stl ] + gk expm1(2r)
 //     dL/dmu_p        = sum_k gp_k u_k / sigma_p - gk delta / sigma_p
 //     dL/dlog sigma_p = sum_k gp_k (u_k^2 - 1) - gk (expm1(2r) + delta^2)
-// and dL/ds = dL/dlog sigma * dlog sigma/ds (likewise for the prior's scale). eps is regenerated
-// from the seed in backward, never stored.
+// and dL/ds = dsigma/ds sum_k g_k eps_k + dlog sigma/ds [gk expm1(2r) - sum_k gq_k], which is
+// dL/dlog sigma * dlog sigma/ds, taken apart so that sigma = inf (softplus, dlog sigma/ds = 0)
+// passes z's gradient on as autograd does; dL/ds_p = dL/dlog sigma_p * dlog sigma_p/ds_p. eps is
+// regenerated from the seed in backward, never stored.
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <mutex>
@@ -246,7 +248,8 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   // The gradients at one vector of columns of row r (block b) from the samples' sums.
   auto finish = [&](int64_t b, int64_t r, int64_t j, auto n, const ColumnTerms<T>& c, V g_mu, const V& sum_ze, V g_pmu,
                     V g_plog, T acc_q, T gk_r) {
-    V g_lsig = c.sigma * sum_ze - V(acc_q);
+    // dL/dlog sigma but for the path through z, which reaches s as d sigma/ds sum_k g_k eps_k.
+    V g_lsig = V(T(0)) - V(acc_q);
     if (gk) {
       const V gkv(gk_r);
       if (has_prior) {
@@ -261,7 +264,7 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
         g_lsig = g_lsig + gkv * vexpm1(V(T(2)) * c.log_sigma);
       }
     }
-    grads.write(r, j, n, g_mu, g_lsig * c.dlog);
+    grads.write(r, j, n, g_mu, c.dsigma * sum_ze + g_lsig * c.dlog);
     if (has_prior) grads.write_prior(b, r, j, n, g_pmu * c.inv_psigma, g_plog * c.pdlog);
   };
 

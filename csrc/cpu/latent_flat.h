@@ -8,8 +8,7 @@
 //               log p = sum_d [-z^2/2] - D log(2 pi)/2,  kl = sum_d [(e^(2 log sigma) - 1 - 2 log sigma)/2 + mu^2/2]
 //     backward: g_k = gz_k - gp_k z_k [- gq_k eps_k / sigma with stl]
 //               dL/dmu = sum_k g_k + gk mu
-//               dL/dlog sigma = sigma sum_k g_k eps_k [- sum_k gq_k without stl] + gk expm1(2 log sigma)
-//               dL/ds = dL/dlog sigma * dlog sigma/ds
+//               dL/ds = dsigma/ds sum_k g_k eps_k + dlog sigma/ds [gk expm1(2 log sigma) - sum_k gq_k without stl]
 // eps is drawn exactly as the per-row path draws it (NoiseBlock: the same values, bit for bit).
 #pragma once
 
@@ -181,7 +180,8 @@ void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_s
   constexpr int64_t W = V::size();
   at::parallel_for(0, R, grain_rows(D * (K + 2)), [&](int64_t begin, int64_t end) {
     const int64_t cap = std::min(kFlatBlockRows, end - begin) * D;
-    std::vector<T> sigma(cap), log_sigma(cap), dlog(cap), acc_g(cap), acc_ge(cap), eps_buf(cap), row_a(cap), row_b(cap);
+    std::vector<T> sigma(cap), log_sigma(cap), dlog(cap), dsigma(cap), acc_g(cap), acc_ge(cap), eps_buf(cap),
+        row_a(cap), row_b(cap);
     NoiseBlock<T> noise(D, eps_source.channels);
     const T zero(0);
     for (int64_t r0 = begin; r0 < end; r0 += kFlatBlockRows) {
@@ -193,6 +193,7 @@ void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_s
         t.sigma.store(sigma.data() + j, c);
         t.log_sigma.store(log_sigma.data() + j, c);
         t.dlog.store(dlog.data() + j, c);
+        t.dsigma.store(dsigma.data() + j, c);
       });
       std::fill(acc_g.begin(), acc_g.begin() + n, zero);
       std::fill(acc_ge.begin(), acc_ge.begin() + n, zero);
@@ -225,7 +226,7 @@ void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_s
       for_flat<W>(n, [&](int64_t j, int64_t c) {
         const V mv = V::loadu(m + j, c);
         V g_mu = V::loadu(acc_g.data() + j, c);
-        V g_lsig = V::loadu(sigma.data() + j, c) * V::loadu(acc_ge.data() + j, c);
+        V g_lsig(zero);  // dL/dlog sigma but for the path through z (see latent.cpp)
         if (sum_q) g_lsig = g_lsig - V::loadu(row_a.data() + j, c);
         if (g.gk) {
           const V gkv = V::loadu(row_b.data() + j, c);
@@ -233,7 +234,8 @@ void latent_backward_flat(const T* mu, const T* scale, const EpsSource<T>& eps_s
           g_lsig = g_lsig + gkv * vexpm1(V(T(2)) * V::loadu(log_sigma.data() + j, c));
         }
         g_mu.store(grad_mu + r0 * D + j, c);
-        (g_lsig * V::loadu(dlog.data() + j, c)).store(grad_scale + r0 * D + j, c);
+        const V through_z = V::loadu(dsigma.data() + j, c) * V::loadu(acc_ge.data() + j, c);
+        (through_z + g_lsig * V::loadu(dlog.data() + j, c)).store(grad_scale + r0 * D + j, c);
       });
     }
   });

@@ -58,11 +58,11 @@ struct RowInputs {
 };
 
 // The posterior and prior terms of one vector of columns: mu, sigma, log sigma, d log sigma / ds,
-// and the prior's mu_p, 1 / sigma_p, log sigma_p, d log sigma_p / ds_p (left unset without
+// d sigma / ds, and the prior's mu_p, 1 / sigma_p, log sigma_p, d log sigma_p / ds_p (left unset without
 // `with_prior`).
 template <typename T>
 struct ColumnTerms {
-  Vec<T> mu, sigma, log_sigma, dlog, pmu, inv_psigma, plog_sigma, pdlog;
+  Vec<T> mu, sigma, log_sigma, dlog, dsigma, pmu, inv_psigma, plog_sigma, pdlog;
 };
 
 // The inputs' rows r (mu, scale, and the prior's where it is given).
@@ -85,6 +85,7 @@ C10_ALWAYS_INLINE ColumnTerms<T> column_terms(const RowInputs<scalar_t>& in, con
   c.sigma = t.sigma;
   c.log_sigma = t.log_sigma;
   c.dlog = t.dlog;
+  c.dsigma = t.dsigma;
   if (with_prior) {
     c.pmu = load<T>(at.p[2] + j * in.st[2].sc, in.st[2].sc, n);
     const V ps = load<T>(at.p[3] + j * in.st[3].sc, in.st[3].sc, n);
@@ -109,19 +110,20 @@ C10_ALWAYS_INLINE ColumnTerms<T> column_terms(const RowInputs<scalar_t>& in, con
 // a run of rows: its sigma terms are computed once, not once per row).
 template <typename T>
 struct RowTerms {
-  std::vector<T> mu, sigma, log_sigma, dlog, pmu, inv_psigma, plog_sigma, pdlog;
+  std::vector<T> mu, sigma, log_sigma, dlog, dsigma, pmu, inv_psigma, plog_sigma, pdlog;
   const void* prior_read[2] = {nullptr, nullptr};  // the prior rows the prior terms hold
   explicit RowTerms(int64_t padded)
-      : mu(padded), sigma(padded), log_sigma(padded), dlog(padded), pmu(padded), inv_psigma(padded),
-        plog_sigma(padded), pdlog(padded) {}
+      : mu(padded), sigma(padded), log_sigma(padded), dlog(padded), dsigma(padded), pmu(padded),
+        inv_psigma(padded), plog_sigma(padded), pdlog(padded) {}
 
   // The held terms at column j (the prior's as they were last read).
   ColumnTerms<T> column(int64_t j) const {
     using V = Vec<T>;
     return ColumnTerms<T>{V::loadu(mu.data() + j),         V::loadu(sigma.data() + j),
                           V::loadu(log_sigma.data() + j),  V::loadu(dlog.data() + j),
-                          V::loadu(pmu.data() + j),        V::loadu(inv_psigma.data() + j),
-                          V::loadu(plog_sigma.data() + j), V::loadu(pdlog.data() + j)};
+                          V::loadu(dsigma.data() + j),     V::loadu(pmu.data() + j),
+                          V::loadu(inv_psigma.data() + j), V::loadu(plog_sigma.data() + j),
+                          V::loadu(pdlog.data() + j)};
   }
 
   template <typename scalar_t>
@@ -140,6 +142,7 @@ struct RowTerms {
       c.sigma.store(sigma.data() + j);
       c.log_sigma.store(log_sigma.data() + j);
       c.dlog.store(dlog.data() + j);
+      c.dsigma.store(dsigma.data() + j);
       if (has_prior) {
         c.pmu.store(pmu.data() + j);
         c.inv_psigma.store(inv_psigma.data() + j);

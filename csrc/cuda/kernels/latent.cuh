@@ -113,7 +113,7 @@ __device__ __forceinline__ LatentRowBase latent_row_base(const LatentInputs<S>& 
 // form (delta = mu, u = z, r = log sigma).
 template <typename T>
 struct LatentElems {
-  T mu[4], sigma[4], log_sigma[4], dlog[4];
+  T mu[4], sigma[4], log_sigma[4], dlog[4], dsigma[4];
   T pmu[4], inv_psigma[4], plog_sigma[4], pdlog[4];
 };
 
@@ -132,6 +132,7 @@ __device__ __forceinline__ void load_latent(const LatentInputs<S>& in, const Lat
     e.sigma[j] = st.sigma;
     e.log_sigma[j] = st.log_sigma;
     e.dlog[j] = st.dlog;
+    e.dsigma[j] = st.dsigma;
     if (in.prior_mu != nullptr) {
       const T pmu = ok ? load<T>(in.prior_mu, b.pm + d * in.pm_st.sc) : T(0);
       const T ps = ok ? load<T>(in.prior_scale, b.ps + d * in.ps_st.sc) : T(0);
@@ -282,8 +283,9 @@ __global__ void __launch_bounds__(kBlock) gaussian_latent_forward_kernel(const L
 //     dL/dlog sigma = sigma sum_k g_k eps_k  [ - sum_k gq_k  without stl ] + gk expm1(2r)
 //     dL/dmu_p      = sum_k gp_k u_k / sigma_p - gk delta / sigma_p
 //     dL/dlog sigma_p = sum_k gp_k (u_k^2 - 1) - gk (expm1(2r) + delta^2)
-// and dL/ds = dL/dlog sigma * d log sigma / ds (likewise for the prior's scale). eps is
-// regenerated from the seed. Grid: latent_blocks(R, D) blocks of kBlock threads.
+// and dL/ds = dsigma/ds sum_k g_k eps_k + dlog sigma/ds [gk expm1(2r) - sum_k gq_k] (dL/dlog sigma
+// * dlog sigma/ds taken apart: softplus' sigma = inf passes z's gradient on, as autograd does), dL/ds_p
+// = dL/dlog sigma_p * d log sigma_p / ds_p. eps is regenerated from the seed. Grid: latent_blocks(R, D) blocks of kBlock threads.
 template <typename S, typename T>
 __global__ void __launch_bounds__(kBlock) gaussian_latent_backward_kernel(const LatentBwdParams<S, T> p) {
   __shared__ T smem[4 * kBlock];
@@ -340,7 +342,7 @@ __global__ void __launch_bounds__(kBlock) gaussian_latent_backward_kernel(const 
         const int64_t d = d0 + j;
         if (d >= D) continue;
         T grad_mu = acc_z[j];
-        T grad_log_sigma = e.sigma[j] * acc_z_eps[j] - sum_gq;
+        T grad_log_sigma = -sum_gq;  // but for the path through z: d sigma/ds sum_k g_k eps_k
         if (p.grad_kl != nullptr) {
           const T delta = (e.mu[j] - e.pmu[j]) * e.inv_psigma[j];
           const T em = core::Ops<T>::expm1(T(2) * (e.log_sigma[j] - e.plog_sigma[j]));
@@ -350,7 +352,7 @@ __global__ void __launch_bounds__(kBlock) gaussian_latent_backward_kernel(const 
           grad_log_sigma += gk * em;
         }
         store(p.grad_mu, row * D + d, grad_mu);
-        store(p.grad_scale, row * D + d, grad_log_sigma * e.dlog[j]);
+        store(p.grad_scale, row * D + d, e.dsigma[j] * acc_z_eps[j] + grad_log_sigma * e.dlog[j]);
         pm_grad[j] = acc_pmu[j] * e.inv_psigma[j];
         ps_grad[j] = acc_plog[j] * e.pdlog[j];
       }
