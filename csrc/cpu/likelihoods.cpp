@@ -12,6 +12,7 @@
 //
 // Parameters are read as R rows of N event elements through their strides; x through its own, so
 // a broadcast x (stride 0 along the dims it lacks) is never copied.
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -220,21 +221,26 @@ void categorical_kernel(const RowPlan& plan, bool need_grad, Tensor& out, Tensor
       // Sleef's exp in this kernel, not vexp: with exp_f32 inlined into its gradient loop, gcc 12 -O3
       // gave wrong lanes 1-15 of whole bfloat16 vectors (tests/test_cpp_backend.py:
       // test_gradient_buffers_of_whole_vectors caught it).
+      // With the gradient, e^(l - max) goes into its row of the buffer as it is summed, and the
+      // softmax is that row over the sum: the logits are read twice and exponentiated once.
+      T* g_row = need_grad ? g_ptr + e * C : nullptr;
       V vsum(T(0));
       for_vectors<W>(C, [&](int64_t j, auto n) {
-        vsum += first((load<T>(l_row + j * ls.sc, ls.sc, n) - V(row_max)).exp(), n);
+        const V ex = first((load<T>(l_row + j * ls.sc, ls.sc, n) - V(row_max)).exp(), n);
+        if (g_row) ex.store(g_row + j, n);
+        vsum += ex;
       });
+      const T sum = hsum(vsum);
       // (l - max) - log sum, never l - (max + log sum): that sum rounds at the logits' size (1e-3 at 1e4).
-      const T log_sum = std::log(hsum(vsum));
+      const T log_sum = std::log(sum);
       const T picked = valid ? static_cast<T>(l_row[target * ls.sc]) : T(0);
       out_ptr[e] = valid ? (picked - row_max) - log_sum : std::numeric_limits<T>::quiet_NaN();
-      if (need_grad) {
-        T* g_row = g_ptr + e * C;
-        for_vectors<W>(C, [&](int64_t j, auto n) {
-          const V p = ((load<T>(l_row + j * ls.sc, ls.sc, n) - V(row_max)) - V(log_sum)).exp();
-          (valid ? V(T(0)) - p : V(T(0))).store(g_row + j, n);
-        });
-        if (valid) g_row[target] += T(1);
+      if (g_row && valid) {
+        const V neg_inv_sum(T(-1) / sum);
+        for_vectors<W>(C, [&](int64_t j, auto n) { (V::loadu(g_row + j, n) * neg_inv_sum).store(g_row + j, n); });
+        g_row[target] += T(1);
+      } else if (g_row) {
+        std::fill(g_row, g_row + C, T(0));  // no gradient from a row whose target is out of range
       }
     }
   });
