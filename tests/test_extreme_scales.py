@@ -119,23 +119,26 @@ def test_the_reported_subnormal_kl(backend):
     assert scale.grad.item() == pytest.approx(-0.5, rel=1e-6)
 
 
+@pytest.mark.parametrize("n_samples, stl", [(None, False), (3, False), (3, True)], ids=["K1", "K3", "K3_stl"])
 @pytest.mark.parametrize("with_prior", [False, True], ids=["standard_prior", "per_sample_prior"])
 @pytest.mark.parametrize("param", list(SWEEPS))
-def test_an_infinite_scale_passes_the_gradient_through_z(backend, param, with_prior):
+def test_an_infinite_scale_passes_the_gradient_through_z(backend, param, with_prior, n_samples, stl):
     """scale = +inf in one element (sigma = inf, z = +-inf): the gradient through z and log p reaches
     that scale as the reference's autograd gives it. softplus' d log sigma/ds is 0 there, so a
     backward that formed dL/dlog sigma first and multiplied by it gave NaN where autograd gives
-    -inf (found by tests/test_hostile_inputs.py); the other elements stay finite and close."""
+    -inf (found by tests/test_hostile_inputs.py); the other elements stay finite and close. K = 3
+    and stl take the CPU kernels' other row paths (and stl's d log q / dz)."""
     g = generator(3)
     mu = torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE)
     s = torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE)
     s[1, 2] = math.inf
-    eps = torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE)
+    eps = torch.randn((n_samples, 2, 5) if n_samples else (2, 5), generator=g, dtype=torch.float64, device=DEVICE)
     prior = tuple(torch.randn(2, 5, generator=g, dtype=torch.float64, device=DEVICE) for _ in "ms") if with_prior else None
     grads = {}
     for who in ("reference", backend):
         leaves = [mu.clone().requires_grad_(True), s.clone().requires_grad_(True)]
-        z, log_q, log_p, _ = fe.gaussian_latent(*leaves, param=param, eps=eps, prior=prior, backend=who)
+        z, log_q, log_p, _ = fe.gaussian_latent(*leaves, param=param, eps=eps, prior=prior, n_samples=n_samples,
+                                                  stl=stl, backend=who)
         loss = (0.3 * z).sum() + (log_p - log_q).sum()  # the Monte Carlo ELBO's latent terms
         grads[who] = torch.autograd.grad(loss, leaves)
     for truth, actual, leaf in zip(grads["reference"], grads[backend], ("mu", "scale")):
