@@ -26,7 +26,7 @@ dL/ds_p = dL/dlog sigma_p * d log sigma_p / ds_p.
 import triton
 import triton.language as tl
 
-from .math import dsigma_ds, expm1, expm1_minus_x, round_to, row_offset, scalar, sigma_terms
+from .math import expm1, expm1_minus_x, round_to, row_offset, scalar, sigma_terms
 from .rng import normal_lanes, seed_key
 
 
@@ -78,11 +78,11 @@ def gaussian_latent_forward_kernel(
     mask = row_mask[:, None] & (cols[None, :] < D)
     mu = _load_rows(mu_ptr, rows, cols, mask, n1, n2, mu_s0, mu_s1, mu_s2, mu_sd, DTYPE)
     s = _load_rows(scale_ptr, rows, cols, mask, n1, n2, sc_s0, sc_s1, sc_s2, sc_sd, DTYPE)
-    sigma, log_sigma, _ = sigma_terms(s, PARAM)
+    sigma, log_sigma, _, _ = sigma_terms(s, PARAM)
     if HAS_PRIOR:
         pmu = _load_rows(pmu_ptr, rows, cols, mask, n1, n2, pm_s0, pm_s1, pm_s2, pm_sd, DTYPE)
         ps = _load_rows(pscale_ptr, rows, cols, mask, n1, n2, ps_s0, ps_s1, ps_s2, ps_sd, DTYPE)
-        psigma, plog_sigma, _ = sigma_terms(ps, PARAM)
+        psigma, plog_sigma, _, _ = sigma_terms(ps, PARAM)
         inv_psigma = 1.0 / psigma
         delta = (mu - pmu) * inv_psigma
         kl = 0.5 * expm1_minus_x(2.0 * (log_sigma - plog_sigma)) + 0.5 * delta * delta
@@ -151,11 +151,11 @@ def gaussian_latent_backward_kernel(
     mask = row_mask[:, None] & (cols[None, :] < D)
     mu = _load_rows(mu_ptr, rows, cols, mask, n1, n2, mu_s0, mu_s1, mu_s2, mu_sd, DTYPE)
     s = _load_rows(scale_ptr, rows, cols, mask, n1, n2, sc_s0, sc_s1, sc_s2, sc_sd, DTYPE)
-    sigma, log_sigma, dlog_sigma = sigma_terms(s, PARAM)
+    sigma, log_sigma, dlog_sigma, dsigma = sigma_terms(s, PARAM)
     if HAS_PRIOR:
         pmu = _load_rows(pmu_ptr, rows, cols, mask, n1, n2, pm_s0, pm_s1, pm_s2, pm_sd, DTYPE)
         ps = _load_rows(pscale_ptr, rows, cols, mask, n1, n2, ps_s0, ps_s1, ps_s2, ps_sd, DTYPE)
-        psigma, plog_sigma, pdlog_sigma = sigma_terms(ps, PARAM)
+        psigma, plog_sigma, pdlog_sigma, _ = sigma_terms(ps, PARAM)
         inv_psigma = 1.0 / psigma
     if not HAS_EPS:
         k0, k1 = seed_key(seed_ptr)
@@ -213,7 +213,7 @@ def gaussian_latent_backward_kernel(
         grad_log_sigma += gk * em
     out_offs = rows[:, None] * D + cols[None, :]
     tl.store(gmu_ptr + out_offs, round_to(grad_mu, gmu_ptr.dtype.element_ty), mask=mask)
-    grad_scale = dsigma_ds(s, sigma, dlog_sigma, PARAM) * acc_z_eps + grad_log_sigma * dlog_sigma
+    grad_scale = dsigma * acc_z_eps + grad_log_sigma * dlog_sigma
     tl.store(gscale_ptr + out_offs, round_to(grad_scale, gscale_ptr.dtype.element_ty), mask=mask)
     if HAS_PRIOR:
         _store_prior_grad(gpmu_ptr, acc_pmu * inv_psigma, rows, cols, mask, D, PM_SHARED)
@@ -237,11 +237,11 @@ def gaussian_kl_forward_kernel(
     mask = row_mask[:, None] & (cols[None, :] < D)
     mu = _load_rows(mu_ptr, rows, cols, mask, n1, n2, mu_s0, mu_s1, mu_s2, mu_sd, DTYPE)
     s = _load_rows(scale_ptr, rows, cols, mask, n1, n2, sc_s0, sc_s1, sc_s2, sc_sd, DTYPE)
-    _, log_sigma, _ = sigma_terms(s, PARAM)
+    _, log_sigma, _, _ = sigma_terms(s, PARAM)
     if HAS_PRIOR:
         pmu = _load_rows(pmu_ptr, rows, cols, mask, n1, n2, pm_s0, pm_s1, pm_s2, pm_sd, DTYPE)
         ps = _load_rows(pscale_ptr, rows, cols, mask, n1, n2, ps_s0, ps_s1, ps_s2, ps_sd, DTYPE)
-        psigma, plog_sigma, _ = sigma_terms(ps, PARAM)
+        psigma, plog_sigma, _, _ = sigma_terms(ps, PARAM)
         delta = (mu - pmu) / psigma
         kl = 0.5 * expm1_minus_x(2.0 * (log_sigma - plog_sigma)) + 0.5 * delta * delta
     else:
@@ -273,7 +273,7 @@ def gaussian_kl_backward_kernel(
     mask = row_mask[:, None] & (cols[None, :] < D)
     mu = _load_rows(mu_ptr, rows, cols, mask, n1, n2, mu_s0, mu_s1, mu_s2, mu_sd, DTYPE)
     s = _load_rows(scale_ptr, rows, cols, mask, n1, n2, sc_s0, sc_s1, sc_s2, sc_sd, DTYPE)
-    _, log_sigma, dlog_sigma = sigma_terms(s, PARAM)
+    _, log_sigma, dlog_sigma, _ = sigma_terms(s, PARAM)
     if PER_DIM:
         g = tl.load(g_ptr + rows[:, None] * g_sr + cols[None, :].to(tl.int64) * g_sd, mask=mask, other=0.0).to(DTYPE)
     else:
@@ -281,7 +281,7 @@ def gaussian_kl_backward_kernel(
     if HAS_PRIOR:
         pmu = _load_rows(pmu_ptr, rows, cols, mask, n1, n2, pm_s0, pm_s1, pm_s2, pm_sd, DTYPE)
         ps = _load_rows(pscale_ptr, rows, cols, mask, n1, n2, ps_s0, ps_s1, ps_s2, ps_sd, DTYPE)
-        psigma, plog_sigma, pdlog_sigma = sigma_terms(ps, PARAM)
+        psigma, plog_sigma, pdlog_sigma, _ = sigma_terms(ps, PARAM)
         inv_psigma = 1.0 / psigma
         delta = (mu - pmu) * inv_psigma
         em = expm1(2.0 * (log_sigma - plog_sigma))

@@ -80,7 +80,8 @@ def sigmoid(x):
 
 @triton.jit
 def sigma_terms(s, PARAM: tl.constexpr):
-    """(sigma, log sigma, d log sigma / d s) of the encoder's scale output s.
+    """(sigma, log sigma, d log sigma / d s, d sigma / d s) of the encoder's scale output s
+    (csrc/core/math.h: sigma_terms, term for term).
 
     PARAM 0, "logvar":   sigma = e^(s/2),     d log sigma/ds = 1/2
     PARAM 1, "log_std":  sigma = e^s,         d log sigma/ds = 1
@@ -88,34 +89,31 @@ def sigma_terms(s, PARAM: tl.constexpr):
         below s = -20, log sigma = s - e^s/2 and its derivative 1 - e^s/2 (no underflow).
     PARAM 3, "soft_log_std": log sigma = 5 tanh(s / 5), d log sigma/ds = 1 - tanh(s/5)^2 (NVAE), as
         4 e^(-2|s|/5) / (2 + m)^2 with m = expm1(-2|s|/5) (no cancellation where tanh saturates).
+    d sigma/ds is sigma d log sigma/ds, except for softplus, where it is sigmoid(s): finite (1) where
+    sigma = inf and d log sigma/ds = 0, so a gradient through z reaches s there as autograd's would.
     """
     if PARAM == 0:
         log_sigma = 0.5 * s
-        return tl.exp(log_sigma), log_sigma, tl.zeros_like(s) + 0.5  # not 0 * s: NaN for an infinite s
+        sigma = tl.exp(log_sigma)
+        return sigma, log_sigma, tl.zeros_like(s) + 0.5, 0.5 * sigma  # not 0 * s: NaN for an infinite s
     elif PARAM == 1:
-        return tl.exp(s), s, tl.zeros_like(s) + 1.0
+        sigma = tl.exp(s)
+        return sigma, s, tl.zeros_like(s) + 1.0, sigma
     elif PARAM == 3:
         m = expm1(-0.4 * tl.abs(s))  # tanh |s/5| = -m / (2 + m): no overflow, no cancellation near 0
         u = 2.0 + m
         log_sigma = 5.0 * tl.where(s < 0.0, m / u, -m / u)
-        return tl.exp(log_sigma), log_sigma, 4.0 * tl.exp(-0.4 * tl.abs(s)) / (u * u)
+        sigma = tl.exp(log_sigma)
+        dlog = 4.0 * tl.exp(-0.4 * tl.abs(s)) / (u * u)
+        return sigma, log_sigma, dlog, sigma * dlog
     else:
         sigma = softplus(s)
         tail = s < -20.0
         e = tl.exp(tl.minimum(s, -20.0))
         log_sigma = tl.where(tail, s - 0.5 * e, tl.log(tl.where(tail, 1.0, sigma)))
-        dlog = tl.where(tail, 1.0 - 0.5 * e, sigmoid(s) / tl.where(tail, 1.0, sigma))
-        return sigma, log_sigma, dlog
-
-
-@triton.jit
-def dsigma_ds(s, sigma, dlog_sigma, PARAM: tl.constexpr):
-    """d sigma / d s: sigma d log sigma/ds, except for softplus, where it is sigmoid(s), finite (1) where
-    sigma = inf and d log sigma/ds = 0 (a gradient through z then reaches s, as autograd's does)."""
-    if PARAM == 2:
-        return sigmoid(s)
-    else:
-        return sigma * dlog_sigma
+        dsigma = sigmoid(s)
+        dlog = tl.where(tail, 1.0 - 0.5 * e, dsigma / tl.where(tail, 1.0, sigma))
+        return sigma, log_sigma, dlog, dsigma
 
 
 @triton.jit
