@@ -102,8 +102,8 @@ def _posterior(g, batch=(2, 3), dim=5, scale_range=(-1.5, 1.0)):
 def _latent_case(name, param="logvar", n_samples=None, prior=False, stl=False, explicit_eps=False,
                  scale_range=(-1.5, 1.0), dim=5):
     """prior: False, True (prior_mu (3, D) and prior_scale (D,), broadcast over the batch) or "full"
-    (a prior per sample, of mu's shape: the C++ kernels' tiled rows when K = 1; with D > 512 the
-    rows span several tiles)."""
+    (a prior per sample, of mu's shape: the C++ kernels' flat rows for D <= 64, else their tiled
+    rows when K = 1; with D > 512 the rows span several tiles)."""
     def make(g):
         inputs = _posterior(g, dim=dim, scale_range=scale_range)
         if prior == "full":
@@ -201,10 +201,12 @@ def _event_dims_elbo_case(name, estimator, n_samples, prior=None, default_genera
 
 
 def _kl_case(name, param, prior, per_dim, scale_range=(-1.5, 1.0)):
+    """prior: False, True (prior_mu (D,) broadcast, prior_scale of mu's shape) or "full" (both of
+    mu's shape: the C++ kernels' flat rows)."""
     def make(g):
         inputs = _posterior(g, scale_range=scale_range)
         if prior:
-            inputs["prior_mu"] = _normal(g, 5, scale=0.5)
+            inputs["prior_mu"] = _normal(g, *((2, 3, 5) if prior == "full" else (5,)), scale=0.5)
             # Some prior scales equal the posterior's: the expm1 form must stay accurate there.
             inputs["prior_scale"] = torch.where(_uniform(g, 2, 3, 5) < 0.3, inputs["scale"], _uniform(g, 2, 3, 5, low=-1, high=1))
         return inputs
@@ -506,6 +508,10 @@ CASES: tuple[OpCase, ...] = (
                  explicit_eps=True, stl=True, dim=517),
     _kl_case("gaussian_kl[soft_log_std,per_dim]", "soft_log_std", prior=False, per_dim=True,
              scale_range=(-15.0, 2.0)),
+    # A per-sample prior on short rows (the C++ kernels' flat path with a prior).
+    _latent_case("gaussian_latent[softplus,sample prior,K=3,stl]", param="softplus", prior="full", n_samples=3,
+                 stl=True),
+    _kl_case("gaussian_kl[soft_log_std,sample prior]", "soft_log_std", prior="full", per_dim=False),
     _bernoulli_case(),
     _gaussian_case(),
     _continuous_bernoulli_case(),

@@ -194,6 +194,26 @@ FE_HD SigmaTerms<V> sigma_terms(V s, int param, bool need_dlog = true) {
   return SigmaTerms<V>{sigma, log_sigma, dlog, dsigma};
 }
 
+// The prior's terms from its scale s_p, as the kernels use them: 1 / sigma_p, log sigma_p and
+// d log sigma_p / ds_p. For the exponential parametrizations 1 / sigma_p is one exp of -log sigma_p,
+// where sigma_terms would take an exp and a division.
+template <typename V>
+struct PriorTerms {
+  V inv_sigma;  // 1 / sigma_p
+  V log_sigma;  // log sigma_p
+  V dlog;       // d log sigma_p / d s_p
+};
+
+template <typename V, typename M = Ops<V>>
+FE_HD PriorTerms<V> prior_terms(V s, int param, bool need_dlog = true) {
+  if (param == kLogvar || param == kLogStd) {
+    V log_sigma = param == kLogvar ? M::c(0.5) * s : s;
+    return PriorTerms<V>{M::exp(M::c(0.0) - log_sigma), log_sigma, M::c(param == kLogvar ? 0.5 : 1.0)};
+  }
+  SigmaTerms<V> t = sigma_terms<V, M>(s, param, need_dlog);
+  return PriorTerms<V>{M::c(1.0) / t.sigma, t.log_sigma, t.dlog};
+}
+
 // e^x - 1 - x: x^2 (1/2! + x/3! + ... + x^8/10!) for |x| below the limit where those terms are
 // exact to the type (float32: |x| < 1/2, the next term < 1e-10 relative; float64: |x| < 0.1, < 1e-16),
 // else e^x - 1 - x (float32: one exp where expm1 on vectors would evaluate its own series as well;

@@ -103,8 +103,9 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
   const EpsSource<T> eps_source(eps, seed, R, D, channels);
   if constexpr (std::is_same_v<scalar_t, T>) {
     if (flat_rows<scalar_t>(rows)) {
-      latent_forward_flat<T>(in.ptr[0], in.ptr[1], eps_source, static_cast<int>(param), k_samples, R, D,
-                             z.data_ptr<T>(), log_q.data_ptr<T>(), log_p.data_ptr<T>(), kl.data_ptr<T>());
+      latent_forward_flat<T>(FlatInputs<T>{in.ptr[0], in.ptr[1], in.ptr[2], in.ptr[3]}, eps_source,
+                             static_cast<int>(param), k_samples, R, D, z.data_ptr<T>(), log_q.data_ptr<T>(),
+                             log_p.data_ptr<T>(), kl.data_ptr<T>());
       return;
     }
   }
@@ -207,16 +208,22 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   const int64_t gp_sk = gp ? g.gp.stride(0) : 0, gp_sr = gp ? g.gp.stride(1) : 0;
   const int64_t gk_sr = gk ? g.gk.stride(0) : 0;
   if constexpr (std::is_same_v<scalar_t, T>) {
-    // A gz that is not contiguous on short rows (z.sum()'s gradient, expanded with stride 0) is
-    // copied: the per-row path below costs more than the copy there (at 256 x 8 the backward took
-    // 22.6 us through the per-row path, 8.6 us with the copy; at 64 x 1024 the two paths cost the same).
+    // A gz that is one value broadcast (z.sum()'s gradient, every stride 0) is read as that value.
+    // Another gz that is not contiguous is copied on short rows: the per-row path below costs more
+    // than the copy there (at 256 x 8 the backward took 22.6 us through the per-row path, 8.6 us
+    // with the copy; at 64 x 1024 the two paths cost the same).
     const bool flat_path = flat_rows<scalar_t>(rows);
-    const Tensor flat_gz = flat_path && gz && !g.gz.is_contiguous() && D < 4 * W ? g.gz.contiguous() : g.gz;
-    if (flat_path && (!gz || flat_gz.is_contiguous())) {
+    const bool gz_uniform = gz && (K == 1 || gz_sk == 0) && (R == 1 || gz_sr == 0) && (D == 1 || gz_sd == 0);
+    const Tensor flat_gz =
+        flat_path && gz && !gz_uniform && !g.gz.is_contiguous() && D < 4 * W ? g.gz.contiguous() : g.gz;
+    if (flat_path && (!gz || gz_uniform || flat_gz.is_contiguous())) {
       const FlatGrads<T> flat{
-          gz ? flat_gz.const_data_ptr<T>() : nullptr, gq, gq_sk, gq_sr, gp, gp_sk, gp_sr, gk, gk_sr};
-      latent_backward_flat<T>(in.ptr[0], in.ptr[1], eps_source, static_cast<int>(param), K, R, D, stl, flat,
-                              out.mu.data_ptr<T>(), out.scale.data_ptr<T>());
+          gz ? flat_gz.const_data_ptr<T>() : nullptr, gz_uniform, gq, gq_sk, gq_sr, gp, gp_sk, gp_sr, gk, gk_sr};
+      const FlatOutGrads<T> flat_out{out.mu.data_ptr<T>(), out.scale.data_ptr<T>(),
+                                     has_prior ? out.prior_mu.data_ptr<T>() : nullptr,
+                                     has_prior ? out.prior_scale.data_ptr<T>() : nullptr};
+      latent_backward_flat<T>(FlatInputs<T>{in.ptr[0], in.ptr[1], in.ptr[2], in.ptr[3]}, eps_source,
+                              static_cast<int>(param), K, R, D, stl, flat, flat_out);
       return;
     }
   }

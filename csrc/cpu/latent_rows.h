@@ -88,19 +88,10 @@ C10_ALWAYS_INLINE ColumnTerms<T> column_terms(const RowInputs<scalar_t>& in, con
   c.dsigma = t.dsigma;
   if (with_prior) {
     c.pmu = load<T>(at.p[2] + j * in.st[2].sc, in.st[2].sc, n);
-    const V ps = load<T>(at.p[3] + j * in.st[3].sc, in.st[3].sc, n);
-    // The kernels need 1 / sigma_p, not sigma_p: for the exponential parametrizations that is
-    // one exp of -log sigma_p, where sigma_terms would take an exp and a vector division.
-    if (param == core::kLogvar || param == core::kLogStd) {
-      c.plog_sigma = param == core::kLogvar ? V(T(0.5)) * ps : ps;
-      c.inv_psigma = core::Ops<V>::exp(V(T(0)) - c.plog_sigma);
-      c.pdlog = V(T(param == core::kLogvar ? 0.5 : 1.0));
-    } else {
-      auto p = core::sigma_terms<V>(ps, param, need_dlog);
-      c.inv_psigma = V(T(1)) / p.sigma;
-      c.plog_sigma = p.log_sigma;
-      c.pdlog = p.dlog;
-    }
+    const auto p = core::prior_terms<V>(load<T>(at.p[3] + j * in.st[3].sc, in.st[3].sc, n), param, need_dlog);
+    c.inv_psigma = p.inv_sigma;
+    c.plog_sigma = p.log_sigma;
+    c.pdlog = p.dlog;
   }
   return c;
 }
@@ -155,13 +146,17 @@ struct RowTerms {
 
 // KL_d = (e^(2r) - 1 - 2r)/2 + delta^2/2, r = log sigma - log sigma_p, delta = (mu - mu_p) / sigma_p
 // (the standard prior: r = log sigma, delta = mu).
+template <typename V>
+C10_ALWAYS_INLINE V kl_elem(const V& r, const V& delta) {
+  using T = typename V::value_type;
+  const V half(T(0.5));
+  return half * core::expm1_minus_x<V>(V(T(2)) * r) + half * delta * delta;
+}
+
 template <typename T>
 C10_ALWAYS_INLINE Vec<T> kl_term(const ColumnTerms<T>& c, bool has_prior) {
-  using V = Vec<T>;
-  const V half(T(0.5)), two(T(2));
-  if (!has_prior) return half * core::expm1_minus_x<V>(two * c.log_sigma) + half * c.mu * c.mu;
-  const V delta = (c.mu - c.pmu) * c.inv_psigma;
-  return half * core::expm1_minus_x<V>(two * (c.log_sigma - c.plog_sigma)) + half * delta * delta;
+  if (!has_prior) return kl_elem(c.log_sigma, c.mu);
+  return kl_elem(c.log_sigma - c.plog_sigma, (c.mu - c.pmu) * c.inv_psigma);
 }
 
 inline int64_t padded_dim(int64_t dim, int64_t width) {
