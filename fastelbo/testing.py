@@ -512,6 +512,7 @@ CASES: tuple[OpCase, ...] = (
     _latent_case("gaussian_latent[softplus,sample prior,K=3,stl]", param="softplus", prior="full", n_samples=3,
                  stl=True),
     _kl_case("gaussian_kl[soft_log_std,sample prior]", "soft_log_std", prior="full", per_dim=False),
+    _latent_case("gaussian_latent[logvar,sample prior,eps]", prior="full", explicit_eps=True),
     _bernoulli_case(),
     _gaussian_case(),
     _continuous_bernoulli_case(),

@@ -56,6 +56,7 @@ void gaussian_kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int
   const int64_t g_sr = grad.stride(0), g_sd = per_dim ? grad.stride(1) : 0;
   if constexpr (std::is_same_v<scalar_t, T>) {
     if (flat_rows<scalar_t>(rows) && (!per_dim || grad.is_contiguous())) {
+      TORCH_INTERNAL_ASSERT(R == 1 || !(out.pm_shared || out.ps_shared));  // per-row prior buffers (flat_rows)
       const FlatOutGrads<T> flat_out{out.mu.data_ptr<T>(), out.scale.data_ptr<T>(),
                                      has_prior ? out.prior_mu.data_ptr<T>() : nullptr,
                                      has_prior ? out.prior_scale.data_ptr<T>() : nullptr};

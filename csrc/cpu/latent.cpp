@@ -219,6 +219,7 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
     if (flat_path && (!gz || gz_uniform || flat_gz.is_contiguous())) {
       const FlatGrads<T> flat{
           gz ? flat_gz.const_data_ptr<T>() : nullptr, gz_uniform, gq, gq_sk, gq_sr, gp, gp_sk, gp_sr, gk, gk_sr};
+      TORCH_INTERNAL_ASSERT(R == 1 || !(out.pm_shared || out.ps_shared));  // per-row prior buffers (flat_rows)
       const FlatOutGrads<T> flat_out{out.mu.data_ptr<T>(), out.scale.data_ptr<T>(),
                                      has_prior ? out.prior_mu.data_ptr<T>() : nullptr,
                                      has_prior ? out.prior_scale.data_ptr<T>() : nullptr};

@@ -29,9 +29,9 @@
 namespace fastelbo {
 
 // Rows are taken in fixed blocks of kFlatBlockRows, split across threads by whole blocks: where a
-// block starts never depends on the thread count, so neither do the results (a block's last
-// vector is partial, and the compiler may round a partial vector's arithmetic differently from a
-// full one's: 1 ulp of z, measured, when blocks followed the threads' ranges).
+// block starts never depends on the thread count, so neither do the results. (When blocks
+// followed the threads' ranges, a range's last block could end in a partial vector, and the
+// compiler rounds a partial vector's arithmetic differently from a full one's: z was 1 ulp apart.)
 constexpr int64_t kFlatBlockRows = 64;
 
 inline int64_t flat_blocks(int64_t rows) { return (rows + kFlatBlockRows - 1) / kFlatBlockRows; }
@@ -49,7 +49,10 @@ constexpr int64_t kFlatPriorMaxDim = 64;
 
 // Whether the rows take this path: contiguous float/double mu and scale, and no prior or a
 // contiguous one of mu's shape on rows of at most kFlatPriorMaxDim (a prior broadcast over rows
-// takes the per-row path, which computes its terms once per distinct prior row).
+// takes the per-row path, which computes its terms once per distinct prior row, unless the
+// broadcast left it contiguous: one row, or a copy made by the event dims' flattening). The flat
+// kernels write the prior's gradients per row: PosteriorGrads' per-row buffers, or its one block
+// when there is one row (asserted by the callers).
 template <typename scalar_t>
 bool flat_rows(const LatentRows& rows) {
   if (!std::is_same_v<scalar_t, compute_t<scalar_t>>) return false;
