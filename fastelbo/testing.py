@@ -8,7 +8,11 @@ How an op is judged, for a backend B and dtype T:
   * float32 / float64 (and the reference in every dtype): every element of every output and
     gradient must satisfy |actual - truth| <= atol + rtol |truth| (TOLERANCES[T]).
   * a fused backend in float16 / bfloat16 may err by at most HALF_FACTOR times the reference's own
-    error in T (the reference run in T, against the same truth) plus HALF_FLOOR.
+    error in T (the reference run in T, against the same truth) plus HALF_FLOOR; an output the op
+    returns in float32 for T inputs (the latent's log q, log p and KL, a likelihood's per-row
+    log-prob) also within the float32 row of the table, which a float32 sum holds to where the
+    reference's own error, when it happens to round well, would not (log p of a 1030-element row,
+    about -2400: the reference 0.4 ulp off, the kernels 1.3 ulp, against an allowance of 1.2 ulp).
 Gradients are taken with random output cotangents (never all ones).
 """
 from __future__ import annotations
@@ -598,6 +602,9 @@ def compare(case: OpCase, backend: str, dtype: torch.dtype, device="cpu", seed: 
             if half_rule:
                 ref_err = (ref[i].to(torch.float64) - t64).abs().nan_to_num(0.0).max() if t.numel() else 0.0
                 allowed = HALF_FACTOR * float(ref_err) + HALF_FLOOR[phase]
+                if a.dtype == torch.float32:  # an output in float32 for half inputs
+                    tol = TOLERANCES[torch.float32][phase]
+                    allowed = torch.clamp(tol.atol + tol.rtol * t64.abs(), min=allowed)
             else:
                 tol = TOLERANCES[dtype][phase]
                 allowed = tol.atol + tol.rtol * t64.abs()
