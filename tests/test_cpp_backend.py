@@ -199,11 +199,12 @@ def test_bitwise_reproducible_and_independent_of_the_thread_count(prior_shape, s
         assert torch.equal(a, b) and torch.equal(b, c)
 
 
+@pytest.mark.parametrize("reduce_z", ["sum", "row mean"])
 @pytest.mark.parametrize("n_samples", [None, 3])
 @pytest.mark.parametrize("with_prior", [False, True])
-def test_a_broadcast_gradient_of_z_on_short_rows(n_samples, with_prior, seed):
-    """z.sum()'s gradient (every stride 0) on short rows: the C++ backward reads it as one value
-    (no copy); the gradients equal the reference's."""
+def test_a_broadcast_gradient_of_z_on_short_rows(reduce_z, n_samples, with_prior, seed):
+    """z.sum()'s gradient (every stride 0) and z.mean(-1)'s (one value per row) on short rows: the
+    C++ backward reads them through their strides (no copy); the gradients equal the reference's."""
     g = generator(seed)
     leaves = [_leaf(randn(g, 70, 37, dtype=torch.float64)) for _ in range(4 if with_prior else 2)]
     grads = {}
@@ -211,7 +212,8 @@ def test_a_broadcast_gradient_of_z_on_short_rows(n_samples, with_prior, seed):
         lat = fe.gaussian_latent(leaves[0], leaves[1], n_samples=n_samples,
                                  prior=tuple(leaves[2:]) if with_prior else None,
                                  generator=generator(seed + 1), backend=backend)
-        grads[backend] = torch.autograd.grad(3.0 * lat.z.sum() + lat.kl.sum(), leaves)
+        z_term = lat.z.sum() if reduce_z == "sum" else (lat.z.mean(-1) * torch.arange(70.0, dtype=torch.float64)).sum()
+        grads[backend] = torch.autograd.grad(3.0 * z_term + lat.kl.sum(), leaves)
     for a, b in zip(grads[CPP], grads["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 

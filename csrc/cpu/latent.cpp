@@ -208,17 +208,17 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
   const int64_t gp_sk = gp ? g.gp.stride(0) : 0, gp_sr = gp ? g.gp.stride(1) : 0;
   const int64_t gk_sr = gk ? g.gk.stride(0) : 0;
   if constexpr (std::is_same_v<scalar_t, T>) {
-    // A gz that is one value broadcast (z.sum()'s gradient, every stride 0) is read as that value.
-    // Another gz that is not contiguous is copied on short rows: the per-row path below costs more
-    // than the copy there (at 256 x 8 the backward took 22.6 us through the per-row path, 8.6 us
-    // with the copy; at 64 x 1024 the two paths cost the same).
+    // A gz with one value per row (expanded along it, as z.sum()'s or z.mean(-1)'s gradient) is
+    // read through its strides. Another gz that is not contiguous is copied on short rows: the
+    // per-row path below costs more than the copy there (at 256 x 8 the backward took 22.6 us
+    // through the per-row path, 8.6 us with the copy; at 64 x 1024 the two paths cost the same).
     const bool flat_path = flat_rows<scalar_t>(rows);
-    const bool gz_uniform = gz && (K == 1 || gz_sk == 0) && (R == 1 || gz_sr == 0) && (D == 1 || gz_sd == 0);
+    const bool gz_per_row = gz && !g.gz.is_contiguous() && (D == 1 || gz_sd == 0);
     const Tensor flat_gz =
-        flat_path && gz && !gz_uniform && !g.gz.is_contiguous() && D < 4 * W ? g.gz.contiguous() : g.gz;
-    if (flat_path && (!gz || gz_uniform || flat_gz.is_contiguous())) {
-      const FlatGrads<T> flat{
-          gz ? flat_gz.const_data_ptr<T>() : nullptr, gz_uniform, gq, gq_sk, gq_sr, gp, gp_sk, gp_sr, gk, gk_sr};
+        flat_path && gz && !gz_per_row && !g.gz.is_contiguous() && D < 4 * W ? g.gz.contiguous() : g.gz;
+    if (flat_path && (!gz || gz_per_row || flat_gz.is_contiguous())) {
+      const FlatGrads<T> flat{gz ? flat_gz.const_data_ptr<T>() : nullptr, gz_per_row, gz_sk, gz_sr, gq, gq_sk, gq_sr,
+                              gp, gp_sk, gp_sr, gk, gk_sr};
       TORCH_INTERNAL_ASSERT(R == 1 || !(out.pm_shared || out.ps_shared));  // per-row prior buffers (flat_rows)
       const FlatOutGrads<T> flat_out{out.mu.data_ptr<T>(), out.scale.data_ptr<T>(),
                                      has_prior ? out.prior_mu.data_ptr<T>() : nullptr,

@@ -72,6 +72,24 @@ struct FlatInputs {
   const T* prior_scale;
 };
 
+// Block b of the flat rows: rows [r0, r0 + n_rows), their n elements, and the inputs there.
+template <typename T>
+struct FlatBlock {
+  int64_t r0, n_rows, n;
+  const T* mu;
+  const T* scale;
+  const T* prior_mu;     // nullptr for N(0, I)
+  const T* prior_scale;  // nullptr for N(0, I)
+  FlatBlock(const FlatInputs<T>& in, int64_t b, int64_t R, int64_t D)
+      : r0(b * kFlatBlockRows),
+        n_rows(std::min(kFlatBlockRows, R - r0)),
+        n(n_rows * D),
+        mu(in.mu + r0 * D),
+        scale(in.scale + r0 * D),
+        prior_mu(in.prior_mu ? in.prior_mu + r0 * D : nullptr),
+        prior_scale(in.prior_scale ? in.prior_scale + r0 * D : nullptr) {}
+};
+
 // Rows of a compile-time width kDim shorter than a vector: row_sums and spread_rows below. The row
 // loop runs over whole rows with kDim unrolled, so the compiler vectorizes it across rows (each
 // row's kDim terms an interleaved group of loads or stores); each row's sum still adds its terms
@@ -174,11 +192,9 @@ void latent_forward_flat(const FlatInputs<T>& in, const EpsSource<T>& eps_source
         plog_sigma(prior_cap);
     NoiseBlock<T> noise(D, eps_source.channels);
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const int64_t r0 = b * kFlatBlockRows, n_rows = std::min(kFlatBlockRows, R - r0), n = n_rows * D;
-      const T* m = in.mu + r0 * D;
-      const T* s = in.scale + r0 * D;
-      const T* pm = has_prior ? in.prior_mu + r0 * D : nullptr;
-      const T* ps = has_prior ? in.prior_scale + r0 * D : nullptr;
+      const FlatBlock<T> block(in, b, R, D);
+      const int64_t r0 = block.r0, n_rows = block.n_rows, n = block.n;
+      const T *m = block.mu, *s = block.scale, *pm = block.prior_mu, *ps = block.prior_scale;
       for_flat<W>(n, [&](int64_t j, int64_t c) {
         const V mv = V::loadu(m + j, c);
         const auto t = core::sigma_terms<V>(V::loadu(s + j, c), param, false);
@@ -217,13 +233,15 @@ void latent_forward_flat(const FlatInputs<T>& in, const EpsSource<T>& eps_source
   });
 }
 
-// The incoming gradients of the flat path: gz contiguous (K, R, D), one value for every element
-// (gz_uniform: a broadcast scalar, as z.sum()'s gradient, read without a copy) or absent; the
-// per-row ones (K, R) / (R,) through their strides.
+// The incoming gradients of the flat path: gz contiguous (K, R, D), or one value per row read
+// through its sample and row strides (gz_per_row: a gradient expanded along the row, as z.sum()'s
+// or z.mean(-1)'s, read without a copy), or absent; the per-row ones (K, R) / (R,) through their
+// strides.
 template <typename T>
 struct FlatGrads {
   const T* gz;
-  bool gz_uniform;
+  bool gz_per_row;
+  int64_t gz_sk, gz_sr;
   const T* gq;
   int64_t gq_sk, gq_sr;
   const T* gp;
@@ -251,16 +269,14 @@ void latent_backward_flat(const FlatInputs<T>& in, const EpsSource<T>& eps_sourc
   at::parallel_for(0, flat_blocks(R), block_grain(D * (K + 2)), [&](int64_t b_begin, int64_t b_end) {
     const int64_t cap = std::min(kFlatBlockRows, R) * D, prior_cap = has_prior ? cap : 0;
     std::vector<T> sigma(cap), log_sigma(cap), dlog(cap), dsigma(cap), acc_g(cap), acc_ge(cap), eps_buf(cap),
-        row_a(cap), row_b(cap), inv_psigma(prior_cap), plog_sigma(prior_cap), pdlog(prior_cap), acc_pmu(prior_cap),
-        acc_plog(prior_cap);
+        row_a(cap), row_b(cap), row_z(g.gz_per_row ? cap : 0), inv_psigma(prior_cap), plog_sigma(prior_cap),
+        pdlog(prior_cap), acc_pmu(prior_cap), acc_plog(prior_cap);
     NoiseBlock<T> noise(D, eps_source.channels);
     const T zero(0);
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const int64_t r0 = b * kFlatBlockRows, n_rows = std::min(kFlatBlockRows, R - r0), n = n_rows * D;
-      const T* m = in.mu + r0 * D;
-      const T* s = in.scale + r0 * D;
-      const T* pm = has_prior ? in.prior_mu + r0 * D : nullptr;
-      const T* ps = has_prior ? in.prior_scale + r0 * D : nullptr;
+      const FlatBlock<T> block(in, b, R, D);
+      const int64_t r0 = block.r0, n_rows = block.n_rows, n = block.n;
+      const T *m = block.mu, *s = block.scale, *pm = block.prior_mu, *ps = block.prior_scale;
       for_flat<W>(n, [&](int64_t j, int64_t c) {
         const auto t = core::sigma_terms<V>(V::loadu(s + j, c), param, true);
         t.sigma.store(sigma.data() + j, c);
@@ -282,15 +298,20 @@ void latent_backward_flat(const FlatInputs<T>& in, const EpsSource<T>& eps_sourc
       }
       for (int64_t k = 0; k < K; ++k) {
         const T* e = flat_eps(eps_source, noise, eps_buf.data(), r0, n_rows, k);
-        const T* gz_k = g.gz && !g.gz_uniform ? g.gz + (k * R + r0) * D : nullptr;
-        const V gz_all(g.gz_uniform ? *g.gz : zero);
+        const T* gz_k = nullptr;
+        if (g.gz_per_row) {
+          spread_rows(g.gz + k * g.gz_sk + r0 * g.gz_sr, g.gz_sr, n_rows, D, row_z.data());
+          gz_k = row_z.data();
+        } else if (g.gz) {
+          gz_k = g.gz + (k * R + r0) * D;
+        }
         if (g.gp) spread_rows(g.gp + k * g.gp_sk + r0 * g.gp_sr, g.gp_sr, n_rows, D, row_a.data());
         const bool stl_q = stl && g.gq;
         if (stl_q) spread_rows(g.gq + k * g.gq_sk + r0 * g.gq_sr, g.gq_sr, n_rows, D, row_b.data());
         for_flat<W>(n, [&](int64_t j, int64_t c) {
           const V ev = V::loadu(e + j, c);
           const V sig = V::loadu(sigma.data() + j, c);
-          V grad = gz_k ? V::loadu(gz_k + j, c) : gz_all;
+          V grad = gz_k ? V::loadu(gz_k + j, c) : V(zero);
           if (g.gp) {
             const V gp_v = V::loadu(row_a.data() + j, c);
             const V zv = V::loadu(m + j, c) + sig * ev;
