@@ -59,7 +59,17 @@ struct Flattening {
   // the kernels take them.
   at::Tensor flat(const at::Tensor& t) const {
     const int64_t first = t.dim() - event_dims;
-    return channels == 1 ? t.flatten(first) : t.movedim(first, -1).flatten(first);
+    if (channels == 1) {
+      // One strided run (NCHW, the common case): the view by one as_strided, not flatten's three
+      // dispatched ops (flatten, reshape, view), which a small layer pays several times a step.
+      at::DimVector sizes(t.sizes().begin(), t.sizes().begin() + first);
+      sizes.push_back(c10::multiply_integers(t.sizes().slice(first)));
+      if (const auto strides = at::detail::computeStride(t.sizes(), t.strides(), sizes)) {
+        return t.as_strided(sizes, *strides);
+      }
+      return t.flatten(first);  // a copy
+    }
+    return t.movedim(first, -1).flatten(first);
   }
 
   std::optional<at::Tensor> flat(const std::optional<at::Tensor>& t) const {
@@ -69,7 +79,12 @@ struct Flattening {
 
   // The inverse of flat: t (..., D) back to `sizes` (channels-last strides when channels > 1).
   at::Tensor unflat(const at::Tensor& t, at::IntArrayRef sizes) const {
-    if (channels == 1) return t.reshape(sizes);
+    if (channels == 1) {
+      if (const auto strides = at::detail::computeStride(t.sizes(), t.strides(), sizes)) {
+        return t.as_strided(sizes, *strides);  // (as flat: one op for reshape's view)
+      }
+      return t.reshape(sizes);
+    }
     const int64_t first = static_cast<int64_t>(sizes.size()) - event_dims;
     std::vector<int64_t> moved(sizes.begin(), sizes.end());
     std::rotate(moved.begin() + first, moved.begin() + first + 1, moved.end());

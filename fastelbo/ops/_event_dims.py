@@ -126,7 +126,7 @@ def layout_for(mu: torch.Tensor, dim) -> EventLayout | None:
         dim = tuple(dim)
     if torch.compiler.is_compiling():  # traced once: no cache (dynamo would trace through it, and warn)
         return _layout(tuple(mu.shape), dim)
-    if type(dim) is int or (type(dim) is tuple and all(type(d) is int for d in dim)):
+    if type(dim) is int or (type(dim) is tuple and _INT_ONLY.issuperset(map(type, dim))):
         return _cached_layout(tuple(mu.shape), dim)  # (not 1.0 or True: equal to 1 as dict keys)
     return _layout(tuple(mu.shape), dim)  # event_dims names what is wrong
 
@@ -137,6 +137,7 @@ def _layout(shape: tuple, dim) -> EventLayout | None:
 
 
 _cached_layout = functools.lru_cache(maxsize=256)(_layout)
+_INT_ONLY = frozenset((int,))  # a dim tuple's element types (bool is not int here)
 
 
 def check_event_dims(ndim: int, event_dims: int, op: str = "fastelbo.gaussian_latent") -> None:

@@ -210,7 +210,7 @@ def _unflat(layout, flat: TracedLatent, n_samples) -> TracedLatent:
 def _traced(out, name: str, inputs: tuple) -> TracedLatent:
     """The Latent of an op's outputs, with the backend and the arguments (the seed the op drew in
     place of None) that DReG reads."""
-    latent = TracedLatent(*out[:4])
+    latent = tuple.__new__(TracedLatent, out[:4])  # (TracedLatent(*out[:4]) without the namedtuple's Python __new__)
     latent.backend = name
     if inputs[-1] is None and inputs[-2] is None:  # neither seed nor eps: the kernel drew the seed
         inputs = (*inputs[:-1], out[4])
