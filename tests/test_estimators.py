@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import fastelbo as fe
-from helpers import generator, rand, randn
+from fastelbo.testing import TOLERANCES
+from helpers import BACKENDS, DEVICE, generator, rand, randn
 
 
 class TinyVAE(torch.nn.Module):
@@ -53,6 +54,27 @@ def test_iwae_stable_for_very_negative_log_weights():
     want = torch.log(torch.exp(shifted).mean(0)) - 1e6
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), want, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("level", [-7000.0, -1e6])
+def test_iwae_gradient_weights_are_normalized_at_large_log_weights(backend, level, seed):
+    """The IWAE gradient's weights w~_k = softmax_k log w in float32 where the log-weights are large
+    (a CIFAR image's log-likelihood is about -7000 nats): exp(log w - logsumexp) inherits the rounding
+    of logsumexp (ulp(7000) = 4.9e-4; at -1e6, 0.0625), so the weights would be off by that relative
+    error and not sum to 1; exp(log w - max) / sum_k exp(log w_k - max) is exact to a few ulp. Both
+    the reference (the oracle) and the kernels."""
+    g = generator(seed, DEVICE)
+    k, rows = 4, 16
+    log_lik = (level + randn(g, k, rows, scale=3.0)).float().requires_grad_()
+    zeros = torch.zeros(k, rows, device=DEVICE)
+    lat = fe.Latent(torch.zeros(k, rows, 1, device=DEVICE), zeros, zeros, torch.zeros(rows, device=DEVICE))
+    grad, = torch.autograd.grad(fe.elbo(log_lik, lat, estimator="iwae", backend=backend).sum(), log_lik)
+    truth = torch.softmax(log_lik.detach().double(), 0)
+    tol = TOLERANCES[torch.float32]["bwd"]
+    torch.testing.assert_close(grad.double(), truth, rtol=tol.rtol, atol=tol.atol)
+    # the weights of each data point sum to 1 within float32 rounding of K terms
+    torch.testing.assert_close(grad.double().sum(0), torch.ones(rows, dtype=torch.float64), rtol=0, atol=k * 2.0**-23)
 
 
 def test_elbo_formulas_by_hand(seed):

@@ -4,8 +4,9 @@ log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), beta = beta_hi + beta_lo, lo
     MODE 0, elbo with MC KL:       mean_k [log p(x|z_k) + beta (log p(z_k) - log q(z_k|x))]
     MODE 1, elbo with analytic KL: mean_k log p(x|z_k) - beta kl
     MODE 2, iwae:                  logsumexp_k log w_k - log K, by an online max-shifted sum, and
-                                   the normalized weights w~_k = exp(log w_k - logsumexp) that
-                                   the backward pass multiplies the incoming gradient by.
+                                   the normalized weights w~_k = exp(log w_k - max) / sum_j
+                                   exp(log w_j - max) (exp(log w_k - logsumexp) where the max is
+                                   infinite) that the backward pass multiplies the incoming gradient by.
 """
 import triton
 import triton.language as tl
@@ -46,7 +47,10 @@ def elbo_kernel(
             log_w = (tl.load(ll_ptr + offs, mask=mask, other=0.0).to(DTYPE)
                      + tl.load(lp_ptr + offs, mask=mask, other=0.0).to(DTYPE)
                      - tl.load(lq_ptr + offs, mask=mask, other=0.0).to(DTYPE))
-            tl.store(w_ptr + offs, tl.exp(log_w - lse), mask=mask)
+            # normalized by the sum itself, not as exp(log w - lse): lse is rounded at the log-weights'
+            # magnitude (ulp(7000) = 4.9e-4 in float32), and so would every weight be
+            weight = tl.where(infinite, tl.exp(log_w - lse), tl.exp(log_w - run_max) / run_sum)
+            tl.store(w_ptr + offs, weight, mask=mask)
     else:
         acc = tl.zeros((BLOCK_R,), dtype=DTYPE)
         for k in range(K):

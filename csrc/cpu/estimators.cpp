@@ -5,7 +5,8 @@
 //   mode 1, elbo with analytic KL: mean_k log p(x|z_k) - beta kl
 //   mode 2, iwae:                  logsumexp_k log w_k - log K (max-shifted: stable for log-weights
 //                                  of -1e6; all -inf gives -inf) and the normalized weights
-//                                  w~_k = exp(log w_k - logsumexp) the backward pass multiplies by.
+//                                  w~_k = exp(log w_k - max) / sum_j exp(log w_j - max) the backward
+//                                  pass multiplies by (exp(log w_k - logsumexp) where the max is infinite).
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -51,9 +52,13 @@ void elbo_kernel(const Tensor& ll, const Tensor& lq, const Tensor& lp, const Ten
         // A NaN never wins the max, but makes the sum (and lse) NaN.
         const T lse = std::isinf(run_max) && !std::isnan(sum) ? run_max : shift + std::log(sum);
         out_ptr[r] = lse - log_k;
+        // The weights normalized by the sum itself, not as exp(log w - lse): lse is rounded at the
+        // log-weights' magnitude (ulp(7000) = 4.9e-4 in float32), and so would every weight be.
+        const bool finite = !std::isinf(run_max);
         for (int64_t k = 0; k < K; ++k) {
           const int64_t i = k * R + r;
-          w_ptr[i] = std::exp(ll_ptr[i] + lp_ptr[i] - lq_ptr[i] - lse);
+          const T log_w = ll_ptr[i] + lp_ptr[i] - lq_ptr[i];
+          w_ptr[i] = finite ? std::exp(log_w - shift) / sum : std::exp(log_w - lse);
         }
       } else {
         T acc = 0;

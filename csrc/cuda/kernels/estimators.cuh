@@ -28,7 +28,8 @@ struct EstimateParams {
 //   mode 1, elbo with analytic KL: mean_k log p(x|z_k) - beta kl
 //   mode 2, iwae:                  logsumexp_k log w_k - log K by an online max-shifted sum
 //                                  (exact at log w = -1e6; -inf when every log w_k is -inf), and
-//                                  the normalized weights w~_k = exp(log w_k - logsumexp).
+//                                  the normalized weights w~_k = exp(log w_k - max) / sum_j exp(log w_j - max)
+//                                  (exp(log w_k - logsumexp) where the max is infinite).
 // Grid: flat_blocks(R) blocks of kBlock threads, grid-stride over the rows.
 template <typename T>
 __global__ void __launch_bounds__(kBlock) elbo_kernel(const EstimateParams<T> p) {
@@ -52,10 +53,12 @@ __global__ void __launch_bounds__(kBlock) elbo_kernel(const EstimateParams<T> p)
       const bool infinite = run_max == neg_inf<T>() || run_max == -neg_inf<T>();
       const T lse = infinite && run_sum == run_sum ? run_max : run_max + core::Ops<T>::log(run_sum);
       p.out[r] = lse - static_cast<T>(p.log_k);
+      // The weights normalized by the sum itself, not as exp(log w - lse): lse is rounded at the
+      // log-weights' magnitude (ulp(7000) = 4.9e-4 in float32), and so would every weight be.
       for (int64_t k = 0; k < K; ++k) {
         const int64_t i = k * R + r;
         const T log_w = p.log_lik[i] + p.log_p[i] - p.log_q[i];
-        p.weights[i] = core::Ops<T>::exp(log_w - lse);
+        p.weights[i] = infinite ? core::Ops<T>::exp(log_w - lse) : core::Ops<T>::exp(log_w - run_max) / run_sum;
       }
     } else {
       T acc = T(0);
