@@ -77,6 +77,17 @@ def test_iwae_gradient_weights_are_normalized_at_large_log_weights(backend, leve
     torch.testing.assert_close(grad.double().sum(0), torch.ones(rows, dtype=torch.float64), rtol=0, atol=k * 2.0**-23)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("estimator", ["iwae", "dreg"])
+def test_iwae_without_samples_is_an_error_naming_log_lik(backend, estimator):
+    """K = 0 samples (a hand-built Latent): a ValueError naming log_lik on every backend (it was
+    math.log(0)'s "math domain error" on some and NaN on others)."""
+    empty = torch.zeros(0, 3, device=DEVICE)
+    lat = fe.Latent(torch.zeros(0, 3, 2, device=DEVICE), empty, empty, torch.zeros(3, device=DEVICE))
+    with pytest.raises(ValueError, match="log_lik.*at least one sample"):
+        fe.elbo(empty, lat, estimator=estimator, backend=backend)
+
+
 def test_elbo_formulas_by_hand(seed):
     model, x, eps = _setup(seed)
     mu, lv = model.encode(x)

@@ -775,7 +775,7 @@ def _tolerance(dtype, phase, truth):
 
 
 def _judge(label: str, actual: list, truth: list, ref: list, case: Case, backend: str, phase: str,
-           undefined: bool = False) -> None:
+           indeterminate: list | None = None) -> None:
     """fastelbo.testing.compare's rule in the coarser of the case's dtype and the result's (a
     float16 x gets a float16 gradient), and a float32 / float64 result of half inputs (a
     log-density) at least to the table of the precision it was computed in: its own dtype's, but
@@ -788,9 +788,10 @@ def _judge(label: str, actual: list, truth: list, ref: list, case: Case, backend
     there a NaN of the reference's autograd (0 * inf, inf / inf at an infinite input) says nothing
     of the limit a kernel may compute, so only the reference's finite gradients are judged. Where
     the truth overflows the result's dtype (a float16 gradient summed over many elements), the
-    result must be that infinity. Where the reference's forward holds a NaN (`undefined`: log p of
-    a zero variance at the mean's distance), an infinite gradient of a non-finite input's case may
-    also be NaN: a broadcast logvar's gradient sums terms like g_i d_i^2 exp(-logvar), which the
+    result must be that infinity. `indeterminate` (given only where the reference's forward holds
+    a NaN: log p of a zero variance at the mean's distance) marks, per gradient, the elements of a
+    broadcast input that are themselves non-finite: there an infinite reference gradient may be
+    NaN. A broadcast logvar's gradient sums terms like g_i d_i^2 exp(-logvar), which the
     reference's autograd factors as exp(-logvar) * sum(g_i d_i^2) = inf and a kernel sums per
     element as inf - inf = NaN; both evaluate an indeterminate form of an undefined loss."""
     assert len(actual) == len(truth), f"{label}: {len(actual)} results, the reference has {len(truth)}\n{case}"
@@ -807,8 +808,8 @@ def _judge(label: str, actual: list, truth: list, ref: list, case: Case, backend
         known = ~overflow
         if phase == "bwd" and case.nonfinite:
             known &= ~torch.isnan(t64)
-            if undefined:
-                known &= ~(torch.isinf(t64) & torch.isnan(a))
+            if indeterminate is not None:
+                known &= ~(indeterminate[i] & torch.isinf(t64) & torch.isnan(a))
         a, t64, r64 = a[known], t64[known], r64[known]
         ref_error = float((r64 - t64).abs().nan_to_num(0.0).max()) if t64.numel() else 0.0
         own_error = HALF_FACTOR * ref_error + HALF_FLOOR[phase]
@@ -837,6 +838,17 @@ def _names(argument: str, message: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(argument)}(?!\w)", message) is not None
 
 
+def _indeterminate(case: Case, truth: Outcome) -> list | None:
+    """Per gradient (the inputs that require grad, in _attempt's order): the non-finite elements of
+    an input broadcast against a larger one (its gradient a sum), where the reference's forward
+    holds a NaN; None otherwise (see _judge)."""
+    if not any(bool(torch.isnan(out).any()) for out in truth.outputs):
+        return None
+    largest = max((t.numel() for t in case.tensors.values() if t.is_floating_point()), default=0)
+    return [~torch.isfinite(t.detach()) if t.numel() < largest else torch.zeros(t.shape, dtype=torch.bool)
+            for t in case.tensors.values() if t.requires_grad]
+
+
 def check(case: Case, backend: str) -> None:
     """The property (module docstring) for one case on one backend."""
     before = _snapshot(case.tensors)
@@ -860,8 +872,7 @@ def check(case: Case, backend: str) -> None:
     truth = _attempt(case, _upcast(case.tensors), "reference")
     assert truth.error is None, f"the reference rejects the float64 copy: {truth.error}\n{case}"
     _judge("outputs", got.outputs, truth.outputs, ref.outputs, case, backend, "fwd")
-    undefined = any(bool(torch.isnan(out).any()) for out in truth.outputs)
-    _judge("gradients", got.grads, truth.grads, ref.grads, case, backend, "bwd", undefined)
+    _judge("gradients", got.grads, truth.grads, ref.grads, case, backend, "bwd", _indeterminate(case, truth))
 
 
 # ---- the tests ----

@@ -63,6 +63,9 @@ def _check(log_lik, latent, kl, estimator, beta) -> float:
             raise ValueError(f"beta must be 1 with estimator={estimator!r} (got {beta})")
         if kl != "mc":
             raise ValueError(f"kl must be 'mc' with estimator={estimator!r}: the bound uses log p - log q per sample")
+        if latent.log_q.dim() == latent.kl.dim() + 1 and log_lik.shape[0] == 0:
+            raise ValueError(f"log_lik: estimator={estimator!r} needs at least one sample; log_lik's sample dim "
+                             f"(its first, K) is 0")
     if V.active:
         V.finite("log_lik", log_lik)
     return beta
@@ -164,9 +167,7 @@ def iwae(log_lik, log_q, log_p):
     as the kernels do."""
     dtype = torch.promote_types(log_lik.dtype, log_q.dtype)
     log_w = log_lik.to(dtype) + log_p.to(dtype) - log_q.to(dtype)
-    if log_w.shape[0] == 0:  # no samples (amax has no max to take): as before
-        return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
-    m = log_w.detach().amax(0)
+    m = log_w.detach().amax(0)  # (K >= 1: fe.elbo refuses K = 0)
     finite = torch.isfinite(m)
     # (the other rows' shifted log-weights zeroed: their exp must not make the unused branch's gradient NaN)
     shifted = torch.where(finite, log_w - torch.where(finite, m, 0.0), 0.0)
