@@ -20,8 +20,7 @@ void gaussian_kl_forward_kernel(const LatentRows& rows, int64_t param, bool per_
   T* out_ptr = out.data_ptr<T>();
   if constexpr (std::is_same_v<scalar_t, T>) {
     if (flat_rows<scalar_t>(rows)) {
-      kl_forward_flat<T>(FlatInputs<T>{in.ptr[0], in.ptr[1], in.ptr[2], in.ptr[3]}, static_cast<int>(param), R, D,
-                         per_dim, out_ptr);
+      kl_forward_flat<T>(flat_inputs(in), static_cast<int>(param), R, D, per_dim, out_ptr);
       return;
     }
   }
@@ -56,12 +55,8 @@ void gaussian_kl_backward_kernel(const LatentRows& rows, const Tensor& grad, int
   const int64_t g_sr = grad.stride(0), g_sd = per_dim ? grad.stride(1) : 0;
   if constexpr (std::is_same_v<scalar_t, T>) {
     if (flat_rows<scalar_t>(rows) && (!per_dim || grad.is_contiguous())) {
-      TORCH_INTERNAL_ASSERT(R == 1 || !(out.pm_shared || out.ps_shared));  // per-row prior buffers (flat_rows)
-      const FlatOutGrads<T> flat_out{out.mu.data_ptr<T>(), out.scale.data_ptr<T>(),
-                                     has_prior ? out.prior_mu.data_ptr<T>() : nullptr,
-                                     has_prior ? out.prior_scale.data_ptr<T>() : nullptr};
-      kl_backward_flat<T>(FlatInputs<T>{in.ptr[0], in.ptr[1], in.ptr[2], in.ptr[3]}, static_cast<int>(param), R, D,
-                          per_dim, g_ptr, g_sr, flat_out);
+      kl_backward_flat<T>(flat_inputs(in), static_cast<int>(param), R, D, per_dim, g_ptr, g_sr,
+                          flat_out_grads<T>(out, R));
       return;
     }
   }

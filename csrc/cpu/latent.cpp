@@ -103,9 +103,8 @@ void gaussian_latent_forward_kernel(const LatentRows& rows, const Tensor& eps, c
   const EpsSource<T> eps_source(eps, seed, R, D, channels);
   if constexpr (std::is_same_v<scalar_t, T>) {
     if (flat_rows<scalar_t>(rows)) {
-      latent_forward_flat<T>(FlatInputs<T>{in.ptr[0], in.ptr[1], in.ptr[2], in.ptr[3]}, eps_source,
-                             static_cast<int>(param), k_samples, R, D, z.data_ptr<T>(), log_q.data_ptr<T>(),
-                             log_p.data_ptr<T>(), kl.data_ptr<T>());
+      latent_forward_flat<T>(flat_inputs(in), eps_source, static_cast<int>(param), k_samples, R, D, z.data_ptr<T>(),
+                             log_q.data_ptr<T>(), log_p.data_ptr<T>(), kl.data_ptr<T>());
       return;
     }
   }
@@ -219,12 +218,8 @@ void gaussian_latent_backward_kernel(const LatentRows& rows, const LatentGrads& 
     if (flat_path && (!gz || gz_per_row || flat_gz.is_contiguous())) {
       const FlatGrads<T> flat{gz ? flat_gz.const_data_ptr<T>() : nullptr, gz_per_row, gz_sk, gz_sr, gq, gq_sk, gq_sr,
                               gp, gp_sk, gp_sr, gk, gk_sr};
-      TORCH_INTERNAL_ASSERT(R == 1 || !(out.pm_shared || out.ps_shared));  // per-row prior buffers (flat_rows)
-      const FlatOutGrads<T> flat_out{out.mu.data_ptr<T>(), out.scale.data_ptr<T>(),
-                                     has_prior ? out.prior_mu.data_ptr<T>() : nullptr,
-                                     has_prior ? out.prior_scale.data_ptr<T>() : nullptr};
-      latent_backward_flat<T>(FlatInputs<T>{in.ptr[0], in.ptr[1], in.ptr[2], in.ptr[3]}, eps_source,
-                              static_cast<int>(param), K, R, D, stl, flat, flat_out);
+      latent_backward_flat<T>(flat_inputs(in), eps_source, static_cast<int>(param), K, R, D, stl, flat,
+                              flat_out_grads<T>(out, R));
       return;
     }
   }

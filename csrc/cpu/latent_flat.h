@@ -259,6 +259,21 @@ struct FlatOutGrads {
   T* prior_scale;
 };
 
+// The flat kernels' inputs and gradient buffers from the per-row path's (flat_rows<T> holds: the
+// inputs contiguous, a prior given per row, so its gradient buffers are per row, never shared).
+template <typename T>
+FlatInputs<T> flat_inputs(const RowInputs<T>& in) {
+  return FlatInputs<T>{in.ptr[0], in.ptr[1], in.ptr[2], in.ptr[3]};
+}
+
+template <typename T>
+FlatOutGrads<T> flat_out_grads(const PosteriorGrads& out, int64_t R) {
+  TORCH_INTERNAL_ASSERT(R == 1 || !(out.pm_shared || out.ps_shared));  // per-row prior buffers
+  return FlatOutGrads<T>{out.mu.data_ptr<T>(), out.scale.data_ptr<T>(),
+                         out.has_prior ? out.prior_mu.data_ptr<T>() : nullptr,
+                         out.has_prior ? out.prior_scale.data_ptr<T>() : nullptr};
+}
+
 template <typename T>
 void latent_backward_flat(const FlatInputs<T>& in, const EpsSource<T>& eps_source, int param, int64_t K, int64_t R,
                           int64_t D, bool stl, const FlatGrads<T>& g, const FlatOutGrads<T>& out) {
@@ -386,20 +401,19 @@ void kl_forward_flat(const FlatInputs<T>& in, int param, int64_t R, int64_t D, b
   at::parallel_for(0, flat_blocks(R), block_grain(D * 4), [&](int64_t b_begin, int64_t b_end) {
     std::vector<T> terms(per_dim ? 0 : std::min(kFlatBlockRows, R) * D);
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const int64_t r0 = b * kFlatBlockRows, n_rows = std::min(kFlatBlockRows, R - r0), n = n_rows * D;
-      T* dst = per_dim ? out + r0 * D : terms.data();
-      for_flat<W>(n, [&](int64_t j, int64_t c) {
-        const int64_t at = r0 * D + j;
-        const V mv = V::loadu(in.mu + at, c);
-        const V log_sigma = core::sigma_terms<V>(V::loadu(in.scale + at, c), param, false).log_sigma;
+      const FlatBlock<T> block(in, b, R, D);
+      T* dst = per_dim ? out + block.r0 * D : terms.data();
+      for_flat<W>(block.n, [&](int64_t j, int64_t c) {
+        const V mv = V::loadu(block.mu + j, c);
+        const V log_sigma = core::sigma_terms<V>(V::loadu(block.scale + j, c), param, false).log_sigma;
         if constexpr (has_prior) {
-          const auto p = core::prior_terms<V>(V::loadu(in.prior_scale + at, c), param, false);
-          kl_elem(log_sigma - p.log_sigma, (mv - V::loadu(in.prior_mu + at, c)) * p.inv_sigma).store(dst + j, c);
+          const auto p = core::prior_terms<V>(V::loadu(block.prior_scale + j, c), param, false);
+          kl_elem(log_sigma - p.log_sigma, (mv - V::loadu(block.prior_mu + j, c)) * p.inv_sigma).store(dst + j, c);
         } else {
           kl_elem(log_sigma, mv).store(dst + j, c);
         }
       });
-      if (!per_dim) row_sums(terms.data(), n_rows, D, T(0), out + r0);
+      if (!per_dim) row_sums(terms.data(), block.n_rows, D, T(0), out + block.r0);
     }
   });
   });
@@ -416,17 +430,17 @@ void kl_backward_flat(const FlatInputs<T>& in, int param, int64_t R, int64_t D, 
   at::parallel_for(0, flat_blocks(R), block_grain(D * 4), [&](int64_t b_begin, int64_t b_end) {
     std::vector<T> spread(per_dim ? 0 : std::min(kFlatBlockRows, R) * D);
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const int64_t r0 = b * kFlatBlockRows, n_rows = std::min(kFlatBlockRows, R - r0), n = n_rows * D;
-      const T* g = per_dim ? grad + r0 * D : spread.data();
-      if (!per_dim) spread_rows(grad + r0 * g_sr, g_sr, n_rows, D, spread.data());
-      for_flat<W>(n, [&](int64_t j, int64_t c) {
-        const int64_t at = r0 * D + j;
+      const FlatBlock<T> block(in, b, R, D);
+      const T* g = per_dim ? grad + block.r0 * D : spread.data();
+      if (!per_dim) spread_rows(grad + block.r0 * g_sr, g_sr, block.n_rows, D, spread.data());
+      for_flat<W>(block.n, [&](int64_t j, int64_t c) {
+        const int64_t at = block.r0 * D + j;
         const V gv = V::loadu(g + j, c);
-        const V mv = V::loadu(in.mu + at, c);
-        const auto t = core::sigma_terms<V>(V::loadu(in.scale + at, c), param, true);
+        const V mv = V::loadu(block.mu + j, c);
+        const auto t = core::sigma_terms<V>(V::loadu(block.scale + j, c), param, true);
         if constexpr (has_prior) {
-          const auto p = core::prior_terms<V>(V::loadu(in.prior_scale + at, c), param, true);
-          const V delta = (mv - V::loadu(in.prior_mu + at, c)) * p.inv_sigma;
+          const auto p = core::prior_terms<V>(V::loadu(block.prior_scale + j, c), param, true);
+          const V delta = (mv - V::loadu(block.prior_mu + j, c)) * p.inv_sigma;
           const V em = vexpm1(V(T(2)) * (t.log_sigma - p.log_sigma));
           const V g_mu = gv * delta * p.inv_sigma;
           g_mu.store(out.mu + at, c);
