@@ -108,6 +108,62 @@ def test_compiled_autograd_gives_the_same_gradients(seed):
         torch.testing.assert_close(t.grad, a)
 
 
+def _one_op(name, seed):
+    """(leaf, call) for op `name`: call(leaf) runs the op on the C++ library, the leaf asking for its
+    gradient, and returns the op's first output."""
+    ops = _ops()
+    g = generator(seed)
+    x, target = rand(g, 3, 7), torch.randint(0, 7, (3,), generator=g, device=g.device)
+    s, seed_t = rand(g, 3, 7, low=-1, high=1), rng.draw_seed(DEVICE, g)
+    calls = {
+        "gaussian_latent": lambda t: ops.gaussian_latent(t, s, None, None, None, seed_t, 0, 0, False)[1],
+        "gaussian_kl": lambda t: ops.gaussian_kl(t, s, None, None, 0, False),
+        "bernoulli_log_prob": lambda t: ops.bernoulli_log_prob(t, x, 1, True)[0],
+        "continuous_bernoulli_log_prob": lambda t: ops.continuous_bernoulli_log_prob(t, x, 1, True)[0],
+        "gaussian_log_prob": lambda t: ops.gaussian_log_prob(t, x, None, 0.5, 1, True)[0],
+        "categorical_log_prob": lambda t: ops.categorical_log_prob(t, target, 0, True)[0],
+        "elbo": lambda t: ops.elbo(t, t * 0.5, t * 0.25, t[0], 2, 1.0)[0],  # IWAE, K = 3
+        "discretized_logistic_mixture_log_prob": lambda t: ops.discretized_logistic_mixture_log_prob(
+            t, pixels, 1, 8, 0, True)[0],  # one component: params (3, 10), x (3, 3) in [-1, 1]
+    }
+    pixels = torch.randint(0, 256, (3, 3), generator=g, device=g.device).to(torch.float32) / 127.5 - 1
+    leaf = randn(g, 3, 10) if name == "discretized_logistic_mixture_log_prob" else randn(g, 3, 7)
+    return _leaf(leaf), calls[name]
+
+
+NODE_OPS = ["gaussian_latent", "gaussian_kl", "bernoulli_log_prob", "continuous_bernoulli_log_prob",
+            "gaussian_log_prob", "categorical_log_prob", "elbo", "discretized_logistic_mixture_log_prob"]
+
+
+@pytest.mark.parametrize("name", NODE_OPS)
+def test_the_autograd_nodes_keep_autograd_s_guarantees(name, seed):
+    """The ops' graph nodes are written as PyTorch's generated ones (csrc/binding/node.h), so they
+    must keep what a torch::autograd::Function gave for free: a second backward through a freed graph
+    is an error, an input modified in place after the forward is an error, forward-mode AD is a clear
+    error, and torch.func transforms refuse the op rather than differentiate it wrongly."""
+    leaf, call = _one_op(name, seed)
+    out = call(leaf)
+    assert out.grad_fn is not None and out.grad_fn.name().endswith("Backward")
+    out.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    with pytest.raises(RuntimeError, match="second time"):
+        out.sum().backward()
+    out = call(leaf)
+    with torch.no_grad():
+        leaf.add_(0.0)  # (a new version of a saved input)
+    saves_leaf = name in ("gaussian_latent", "gaussian_kl", "continuous_bernoulli_log_prob", "elbo",
+                          "discretized_logistic_mixture_log_prob")
+    if saves_leaf:
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.sum().backward()
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level(), pytest.raises(RuntimeError, match="forward-mode"):
+        call(fwad.make_dual(leaf.detach(), torch.ones_like(leaf)))
+    with pytest.raises(RuntimeError):
+        torch.func.grad(lambda t: call(t).sum())(leaf.detach())
+
+
 @pytest.mark.parametrize("name", ["gaussian_latent_backward", "gaussian_kl_backward", "gaussian_log_prob_backward"])
 def test_backward_kernels_are_an_error_to_differentiate(name, seed):
     """The backward kernels have an Autograd kernel (so PyTorch's fallback never warns): they run

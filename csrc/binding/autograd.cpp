@@ -1,7 +1,8 @@
 // The autograd of the fastelbo operators (schemas: schema.cpp), in C++ at the Autograd dispatch key,
-// as torchvision does for its ops: each differentiable op is a torch::autograd::Function whose
-// forward calls the op below autograd (the CPU or the CUDA kernel) and saves what its backward
-// needs, and whose backward calls the backward kernels. The Autograd key is device-independent, so
+// as PyTorch's generated autograd kernels are written: each differentiable op's Autograd kernel makes
+// a graph node (node.h), calls the op below autograd (the CPU or the CUDA kernel), sets the node as
+// its outputs' history and saves what the backward needs; the node's backward (the Op's `backward`
+// below) calls the backward kernels. The Autograd key is device-independent, so
 // the CUDA library (loaded after this one) gets the same autograd. The fakes stay in Python
 // (register_fake from each op's module in fastelbo/ops/), so torch.compile traces these ops.
 //
@@ -15,14 +16,14 @@
 //   discretized_logistic_mixture: grad_params = g b
 //   elbo:              mode 0 (elbo, MC KL), 1 (elbo, analytic KL), 2 (iwae: g w~)
 // Gradients go only to the inputs that need them, and undefined incoming gradients stay undefined
-// (materialize_grads off: no buffer is ever zero-filled).
+// (no buffer is ever zero-filled).
 //
 // Second order. When the backward itself is recorded (create_graph=True: grad mode is on inside
 // it), or a gradient buffer b has a gradient of its own (the backward of a recorded backward), the
 // backward calls the op's `*_backward_differentiable` composite op instead (schema.cpp), which
 // Python implements as CompositeImplicitAutograd with the rules of the ops' modules: autograd
 // records what it does, so higher derivatives are exact. The Bernoulli, Gaussian and categorical
-// buffers b are differentiable outputs, which ctx->save_for_backward saves as outputs, so the b
+// buffers b are differentiable outputs, which the node saves as its outputs, so the b
 // unpacked in a recorded backward carries this node's graph: g b is recorded on b, and its
 // derivative comes back here with a gradient for b (answered by the closed forms of d b/d params).
 // The latent, the KL, the continuous Bernoulli (b outside the graph, its logits kept) and the
@@ -34,7 +35,6 @@
 #include <ATen/SavedTensorHooks.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
@@ -42,13 +42,13 @@
 #include <optional>
 #include <tuple>
 
+#include "node.h"
 #include "op_handles.h"
 
 namespace fastelbo {
 namespace {
 
 using at::Tensor;
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using namespace ops;  // the op handles and tuple types (op_handles.h): gaussian_latent_op(), Tensor5, ...
 
@@ -74,25 +74,22 @@ bool requires_grad(const OptTensor& t) {
   return t.has_value() && requires_grad(*t);
 }
 
-// Whether autograd records the call (what torch::autograd::Function::apply decides): otherwise the
-// op runs below autograd directly, without a graph node.
-template <typename... T>
-bool recording(const T&... tensors) {
-  return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+bool has_tangent(const Tensor& t) {
+  return t.defined() && t._fw_grad(/*level=*/0).defined();
 }
 
-// ctx->needs_input_grad(i) counts the tensors given to forward (an absent optional has no edge);
-// this gives it by argument position, for the first N arguments (`given`: which are tensors).
-template <size_t N>
-std::array<bool, N> needs_by_argument(AutogradContext* ctx, const std::array<bool, N>& given) {
-  std::array<bool, N> needs{};
-  size_t edge = 0;
-  for (size_t i = 0; i < N; ++i) {
-    if (given[i]) {
-      needs[i] = ctx->needs_input_grad(edge++);
-    }
-  }
-  return needs;
+bool has_tangent(const OptTensor& t) {
+  return t.has_value() && has_tangent(*t);
+}
+
+// Whether autograd records the call: otherwise the op runs below autograd directly, without a graph
+// node. The ops have no forward-mode derivative: an argument carrying a tangent (a dual tensor of
+// torch.autograd.forward_ad) is an error, never a result without its tangent.
+template <class Op, typename... T>
+bool recording(const T&... tensors) {
+  TORCH_CHECK(!(has_tangent(tensors) || ...), "fastelbo: ", Op::kName,
+              " has no forward-mode derivative (jvp); the reference backend has one");
+  return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
 }
 
 // t reshaped with `n` trailing 1s: a per-row gradient broadcast over the event dims.
@@ -106,152 +103,135 @@ bool second_order(const Tensor& grad_buffer) {
   return at::GradMode::is_enabled() || grad_buffer.defined();
 }
 
-// A Function's outputs: (out, buffer) where the buffer is differentiable, else (out) with the buffer
-// set aside in *aside, outside the graph (an empty placeholder, the continuous Bernoulli's buffer,
-// the IWAE weights). Not ctx->mark_non_differentiable: compiled autograd asserts that a C++
-// Function marks no output.
-variable_list outputs(const Tensor& out, const Tensor& buffer, bool differentiable, Tensor* aside) {
-  if (differentiable) {
-    return {out, buffer};
-  }
-  *aside = buffer;
-  return {out};
-}
-
-Tensor2 with_aside(const variable_list& out, const Tensor& aside) {
-  return {out[0], out.size() > 1 ? out[1] : aside};
-}
-
 // The gradient of the buffer: only where it is an output.
 Tensor buffer_grad(const variable_list& grads) {
   return grads.size() > 1 ? grads[1] : Tensor();
 }
 
-void save_dtype(AutogradContext* ctx, const char* key, at::ScalarType dtype) {
-  ctx->saved_data[key] = static_cast<int64_t>(dtype);
-}
-
-at::ScalarType saved_dtype(AutogradContext* ctx, const char* key) {
-  return static_cast<at::ScalarType>(ctx->saved_data[key].toInt());
+// A likelihood's outputs (out, buffer) on its node: out differentiable, the buffer too where
+// `differentiable` (its gradient then comes back from a recorded backward); the buffer is saved first.
+template <class Op>
+void record_with_buffer(Recording<Op>& node, const Tensor2& out, bool differentiable) {
+  if (differentiable) {
+    node.outputs({std::get<0>(out), std::get<1>(out)});
+  } else {
+    node.outputs({std::get<0>(out)});
+  }
+  node.save(0, std::get<1>(out), differentiable);
 }
 
 // ---- latent ----
 
-struct GaussianLatentFunction : public torch::autograd::Function<GaussianLatentFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
-                               const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed,
-                               int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
-    Tensor5 out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
-    }
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["param"] = param;
-    ctx->saved_data["n_samples"] = n_samples;
-    ctx->saved_data["stl"] = stl;
-    ctx->saved_data["event_dims"] = event_dims;
-    // The backward regenerates eps from the seed: the caller's, or the one the op drew (its fifth output).
-    const Tensor& drawn = std::get<4>(out);
-    const Tensor used_seed = drawn.numel() == 1 ? drawn : or_undefined(seed);
-    // (The seed is int64, so autograd gives it no gradient without mark_non_differentiable, which
-    // compiled autograd refuses for C++ Functions.)
-    ctx->save_for_backward({mu, scale, or_undefined(prior_mu), or_undefined(prior_scale), or_undefined(eps), used_seed});
-    return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out), drawn};
-  }
+struct GaussianLatentOp {
+  static constexpr const char* kName = "GaussianLatentBackward";
+  static constexpr size_t kInputs = 4;     // mu, scale, prior_mu, prior_scale
+  static constexpr size_t kSaved = 6;      // the four, eps, seed
+  static constexpr size_t kConstants = 4;  // param, n_samples, stl, event_dims
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
+  static variable_list backward(const variable_list& saved, const Constants<GaussianLatentOp>& c,
+                                const variable_list& grads, const Needs<GaussianLatentOp>& needs) {
     const Tensor &mu = saved[0], &scale = saved[1], &prior_mu = saved[2], &prior_scale = saved[3];
     const Tensor &eps = saved[4], &seed = saved[5];
-    const int64_t param = ctx->saved_data["param"].toInt();
-    const int64_t n_samples = ctx->saved_data["n_samples"].toInt();
-    const bool stl = ctx->saved_data["stl"].toBool();
-    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
-    // (eps and seed come after the four differentiable arguments; seed may be the one the op drew)
-    const auto needs = needs_by_argument<4>(ctx, {true, true, prior_mu.defined(), prior_scale.defined()});
+    const int64_t param = c[0].toInt(), n_samples = c[1].toInt(), event_dims = c[3].toInt();
+    const bool stl = c[2].toBool();
     Tensor4 result;
     if (at::GradMode::is_enabled()) {
       result = gaussian_latent_backward_differentiable_op().call(
           opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu, scale, opt(prior_mu), opt(prior_scale),
-          opt(eps), opt(seed), param, n_samples, stl, event_dims, {needs[0], needs[1], needs[2], needs[3]});
+          opt(eps), opt(seed), param, n_samples, stl, event_dims, needs);
     } else {
       at::AutoDispatchBelowADInplaceOrView guard;
-      result = gaussian_latent_backward_op().call(opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu, scale,
-                                         opt(prior_mu), opt(prior_scale), opt(eps), opt(seed), param, n_samples, stl,
-                                         event_dims);
+      result = gaussian_latent_backward_op().call(opt(grads[0]), opt(grads[1]), opt(grads[2]), opt(grads[3]), mu,
+                                                  scale, opt(prior_mu), opt(prior_scale), opt(eps), opt(seed), param,
+                                                  n_samples, stl, event_dims);
     }
     return {if_needed(needs[0], std::get<0>(result)), if_needed(needs[1], std::get<1>(result)),
-            if_needed(needs[2], std::get<2>(result)), if_needed(needs[3], std::get<3>(result)),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            if_needed(needs[2], std::get<2>(result)), if_needed(needs[3], std::get<3>(result))};
   }
 };
 
-Tensor5 gaussian_latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
-                        const OptTensor& eps, const OptTensor& seed, int64_t param, int64_t n_samples, bool stl,
-                        int64_t event_dims) {
-  if (!recording(mu, scale, prior_mu, prior_scale, eps, seed)) {
+Tensor5 gaussian_latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
+                                 const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed,
+                                 int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
+  if (!recording<GaussianLatentOp>(mu, scale, prior_mu, prior_scale, eps, seed)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
   }
-  const variable_list out =
-      GaussianLatentFunction::apply(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
-  return {out[0], out[1], out[2], out[3], out[4]};
+  Recording<GaussianLatentOp> node(mu, scale, prior_mu, prior_scale);
+  Tensor5 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
+  }
+  node.outputs({std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)});
+  // The backward regenerates eps from the seed: the caller's, or the one the op drew (its fifth output,
+  // int64: no gradient).
+  const Tensor& drawn = std::get<4>(out);
+  node.save(0, mu);
+  node.save(1, scale);
+  node.save(2, or_undefined(prior_mu));
+  node.save(3, or_undefined(prior_scale));
+  node.save(4, or_undefined(eps));
+  node.save(5, drawn.numel() == 1 ? drawn : or_undefined(seed));
+  node.constants() = {param, n_samples, stl, event_dims};
+  return out;
 }
 
 // ---- analytic KL ----
 
-struct GaussianKlFunction : public torch::autograd::Function<GaussianKlFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
-                               const OptTensor& prior_scale, int64_t param, bool per_dim) {
-    Tensor out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
-    }
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["param"] = param;
-    ctx->saved_data["per_dim"] = per_dim;
-    ctx->save_for_backward({mu, scale, or_undefined(prior_mu), or_undefined(prior_scale)});
-    return {out};
-  }
+struct GaussianKlOp {
+  static constexpr const char* kName = "GaussianKlBackward";
+  static constexpr size_t kInputs = 4;     // mu, scale, prior_mu, prior_scale
+  static constexpr size_t kSaved = 4;      // the same
+  static constexpr size_t kConstants = 2;  // param, per_dim
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list backward(const variable_list& saved, const Constants<GaussianKlOp>& c,
+                                const variable_list& grads, const Needs<GaussianKlOp>& needs) {
     const Tensor& grad = grads[0];
     if (!grad.defined()) {
-      return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return {Tensor(), Tensor(), Tensor(), Tensor()};
     }
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &mu = saved[0], &scale = saved[1], &prior_mu = saved[2], &prior_scale = saved[3];
-    const int64_t param = ctx->saved_data["param"].toInt();
-    const bool per_dim = ctx->saved_data["per_dim"].toBool();
-    const auto needs = needs_by_argument<4>(ctx, {true, true, prior_mu.defined(), prior_scale.defined()});
+    const int64_t param = c[0].toInt();
+    const bool per_dim = c[1].toBool();
     Tensor4 result;
     if (at::GradMode::is_enabled()) {
-      result = gaussian_kl_backward_differentiable_op().call(grad, mu, scale, opt(prior_mu), opt(prior_scale), param, per_dim,
-                                                    needs);
+      result = gaussian_kl_backward_differentiable_op().call(grad, mu, scale, opt(prior_mu), opt(prior_scale), param,
+                                                             per_dim, needs);
     } else {
       at::AutoDispatchBelowADInplaceOrView guard;
       result = gaussian_kl_backward_op().call(grad, mu, scale, opt(prior_mu), opt(prior_scale), param, per_dim);
     }
     return {if_needed(needs[0], std::get<0>(result)), if_needed(needs[1], std::get<1>(result)),
-            if_needed(needs[2], std::get<2>(result)), if_needed(needs[3], std::get<3>(result)), Tensor(), Tensor()};
+            if_needed(needs[2], std::get<2>(result)), if_needed(needs[3], std::get<3>(result))};
   }
 };
 
-Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu, const OptTensor& prior_scale,
-                   int64_t param, bool per_dim) {
-  if (!recording(mu, scale, prior_mu, prior_scale)) {
+Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
+                            const OptTensor& prior_scale, int64_t param, bool per_dim) {
+  if (!recording<GaussianKlOp>(mu, scale, prior_mu, prior_scale)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
   }
-  return GaussianKlFunction::apply(mu, scale, prior_mu, prior_scale, param, per_dim)[0];
+  Recording<GaussianKlOp> node(mu, scale, prior_mu, prior_scale);
+  Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
+  }
+  node.outputs({out});
+  node.save(0, mu);
+  node.save(1, scale);
+  node.save(2, or_undefined(prior_mu));
+  node.save(3, or_undefined(prior_scale));
+  node.constants() = {param, per_dim};
+  return out;
 }
 
 // ---- Bernoulli and continuous Bernoulli ----
 // out = sum x l - (softplus(l) or the continuous Bernoulli's terms); the buffer is c d out/d l with c
 // the gradient the caller expects each row to receive (expected_grad, 1 by default), d out/d x = l.
-// One Function for the two ops (bernoulli_log_prob, continuous_bernoulli_log_prob).
+// One node for the two ops (bernoulli_log_prob, continuous_bernoulli_log_prob).
 
 Tensor2 binary_op(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad,
                   double expected_grad) {
@@ -283,7 +263,7 @@ bool saved_tensor_hooks_active() {
 }
 
 // Whether nothing but this node holds the buffer output it saved (`buffer`: unpacked in its
-// backward). An output of the Function is saved as a second TensorImpl on the same storage and
+// backward). An output of the node is saved as a second TensorImpl on the same storage and
 // unpacked as a third: the storage has two holders unless the op's caller kept the output (or a
 // view of it). (A buffer set aside instead, the continuous Bernoulli's, is saved as itself, among
 // holders this cannot tell apart from its caller's: it is never handed over.)
@@ -318,51 +298,33 @@ bool hand_over(const Tensor& buffer, bool buffer_output, const Tensor& grad_out,
          is_expected(grad_out, expected_grad, logits_dtype);
 }
 
-struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& x, int64_t event_dims,
-                               bool continuous, bool need_grad, double expected_grad, Tensor* aside) {
-    Tensor2 out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = binary_op(logits, x, event_dims, continuous, need_grad, expected_grad);
-    }
-    const Tensor& buffer = std::get<1>(out);
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["event_dims"] = event_dims;
-    ctx->saved_data["continuous"] = continuous;
-    // A buffer output (as outputs() below decides) that may be handed over (hand_over).
-    ctx->saved_data["buffer_output"] = need_grad && !continuous && !saved_tensor_hooks_active();
-    ctx->saved_data["expected_grad"] = expected_grad;
-    save_dtype(ctx, "logits_dtype", logits.scalar_type());
-    // d/dx of x l is l: keep the logits when a float x asks for its gradient, or for the continuous
-    // Bernoulli, whose buffer is not differentiable (its second derivative is recomputed from its
-    // logits). Without need_grad the buffer is an empty placeholder.
-    const bool keep_logits = x.requires_grad() || continuous;
-    ctx->save_for_backward({buffer, keep_logits ? logits : Tensor(), x});
-    return outputs(std::get<0>(out), buffer, need_grad && !continuous, aside);
-  }
+struct BinaryOp {
+  static constexpr const char* kName = "BinaryLogProbBackward";
+  static constexpr size_t kInputs = 2;     // logits, x
+  static constexpr size_t kSaved = 3;      // buffer, logits (where needed), x
+  static constexpr size_t kConstants = 5;  // event_dims, continuous, buffer_output, expected_grad, logits dtype
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list backward(const variable_list& saved, const Constants<BinaryOp>& c, const variable_list& grads,
+                                const Needs<BinaryOp>& needs) {
     const Tensor &grad_out = grads[0], grad_buffer = buffer_grad(grads);
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &buffer = saved[0], &logits = saved[1], &x = saved[2];
-    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
-    const at::ScalarType logits_dtype = saved_dtype(ctx, "logits_dtype");
-    const double expected_grad = ctx->saved_data["expected_grad"].toDouble();
-    const bool needs_logits = ctx->needs_input_grad(0), needs_x = ctx->needs_input_grad(1);
+    const int64_t event_dims = c[0].toInt();
+    const bool continuous = c[1].toBool(), buffer_output = c[2].toBool();
+    const double expected_grad = c[3].toDouble();
+    const auto logits_dtype = static_cast<at::ScalarType>(c[4].toInt());
+    const bool needs_logits = needs[0], needs_x = needs[1];
     if (second_order(grad_buffer)) {
-      const auto& op = ctx->saved_data["continuous"].toBool() ? continuous_bernoulli_backward_differentiable_op()
-                                                               : bernoulli_backward_differentiable_op();
-      auto [grad_logits, grad_x] =
-          op.call(opt(grad_out), opt(grad_buffer), buffer, opt(logits), x, event_dims, logits_dtype, expected_grad,
-                  {needs_logits, needs_x});
-      return {grad_logits, grad_x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      const auto& op = continuous ? continuous_bernoulli_backward_differentiable_op()
+                                  : bernoulli_backward_differentiable_op();
+      auto [grad_logits, grad_x] = op.call(opt(grad_out), opt(grad_buffer), buffer, opt(logits), x, event_dims,
+                                           logits_dtype, expected_grad, needs);
+      return {grad_logits, grad_x};
     }
     Tensor grad_logits, grad_x;
     if (grad_out.defined()) {
       const Tensor g = expand_events(grad_out, event_dims);
       if (needs_logits) {
-        if (owns_buffer(buffer, ctx->saved_data["buffer_output"].toBool(), grad_out, logits_dtype)) {
+        if (owns_buffer(buffer, buffer_output, grad_out, logits_dtype)) {
           // The buffer as the gradient: as it is, or scaled in place (no new tensor: nothing else holds it).
           grad_logits = buffer.detach();  // (the unpacked buffer has this node as its grad_fn)
           if (!is_expected(grad_out, expected_grad, logits_dtype)) {
@@ -376,20 +338,36 @@ struct BinaryFunction : public torch::autograd::Function<BinaryFunction> {
         grad_x = logits.mul(g).sum_to_size_symint(x.sym_sizes()).to(x.scalar_type());
       }
     }
-    return {grad_logits, grad_x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {grad_logits, grad_x};
   }
 };
 
 Tensor2 binary_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad,
                         double expected_grad) {
-  if (!recording(logits, x)) {
+  if (!recording<BinaryOp>(logits, x)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return binary_op(logits, x, event_dims, continuous, need_grad, expected_grad);
   }
-  Tensor aside;
-  const variable_list out =
-      BinaryFunction::apply(logits, x, event_dims, continuous, need_grad, expected_grad, &aside);
-  return with_aside(out, aside);
+  Recording<BinaryOp> node(logits, x);
+  Tensor2 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = binary_op(logits, x, event_dims, continuous, need_grad, expected_grad);
+  }
+  // The Bernoulli's buffer is a differentiable output (its gradient comes back from a recorded
+  // backward); the continuous Bernoulli's is not (its second derivative is recomputed from its
+  // logits), nor is the empty placeholder of need_grad=False.
+  const bool buffer_output = need_grad && !continuous;
+  record_with_buffer(node, out, buffer_output);
+  // d/dx of x l is l: keep the logits when a float x asks for its gradient, or for the continuous
+  // Bernoulli.
+  const bool keep_logits = x.requires_grad() || continuous;
+  node.save(1, keep_logits ? logits : Tensor());
+  node.save(2, x);
+  // A buffer output may be handed over (hand_over), unless saved-tensor hooks packed it.
+  node.constants() = {event_dims, continuous, buffer_output && !saved_tensor_hooks_active(), expected_grad,
+                      static_cast<int64_t>(logits.scalar_type())};
+  return out;
 }
 
 Tensor2 bernoulli_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool need_grad,
@@ -407,56 +385,37 @@ Tensor2 continuous_bernoulli_autograd(const Tensor& logits, const Tensor& x, int
 // d out/d v = ((b e^(v/2))^2 - 1)/2 (summed by the backward kernel where logvar is shared). The
 // buffer is c b, c = expected_grad, handed over as grad_mean where g == c, as the binary ones'.
 
-struct GaussianFunction : public torch::autograd::Function<GaussianFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& mean, const Tensor& x, const OptTensor& logvar,
-                               double logvar_value, int64_t event_dims, bool need_grad, double expected_grad,
-                               Tensor* aside) {
-    Tensor2 out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
-    }
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["logvar_value"] = logvar_value;
-    // A buffer output (as outputs() below decides) that may be handed over (hand_over).
-    ctx->saved_data["buffer_output"] = need_grad && !saved_tensor_hooks_active();
-    ctx->saved_data["expected_grad"] = expected_grad;
-    ctx->saved_data["event_dims"] = event_dims;
-    save_dtype(ctx, "mean_dtype", mean.scalar_type());
-    save_dtype(ctx, "x_dtype", x.scalar_type());
-    if (x.requires_grad()) {
-      ctx->saved_data["x_shape"] = x.sym_sizes();
-    }
-    ctx->save_for_backward({std::get<1>(out), or_undefined(logvar)});
-    return outputs(std::get<0>(out), std::get<1>(out), need_grad, aside);  // else an empty placeholder
-  }
+struct GaussianOp {
+  static constexpr const char* kName = "GaussianLogProbBackward";
+  static constexpr size_t kInputs = 3;  // mean, x, logvar
+  static constexpr size_t kSaved = 2;   // buffer, logvar
+  // logvar_value, buffer_output, expected_grad, event_dims, mean dtype, x dtype, x's shape (None unless x
+  // asks for its gradient)
+  static constexpr size_t kConstants = 7;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list backward(const variable_list& saved, const Constants<GaussianOp>& c,
+                                const variable_list& grads, const Needs<GaussianOp>& needs) {
     const Tensor &grad_out = grads[0], grad_buffer = buffer_grad(grads);
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &buffer = saved[0], &logvar = saved[1];
-    const double logvar_value = ctx->saved_data["logvar_value"].toDouble();
-    const double expected_grad = ctx->saved_data["expected_grad"].toDouble();
-    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
-    const at::ScalarType mean_dtype = saved_dtype(ctx, "mean_dtype"), x_dtype = saved_dtype(ctx, "x_dtype");
-    const auto needs = needs_by_argument<3>(ctx, {true, true, logvar.defined()});
-    const auto x_shape_entry = ctx->saved_data.find("x_shape");
-    const std::vector<c10::SymInt> x_shape =
-        x_shape_entry == ctx->saved_data.end() ? std::vector<c10::SymInt>() : x_shape_entry->second.toSymIntVector();
+    const double logvar_value = c[0].toDouble(), expected_grad = c[2].toDouble();
+    const bool buffer_output = c[1].toBool();
+    const int64_t event_dims = c[3].toInt();
+    const auto mean_dtype = static_cast<at::ScalarType>(c[4].toInt());
+    const auto x_dtype = static_cast<at::ScalarType>(c[5].toInt());
+    const std::vector<c10::SymInt> x_shape = c[6].isNone() ? std::vector<c10::SymInt>() : c[6].toSymIntVector();
     if (second_order(grad_buffer)) {
       auto [grad_mean, grad_x, grad_logvar] = gaussian_backward_differentiable_op().call(
           opt(grad_out), opt(grad_buffer), buffer, opt(logvar), logvar_value, event_dims, mean_dtype, x_shape, x_dtype,
           expected_grad, needs);
-      return {grad_mean, grad_x, grad_logvar, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return {grad_mean, grad_x, grad_logvar};
     }
     if (!grad_out.defined()) {
-      return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return {Tensor(), Tensor(), Tensor()};
     }
     const bool need_logvar = needs[2];  // only where logvar is a tensor
     // The buffer itself as grad_mean where it may be (hand_over); the kernel then writes no grad_mean.
-    const bool handed_over = needs[0] && !needs[1] &&
-                             hand_over(buffer, ctx->saved_data["buffer_output"].toBool(), grad_out, expected_grad,
-                                       mean_dtype);
+    const bool handed_over =
+        needs[0] && !needs[1] && hand_over(buffer, buffer_output, grad_out, expected_grad, mean_dtype);
     Tensor2 result;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -466,49 +425,52 @@ struct GaussianFunction : public torch::autograd::Function<GaussianFunction> {
     const Tensor& scaled = std::get<0>(result);
     Tensor grad_mean = handed_over ? buffer.detach() : needs[0] ? scaled.to(mean_dtype) : Tensor();
     Tensor grad_x = needs[1] ? scaled.neg().sum_to_size_symint(x_shape).to(x_dtype) : Tensor();  // d/dx = -d/dm
-    return {grad_mean, grad_x, if_needed(need_logvar, std::get<1>(result)), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor()};
+    return {grad_mean, grad_x, if_needed(need_logvar, std::get<1>(result))};
   }
 };
 
 Tensor2 gaussian_autograd(const Tensor& mean, const Tensor& x, const OptTensor& logvar, double logvar_value,
                           int64_t event_dims, bool need_grad, double expected_grad) {
-  if (!recording(mean, x, logvar)) {
+  if (!recording<GaussianOp>(mean, x, logvar)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
   }
-  Tensor aside;
-  const variable_list out =
-      GaussianFunction::apply(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad, &aside);
-  return with_aside(out, aside);
+  Recording<GaussianOp> node(mean, x, logvar);
+  Tensor2 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
+  }
+  record_with_buffer(node, out, need_grad);  // without need_grad the buffer is an empty placeholder
+  node.save(1, or_undefined(logvar));
+  // A buffer output may be handed over (hand_over), unless saved-tensor hooks packed it.
+  node.constants() = {logvar_value,
+                      need_grad && !saved_tensor_hooks_active(),
+                      expected_grad,
+                      event_dims,
+                      static_cast<int64_t>(mean.scalar_type()),
+                      static_cast<int64_t>(x.scalar_type()),
+                      x.requires_grad() ? c10::IValue(x.sym_sizes()) : c10::IValue()};
+  return out;
 }
 
 // ---- categorical ----
 // b = onehot(target) - softmax(logits) = d out/d logits.
 
-struct CategoricalFunction : public torch::autograd::Function<CategoricalFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& logits, const Tensor& target, int64_t event_dims,
-                               bool need_grad, Tensor* aside) {
-    Tensor2 out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = categorical_op().call(logits, target, event_dims, need_grad);
-    }
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["event_dims"] = event_dims;
-    save_dtype(ctx, "logits_dtype", logits.scalar_type());
-    ctx->save_for_backward({std::get<1>(out), target});
-    return outputs(std::get<0>(out), std::get<1>(out), need_grad, aside);  // else an empty placeholder
-  }
+struct CategoricalOp {
+  static constexpr const char* kName = "CategoricalLogProbBackward";
+  static constexpr size_t kInputs = 2;     // logits, target (integer: never a gradient)
+  static constexpr size_t kSaved = 2;      // buffer, target
+  static constexpr size_t kConstants = 2;  // event_dims, logits dtype
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list backward(const variable_list& saved, const Constants<CategoricalOp>& c,
+                                const variable_list& grads, const Needs<CategoricalOp>& needs) {
     const Tensor &grad_out = grads[0], grad_buffer = buffer_grad(grads);
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &buffer = saved[0], &target = saved[1];
-    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
-    const at::ScalarType logits_dtype = saved_dtype(ctx, "logits_dtype");
+    const int64_t event_dims = c[0].toInt();
+    const auto logits_dtype = static_cast<at::ScalarType>(c[1].toInt());
     Tensor grad_logits;
-    if (ctx->needs_input_grad(0)) {
+    if (needs[0]) {
       if (second_order(grad_buffer)) {
         grad_logits = categorical_backward_differentiable_op().call(opt(grad_out), opt(grad_buffer), buffer, target,
                                                                     event_dims, logits_dtype);
@@ -516,68 +478,72 @@ struct CategoricalFunction : public torch::autograd::Function<CategoricalFunctio
         grad_logits = buffer.mul(expand_events(grad_out, event_dims + 1)).to(logits_dtype);  // the class dim too
       }
     }
-    return {grad_logits, Tensor(), Tensor(), Tensor(), Tensor()};
+    return {grad_logits, Tensor()};
   }
 };
 
 Tensor2 categorical_autograd(const Tensor& logits, const Tensor& target, int64_t event_dims, bool need_grad) {
-  if (!recording(logits, target)) {
+  if (!recording<CategoricalOp>(logits, target)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return categorical_op().call(logits, target, event_dims, need_grad);
   }
-  Tensor aside;
-  const variable_list out = CategoricalFunction::apply(logits, target, event_dims, need_grad, &aside);
-  return with_aside(out, aside);
+  Recording<CategoricalOp> node(logits, target);
+  Tensor2 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = categorical_op().call(logits, target, event_dims, need_grad);
+  }
+  record_with_buffer(node, out, need_grad);  // without need_grad the buffer is an empty placeholder
+  node.save(1, target);
+  node.constants() = {event_dims, static_cast<int64_t>(logits.scalar_type())};
+  return out;
 }
 
 // ---- discretized logistic mixture ----
 // b = d out/d params (the channel dim last): grad_params = g b. The buffer is not differentiable;
 // the recorded backward differentiates the reference from the saved params.
 
-struct DmolFunction : public torch::autograd::Function<DmolFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& params, const Tensor& x, int64_t n_mix, int64_t bits,
-                               int64_t event_dims, bool need_grad, Tensor* aside) {
-    Tensor2 out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = dmol_op().call(params, x, n_mix, bits, event_dims, need_grad);
-    }
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["n_mix"] = n_mix;
-    ctx->saved_data["bits"] = bits;
-    ctx->saved_data["event_dims"] = event_dims;
-    save_dtype(ctx, "params_dtype", params.scalar_type());
-    ctx->save_for_backward({std::get<1>(out), params, x});
-    return outputs(std::get<0>(out), std::get<1>(out), false, aside);
-  }
+struct DmolOp {
+  static constexpr const char* kName = "DiscretizedLogisticMixtureLogProbBackward";
+  static constexpr size_t kInputs = 2;     // params, x (no gradient)
+  static constexpr size_t kSaved = 3;      // buffer, params, x
+  static constexpr size_t kConstants = 4;  // n_mix, bits, event_dims, params dtype
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list backward(const variable_list& saved, const Constants<DmolOp>& c, const variable_list& grads,
+                                const Needs<DmolOp>& needs) {
     const Tensor& grad_out = grads[0];
-    const variable_list saved = ctx->get_saved_variables();
     const Tensor &buffer = saved[0], &params = saved[1], &x = saved[2];
-    const int64_t event_dims = ctx->saved_data["event_dims"].toInt();
+    const int64_t event_dims = c[2].toInt();
     Tensor grad_params;
-    if (ctx->needs_input_grad(0) && grad_out.defined()) {
+    if (needs[0] && grad_out.defined()) {
       if (at::GradMode::is_enabled()) {
-        grad_params = dmol_backward_differentiable_op().call(grad_out, params, x, ctx->saved_data["n_mix"].toInt(),
-                                                             ctx->saved_data["bits"].toInt(), event_dims);
+        grad_params =
+            dmol_backward_differentiable_op().call(grad_out, params, x, c[0].toInt(), c[1].toInt(), event_dims);
       } else {
-        grad_params = buffer.mul(expand_events(grad_out, event_dims + 1)).to(saved_dtype(ctx, "params_dtype"));
+        grad_params = buffer.mul(expand_events(grad_out, event_dims + 1)).to(static_cast<at::ScalarType>(c[3].toInt()));
       }
     }
-    return {grad_params, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {grad_params, Tensor()};
   }
 };
 
 Tensor2 dmol_autograd(const Tensor& params, const Tensor& x, int64_t n_mix, int64_t bits, int64_t event_dims,
                       bool need_grad) {
-  if (!recording(params, x)) {
+  if (!recording<DmolOp>(params, x)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return dmol_op().call(params, x, n_mix, bits, event_dims, need_grad);
   }
-  Tensor aside;
-  const variable_list out = DmolFunction::apply(params, x, n_mix, bits, event_dims, need_grad, &aside);
-  return with_aside(out, aside);
+  Recording<DmolOp> node(params, x);
+  Tensor2 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = dmol_op().call(params, x, n_mix, bits, event_dims, need_grad);
+  }
+  record_with_buffer(node, out, false);  // the buffer: not differentiable (the recorded backward recomputes)
+  node.save(1, params);
+  node.save(2, x);
+  node.constants() = {n_mix, bits, event_dims, static_cast<int64_t>(params.scalar_type())};
+  return out;
 }
 
 // ---- estimator combine ----
@@ -587,79 +553,81 @@ Tensor2 dmol_autograd(const Tensor& params, const Tensor& x, int64_t n_mix, int6
 //   mode 2: d/dlog_lik = d/dlog_p = g w~, d/dlog_q = -g w~
 // The elbo modes are linear in their inputs: their recorded backward is these same torch ops.
 
-struct ElboFunction : public torch::autograd::Function<ElboFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p,
-                               const Tensor& kl, int64_t mode, double beta, Tensor* aside) {
-    Tensor2 out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
-    }
-    const Tensor& weights = std::get<1>(out);
-    ctx->set_materialize_grads(false);
-    ctx->saved_data["mode"] = mode;
-    ctx->saved_data["beta"] = beta;
-    // (K, *batch) log-weights, or (*batch) for one sample without a sample dim.
-    const bool sample_dim = log_lik.dim() == kl.dim() + 1;
-    ctx->saved_data["sample_dim"] = sample_dim;
-    ctx->saved_data["k"] = sample_dim ? log_lik.sym_size(0) : c10::SymInt(1);
-    save_dtype(ctx, "ll_dtype", log_lik.scalar_type());
-    save_dtype(ctx, "lq_dtype", log_q.scalar_type());
-    save_dtype(ctx, "lp_dtype", log_p.scalar_type());
-    save_dtype(ctx, "kl_dtype", kl.scalar_type());
-    // The IWAE's second derivative is recomputed from its (K, *batch) log-weights.
-    if (mode == 2) {
-      ctx->save_for_backward({weights, log_lik, log_q, log_p});
-    }
-    return outputs(std::get<0>(out), weights, false, aside);  // the weights: not differentiable
-  }
+struct ElboOp {
+  static constexpr const char* kName = "ElboBackward";
+  static constexpr size_t kInputs = 4;  // log_lik, log_q, log_p, kl
+  static constexpr size_t kSaved = 4;   // IWAE: its weights and the log-weights' terms
+  // mode, beta, sample_dim, K, the four inputs' dtypes
+  static constexpr size_t kConstants = 8;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list backward(const variable_list& saved, const Constants<ElboOp>& c, const variable_list& grads,
+                                const Needs<ElboOp>& needs) {
     const Tensor& grad = grads[0];
     if (!grad.defined()) {
-      return {Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+      return {Tensor(), Tensor(), Tensor(), Tensor()};
     }
-    const int64_t mode = ctx->saved_data["mode"].toInt();
-    const double beta = ctx->saved_data["beta"].toDouble();
-    const auto needs = needs_by_argument<4>(ctx, {true, true, true, true});
-    const at::ScalarType ll_dtype = saved_dtype(ctx, "ll_dtype"), lq_dtype = saved_dtype(ctx, "lq_dtype");
-    const at::ScalarType lp_dtype = saved_dtype(ctx, "lp_dtype"), kl_dtype = saved_dtype(ctx, "kl_dtype");
+    const int64_t mode = c[0].toInt();
+    const double beta = c[1].toDouble();
+    const bool sample_dim = c[2].toBool();
+    const auto ll_dtype = static_cast<at::ScalarType>(c[4].toInt()), lq_dtype = static_cast<at::ScalarType>(c[5].toInt());
+    const auto lp_dtype = static_cast<at::ScalarType>(c[6].toInt()), kl_dtype = static_cast<at::ScalarType>(c[7].toInt());
     if (mode == 2) {
-      const variable_list saved = ctx->get_saved_variables();
       if (at::GradMode::is_enabled()) {
         auto [grad_ll, grad_lq, grad_lp] = elbo_backward_differentiable_op().call(
             grad, saved[1], saved[2], saved[3], {needs[0], needs[1], needs[2]});
-        return {grad_ll, grad_lq, grad_lp, Tensor(), Tensor(), Tensor(), Tensor()};
+        return {grad_ll, grad_lq, grad_lp, Tensor()};
       }
-      const Tensor per_sample = (ctx->saved_data["sample_dim"].toBool() ? grad.unsqueeze(0) : grad).mul(saved[0]);
+      const Tensor per_sample = (sample_dim ? grad.unsqueeze(0) : grad).mul(saved[0]);
       return {needs[0] ? per_sample.to(ll_dtype) : Tensor(), needs[1] ? per_sample.neg().to(lq_dtype) : Tensor(),
-              needs[2] ? per_sample.to(lp_dtype) : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+              needs[2] ? per_sample.to(lp_dtype) : Tensor(), Tensor()};
     }
-    const c10::SymInt k = ctx->saved_data["k"].toSymInt();
     Tensor mean_grad = grad;  // one sample without a sample dim: the mean over K is the sample
-    if (ctx->saved_data["sample_dim"].toBool()) {
+    if (sample_dim) {
+      const c10::SymInt k = c[3].toSymInt();
       c10::SymDimVector shape{k};
       shape.append(grad.sym_sizes().begin(), grad.sym_sizes().end());
       mean_grad = grad.div(c10::Scalar(k)).unsqueeze(0).expand_symint(shape);
     }
     if (mode == 1) {
       return {needs[0] ? mean_grad.to(ll_dtype) : Tensor(), Tensor(), Tensor(),
-              needs[3] ? grad.mul(-beta).to(kl_dtype) : Tensor(), Tensor(), Tensor(), Tensor()};
+              needs[3] ? grad.mul(-beta).to(kl_dtype) : Tensor()};
     }
     return {needs[0] ? mean_grad.to(ll_dtype) : Tensor(), needs[1] ? mean_grad.mul(-beta).to(lq_dtype) : Tensor(),
-            needs[2] ? mean_grad.mul(beta).to(lp_dtype) : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            needs[2] ? mean_grad.mul(beta).to(lp_dtype) : Tensor(), Tensor()};
   }
 };
 
-Tensor2 elbo_autograd(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl,
-                          int64_t mode, double beta) {
-  if (!recording(log_lik, log_q, log_p, kl)) {
+Tensor2 elbo_autograd(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl, int64_t mode,
+                      double beta) {
+  if (!recording<ElboOp>(log_lik, log_q, log_p, kl)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
   }
-  Tensor aside;
-  const variable_list out = ElboFunction::apply(log_lik, log_q, log_p, kl, mode, beta, &aside);
-  return with_aside(out, aside);
+  Recording<ElboOp> node(log_lik, log_q, log_p, kl);
+  Tensor2 out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
+  }
+  node.outputs({std::get<0>(out)});  // the IWAE weights are not differentiable
+  // The IWAE's second derivative is recomputed from its (K, *batch) log-weights.
+  if (mode == 2) {
+    node.save(0, std::get<1>(out));
+    node.save(1, log_lik);
+    node.save(2, log_q);
+    node.save(3, log_p);
+  }
+  // (K, *batch) log-weights, or (*batch) for one sample without a sample dim.
+  const bool sample_dim = log_lik.dim() == kl.dim() + 1;
+  node.constants() = {mode,
+                      beta,
+                      sample_dim,
+                      sample_dim ? log_lik.sym_size(0) : c10::SymInt(1),
+                      static_cast<int64_t>(log_lik.scalar_type()),
+                      static_cast<int64_t>(log_q.scalar_type()),
+                      static_cast<int64_t>(log_p.scalar_type()),
+                      static_cast<int64_t>(kl.scalar_type())};
+  return out;
 }
 
 // ---- the backward kernels: never differentiated ----
