@@ -25,7 +25,9 @@ setup(
     package_data={"fastelbo.csrc": ["*.md", "core/*.h", "binding/*.h", "binding/*.cpp", "cpu/*.h", "cpu/*.cpp",
                                     "cuda/*.cu", "cuda/*.md", "cuda/kernels/*.cuh", "cuda_sim/*.h", "cuda_sim/*.cpp",
                                     "cuda_sim/include/*.h", "cuda_sim/include/c10/cuda/*.h"]},
-    install_requires=["torch>=2.4", "numpy", "ninja"],
+    # torch 2.11 at least: the C++ autograd nodes (csrc/binding/node.h) implement compiled autograd's
+    # C++ interface as torch 2.11 and later have it (checked against 2.11's headers; CI runs 2.13).
+    install_requires=["torch>=2.11", "numpy", "ninja"],
     # "demo": `fastelbo demo` (scikit-learn's bundled digits) and the PNG plots of `fastelbo bench`.
     # "test": diffusers for tests/test_integrations.py (fastelbo.integrations against its own class).
     extras_require={"demo": DEMO, "test": ["pytest>=7", "mpmath", "triton", "hypothesis", "diffusers", *DEMO]},

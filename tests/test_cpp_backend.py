@@ -156,12 +156,31 @@ def test_the_autograd_nodes_keep_autograd_s_guarantees(name, seed):
     if saves_leaf:
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             out.sum().backward()
+    else:  # (an op that saved only its own buffer: the edit does not concern it)
+        first, leaf.grad = leaf.grad, None
+        out.sum().backward()
+        torch.testing.assert_close(leaf.grad, first, rtol=0, atol=0)
     import torch.autograd.forward_ad as fwad
 
-    with fwad.dual_level(), pytest.raises(RuntimeError, match="forward-mode"):
+    with fwad.dual_level(), pytest.raises(RuntimeError, match=f"fastelbo::{name} has no forward-mode derivative"):
         call(fwad.make_dual(leaf.detach(), torch.ones_like(leaf)))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="functorch"):
         torch.func.grad(lambda t: call(t).sum())(leaf.detach())
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_the_elbo_op_checks_the_shapes_of_the_terms_it_reads(mode, seed):
+    """Called directly (torch.ops), the ELBO combine refuses terms of other shapes than log_lik's
+    (mode 0 and 2 read log_q and log_p, mode 1 kl) instead of reading past them."""
+    ops, g = _ops(), generator(seed)
+    ll, lq, kl = randn(g, 4, 3), randn(g, 4, 3), randn(g, 3)
+    ops.elbo(ll, lq, lq, kl, mode, 1.0)  # (K, *batch) terms, (*batch) kl: accepted
+    wrong = (ll, lq[:, :2], lq, kl) if mode != 1 else (ll, lq, lq, kl[:2].clone())
+    expected = "log_q and log_p must have log_lik's shape" if mode != 1 else "kl must have log_lik's batch shape"
+    with pytest.raises(ValueError, match=expected):
+        ops.elbo(*wrong, mode, 1.0)
+    with pytest.raises(ValueError, match="mode must be"):
+        ops.elbo(ll, lq, lq, kl, 3, 1.0)
 
 
 @pytest.mark.parametrize("name", ["gaussian_latent_backward", "gaussian_kl_backward", "gaussian_log_prob_backward"])

@@ -135,5 +135,26 @@ inline void dmol(const at::Tensor& params, const at::Tensor& x, int64_t n_mix, i
                     " must be in [0, ", params.dim() - 1, "] (params' pixel dims)");
 }
 
+// The ELBO combine: log_lik, log_q, log_p of one shape, (K, *batch) or (*batch) for one sample
+// without a sample dim (mode 2, the IWAE, needs the sample dim), kl (*batch); each mode's terms
+// checked (0 and 2 read log_q and log_p, 1 reads kl). Returns whether there is a sample dim.
+inline bool elbo_terms(const at::Tensor& log_lik, const at::Tensor& log_q, const at::Tensor& log_p,
+                       const at::Tensor& kl, int64_t mode) {
+  const char* op = "fastelbo::elbo";
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (elbo, MC KL), 1 (elbo, analytic KL) or 2 (iwae), got ",
+                    mode);
+  const bool sample_dim = log_lik.dim() == kl.dim() + 1;
+  TORCH_CHECK_VALUE(sample_dim || mode != 2, op, ": mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)");
+  const at::IntArrayRef batch = sample_dim ? log_lik.sizes().slice(1) : log_lik.sizes();
+  if (mode == 1) {
+    TORCH_CHECK_VALUE(kl.sizes() == batch, op, ": kl must have log_lik's batch shape ", batch, ", got ", kl.sizes());
+  } else {
+    TORCH_CHECK_VALUE(log_q.sizes() == log_lik.sizes() && log_p.sizes() == log_lik.sizes(), op,
+                      ": log_q and log_p must have log_lik's shape ", log_lik.sizes(), ", got ", log_q.sizes(), " and ",
+                      log_p.sizes());
+  }
+  return sample_dim;
+}
+
 }  // namespace checks
 }  // namespace fastelbo

@@ -25,11 +25,11 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/csrc/dynamo/compiled_autograd.h>
-#include <torch/headeronly/version.h>
 
 #include <array>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -90,6 +90,19 @@ struct FusedNode final : public torch::autograd::Node {
     for (c10::IValue& constant : constants_) {
       swap.before(constant);
     }
+    // The node's own tensors and constants back in place however this returns.
+    struct Restore {
+      FusedNode& node;
+      torch::dynamo::autograd::SwapSavedVariables& swap;
+      ~Restore() {
+        for (auto& saved : node.saved_) {
+          swap.after(saved);
+        }
+        for (c10::IValue& constant : node.constants_) {
+          swap.after(constant);
+        }
+      }
+    } restore{*this, swap};
     torch::dynamo::autograd::PackedArgs packed;
     packed.pack(unpack_saved());
     for (const c10::IValue& constant : constants_) {
@@ -109,15 +122,8 @@ struct FusedNode final : public torch::autograd::Node {
     const auto output_metadata =
         torch::dynamo::autograd::IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
             torch::dynamo::autograd::get_input_metadata(next_edges()));
-    variable_list results = compiler->call_function(swap.get_py_compiler(), "apply_functional", fn_name, grads,
-                                                    args, output_metadata);
-    for (auto& saved : saved_) {
-      swap.after(saved);
-    }
-    for (c10::IValue& constant : constants_) {
-      swap.after(constant);
-    }
-    return results;
+    return compiler->call_function(swap.get_py_compiler(), "apply_functional", fn_name, grads, args,
+                                   output_metadata);
   }
 
   // The backward on packed arguments (apply_with_saved's order).
@@ -155,14 +161,16 @@ struct FusedNode final : public torch::autograd::Node {
   }
 };
 
-// Nodes are owned by std::shared_ptr before torch 2.13 (freed by deleteNode), by c10::intrusive_ptr since.
+// Nodes are owned by std::shared_ptr in torch before 2.13 (freed by torch::autograd::deleteNode,
+// which such a torch declares: found here by argument-dependent lookup, in the branch only that
+// torch compiles), by c10::intrusive_ptr since.
 template <class Op>
 NodePtr make_node_ptr() {
-#if TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR < 13
-  return std::shared_ptr<FusedNode<Op>>(new FusedNode<Op>(), torch::autograd::deleteNode);
-#else
-  return c10::make_intrusive<FusedNode<Op>>();
-#endif
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    return NodePtr(new FusedNode<Op>(), [](auto* node) { deleteNode(node); });
+  } else {
+    return c10::make_intrusive<FusedNode<Op>>();
+  }
 }
 
 // The node of one recorded call of an Op: made before the op runs (`inputs`: the op's differentiable

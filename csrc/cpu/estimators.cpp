@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "../binding/checks.h"
 #include "../core/philox.h"
 #include "common.h"
 #include "noise.h"
@@ -79,8 +80,7 @@ std::tuple<Tensor, Tensor> elbo_cpu(const Tensor& log_lik, const Tensor& log_q, 
   const at::ScalarType dtype = at::promote_types(log_lik.scalar_type(), log_q.scalar_type());
   const at::ScalarType compute = at::promote_types(dtype, at::kFloat);
   // log_lik, log_q, log_p: (K, *batch), or (*batch) for one sample without a sample dim.
-  const bool sample_dim = log_lik.dim() == kl.dim() + 1;
-  TORCH_CHECK_VALUE(sample_dim || mode != 2, "fastelbo::elbo: mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)");
+  const bool sample_dim = checks::elbo_terms(log_lik, log_q, log_p, kl, mode);
   auto batch = sample_dim ? log_lik.sizes().slice(1) : log_lik.sizes();
   Tensor out = at::empty(batch, log_lik.options().dtype(compute));
   Tensor weights = at::empty(mode == 2 ? log_lik.sizes() : at::IntArrayRef{0}, log_lik.options().dtype(compute));

@@ -3,6 +3,7 @@
 // (K, *batch), in promote(log_lik, log_q); computed in float32 (float64 for float64).
 #include <cmath>
 
+#include "../binding/checks.h"
 #include "aten_utils.cuh"
 #include "kernels/estimators.cuh"
 #include "ops.h"
@@ -16,8 +17,7 @@ Tensor2 elbo_cuda(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_
   const at::ScalarType dtype = at::promote_types(log_lik.scalar_type(), log_q.scalar_type());
   const at::ScalarType compute = at::promote_types(dtype, at::kFloat);
   // log_lik, log_q, log_p: (K, *batch), or (*batch) for one sample without a sample dim.
-  const bool sample_dim = log_lik.dim() == kl.dim() + 1;
-  TORCH_CHECK_VALUE(sample_dim || mode != 2, "fastelbo::elbo: mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)");
+  const bool sample_dim = checks::elbo_terms(log_lik, log_q, log_p, kl, mode);
   const int64_t k = sample_dim ? log_lik.size(0) : 1;
   const std::vector<int64_t> batch(log_lik.sizes().begin() + (sample_dim ? 1 : 0), log_lik.sizes().end());
   at::Tensor out = at::empty(batch, log_lik.options().dtype(dtype));
