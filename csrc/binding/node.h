@@ -27,6 +27,9 @@
 #include <torch/csrc/dynamo/compiled_autograd.h>
 
 #include <array>
+#include <functional>
+#include <initializer_list>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
