@@ -92,6 +92,22 @@ bool recording(const char* op, const T&... tensors) {
   return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
 }
 
+// A dtype kept among a node's constants (an int IValue), and read back.
+c10::IValue dtype_constant(const Tensor& t) {
+  return static_cast<int64_t>(t.scalar_type());
+}
+
+at::ScalarType dtype_of(const c10::IValue& constant) {
+  return static_cast<at::ScalarType>(constant.toInt());
+}
+
+// call() run below autograd: the op's CPU or CUDA kernel, no graph node.
+template <typename Call>
+auto below_autograd(const Call& call) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call();
+}
+
 // t reshaped with `n` trailing 1s: a per-row gradient broadcast over the event dims.
 Tensor expand_events(const Tensor& t, int64_t n) {
   c10::SymDimVector shape(t.sym_sizes().begin(), t.sym_sizes().end());
@@ -153,16 +169,14 @@ struct GaussianLatentOp {
 Tensor5 gaussian_latent_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                                  const OptTensor& prior_scale, const OptTensor& eps, const OptTensor& seed,
                                  int64_t param, int64_t n_samples, bool stl, int64_t event_dims) {
-  if (!recording("gaussian_latent", mu, scale, prior_mu, prior_scale, eps, seed)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
+  const auto call = [&] {
     return gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
+  };
+  if (!recording("gaussian_latent", mu, scale, prior_mu, prior_scale, eps, seed)) {
+    return below_autograd(call);
   }
   Recording<GaussianLatentOp> node(mu, scale, prior_mu, prior_scale);
-  Tensor5 out;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    out = gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, eps, seed, param, n_samples, stl, event_dims);
-  }
+  Tensor5 out = below_autograd(call);
   node.outputs({std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)});
   // The backward regenerates eps from the seed: the caller's, or the one the op drew (its fifth output,
   // int64: no gradient).
@@ -209,16 +223,12 @@ struct GaussianKlOp {
 
 Tensor gaussian_kl_autograd(const Tensor& mu, const Tensor& scale, const OptTensor& prior_mu,
                             const OptTensor& prior_scale, int64_t param, bool per_dim) {
+  const auto call = [&] { return gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim); };
   if (!recording("gaussian_kl", mu, scale, prior_mu, prior_scale)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
+    return below_autograd(call);
   }
   Recording<GaussianKlOp> node(mu, scale, prior_mu, prior_scale);
-  Tensor out;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    out = gaussian_kl_op().call(mu, scale, prior_mu, prior_scale, param, per_dim);
-  }
+  Tensor out = below_autograd(call);
   node.outputs({out});
   node.save(0, mu);
   node.save(1, scale);
@@ -311,7 +321,7 @@ struct BinaryOp {
     const int64_t event_dims = c[0].toInt();
     const bool continuous = c[1].toBool(), buffer_output = c[2].toBool();
     const double expected_grad = c[3].toDouble();
-    const auto logits_dtype = static_cast<at::ScalarType>(c[4].toInt());
+    const auto logits_dtype = dtype_of(c[4]);
     const bool needs_logits = needs[0], needs_x = needs[1];
     if (second_order(grad_buffer)) {
       const auto& op = continuous ? continuous_bernoulli_backward_differentiable_op()
@@ -344,16 +354,12 @@ struct BinaryOp {
 
 Tensor2 binary_autograd(const Tensor& logits, const Tensor& x, int64_t event_dims, bool continuous, bool need_grad,
                         double expected_grad) {
+  const auto call = [&] { return binary_op(logits, x, event_dims, continuous, need_grad, expected_grad); };
   if (!recording(continuous ? "continuous_bernoulli_log_prob" : "bernoulli_log_prob", logits, x)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return binary_op(logits, x, event_dims, continuous, need_grad, expected_grad);
+    return below_autograd(call);
   }
   Recording<BinaryOp> node(logits, x);
-  Tensor2 out;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    out = binary_op(logits, x, event_dims, continuous, need_grad, expected_grad);
-  }
+  Tensor2 out = below_autograd(call);
   // The Bernoulli's buffer is a differentiable output (its gradient comes back from a recorded
   // backward); the continuous Bernoulli's is not (its second derivative is recomputed from its
   // logits), nor is the empty placeholder of need_grad=False.
@@ -366,7 +372,7 @@ Tensor2 binary_autograd(const Tensor& logits, const Tensor& x, int64_t event_dim
   node.save(2, x);
   // A buffer output may be handed over (hand_over), unless saved-tensor hooks packed it.
   node.constants() = {event_dims, continuous, buffer_output && !saved_tensor_hooks_active(), expected_grad,
-                      static_cast<int64_t>(logits.scalar_type())};
+                      dtype_constant(logits)};
   return out;
 }
 
@@ -400,8 +406,8 @@ struct GaussianOp {
     const double logvar_value = c[0].toDouble(), expected_grad = c[2].toDouble();
     const bool buffer_output = c[1].toBool();
     const int64_t event_dims = c[3].toInt();
-    const auto mean_dtype = static_cast<at::ScalarType>(c[4].toInt());
-    const auto x_dtype = static_cast<at::ScalarType>(c[5].toInt());
+    const auto mean_dtype = dtype_of(c[4]);
+    const auto x_dtype = dtype_of(c[5]);
     const std::vector<c10::SymInt> x_shape = c[6].isNone() ? std::vector<c10::SymInt>() : c[6].toSymIntVector();
     if (second_order(grad_buffer)) {
       auto [grad_mean, grad_x, grad_logvar] = gaussian_backward_differentiable_op().call(
@@ -431,16 +437,14 @@ struct GaussianOp {
 
 Tensor2 gaussian_autograd(const Tensor& mean, const Tensor& x, const OptTensor& logvar, double logvar_value,
                           int64_t event_dims, bool need_grad, double expected_grad) {
-  if (!recording("gaussian_log_prob", mean, x, logvar)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
+  const auto call = [&] {
     return gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
+  };
+  if (!recording("gaussian_log_prob", mean, x, logvar)) {
+    return below_autograd(call);
   }
   Recording<GaussianOp> node(mean, x, logvar);
-  Tensor2 out;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    out = gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
-  }
+  Tensor2 out = below_autograd(call);
   record_with_buffer(node, out, need_grad);  // without need_grad the buffer is an empty placeholder
   node.save(1, or_undefined(logvar));
   // A buffer output may be handed over (hand_over), unless saved-tensor hooks packed it.
@@ -448,8 +452,8 @@ Tensor2 gaussian_autograd(const Tensor& mean, const Tensor& x, const OptTensor& 
                       need_grad && !saved_tensor_hooks_active(),
                       expected_grad,
                       event_dims,
-                      static_cast<int64_t>(mean.scalar_type()),
-                      static_cast<int64_t>(x.scalar_type()),
+                      dtype_constant(mean),
+                      dtype_constant(x),
                       x.requires_grad() ? c10::IValue(x.sym_sizes()) : c10::IValue()};
   return out;
 }
@@ -468,7 +472,7 @@ struct CategoricalOp {
     const Tensor &grad_out = grads[0], grad_buffer = buffer_grad(grads);
     const Tensor &buffer = saved[0], &target = saved[1];
     const int64_t event_dims = c[0].toInt();
-    const auto logits_dtype = static_cast<at::ScalarType>(c[1].toInt());
+    const auto logits_dtype = dtype_of(c[1]);
     Tensor grad_logits;
     if (needs[0]) {
       if (second_order(grad_buffer)) {
@@ -483,19 +487,15 @@ struct CategoricalOp {
 };
 
 Tensor2 categorical_autograd(const Tensor& logits, const Tensor& target, int64_t event_dims, bool need_grad) {
+  const auto call = [&] { return categorical_op().call(logits, target, event_dims, need_grad); };
   if (!recording("categorical_log_prob", logits, target)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return categorical_op().call(logits, target, event_dims, need_grad);
+    return below_autograd(call);
   }
   Recording<CategoricalOp> node(logits, target);
-  Tensor2 out;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    out = categorical_op().call(logits, target, event_dims, need_grad);
-  }
+  Tensor2 out = below_autograd(call);
   record_with_buffer(node, out, need_grad);  // without need_grad the buffer is an empty placeholder
   node.save(1, target);
-  node.constants() = {event_dims, static_cast<int64_t>(logits.scalar_type())};
+  node.constants() = {event_dims, dtype_constant(logits)};
   return out;
 }
 
@@ -520,7 +520,7 @@ struct DmolOp {
         grad_params =
             dmol_backward_differentiable_op().call(grad_out, params, x, c[0].toInt(), c[1].toInt(), event_dims);
       } else {
-        grad_params = buffer.mul(expand_events(grad_out, event_dims + 1)).to(static_cast<at::ScalarType>(c[3].toInt()));
+        grad_params = buffer.mul(expand_events(grad_out, event_dims + 1)).to(dtype_of(c[3]));
       }
     }
     return {grad_params, Tensor()};
@@ -529,20 +529,16 @@ struct DmolOp {
 
 Tensor2 dmol_autograd(const Tensor& params, const Tensor& x, int64_t n_mix, int64_t bits, int64_t event_dims,
                       bool need_grad) {
+  const auto call = [&] { return dmol_op().call(params, x, n_mix, bits, event_dims, need_grad); };
   if (!recording("discretized_logistic_mixture_log_prob", params, x)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return dmol_op().call(params, x, n_mix, bits, event_dims, need_grad);
+    return below_autograd(call);
   }
   Recording<DmolOp> node(params, x);
-  Tensor2 out;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    out = dmol_op().call(params, x, n_mix, bits, event_dims, need_grad);
-  }
+  Tensor2 out = below_autograd(call);
   record_with_buffer(node, out, false);  // the buffer: not differentiable (the recorded backward recomputes)
   node.save(1, params);
   node.save(2, x);
-  node.constants() = {n_mix, bits, event_dims, static_cast<int64_t>(params.scalar_type())};
+  node.constants() = {n_mix, bits, event_dims, dtype_constant(params)};
   return out;
 }
 
@@ -569,8 +565,8 @@ struct ElboOp {
     const int64_t mode = c[0].toInt();
     const double beta = c[1].toDouble();
     const bool sample_dim = c[2].toBool();
-    const auto ll_dtype = static_cast<at::ScalarType>(c[4].toInt()), lq_dtype = static_cast<at::ScalarType>(c[5].toInt());
-    const auto lp_dtype = static_cast<at::ScalarType>(c[6].toInt()), kl_dtype = static_cast<at::ScalarType>(c[7].toInt());
+    const at::ScalarType ll_dtype = dtype_of(c[4]), lq_dtype = dtype_of(c[5]), lp_dtype = dtype_of(c[6]);
+    const at::ScalarType kl_dtype = dtype_of(c[7]);
     if (mode == 2) {
       if (at::GradMode::is_enabled()) {
         auto [grad_ll, grad_lq, grad_lp] = elbo_backward_differentiable_op().call(
@@ -599,16 +595,12 @@ struct ElboOp {
 
 Tensor2 elbo_autograd(const Tensor& log_lik, const Tensor& log_q, const Tensor& log_p, const Tensor& kl, int64_t mode,
                       double beta) {
+  const auto call = [&] { return elbo_op().call(log_lik, log_q, log_p, kl, mode, beta); };
   if (!recording("elbo", log_lik, log_q, log_p, kl)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
+    return below_autograd(call);
   }
   Recording<ElboOp> node(log_lik, log_q, log_p, kl);
-  Tensor2 out;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    out = elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
-  }
+  Tensor2 out = below_autograd(call);
   node.outputs({std::get<0>(out)});  // the IWAE weights are not differentiable
   // The IWAE's second derivative is recomputed from its (K, *batch) log-weights.
   if (mode == 2) {
@@ -623,10 +615,10 @@ Tensor2 elbo_autograd(const Tensor& log_lik, const Tensor& log_q, const Tensor& 
                       beta,
                       sample_dim,
                       sample_dim ? log_lik.sym_size(0) : c10::SymInt(1),
-                      static_cast<int64_t>(log_lik.scalar_type()),
-                      static_cast<int64_t>(log_q.scalar_type()),
-                      static_cast<int64_t>(log_p.scalar_type()),
-                      static_cast<int64_t>(kl.scalar_type())};
+                      dtype_constant(log_lik),
+                      dtype_constant(log_q),
+                      dtype_constant(log_p),
+                      dtype_constant(kl)};
   return out;
 }
 

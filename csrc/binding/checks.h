@@ -141,10 +141,11 @@ inline void dmol(const at::Tensor& params, const at::Tensor& x, int64_t n_mix, i
 inline bool elbo_terms(const at::Tensor& log_lik, const at::Tensor& log_q, const at::Tensor& log_p,
                        const at::Tensor& kl, int64_t mode) {
   const char* op = "fastelbo::elbo";
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (elbo, MC KL), 1 (elbo, analytic KL) or 2 (iwae), got ",
-                    mode);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op,
+                    ": mode must be 0 (elbo, MC KL), 1 (elbo, analytic KL) or 2 (iwae), got ", mode);
   const bool sample_dim = log_lik.dim() == kl.dim() + 1;
-  TORCH_CHECK_VALUE(sample_dim || mode != 2, op, ": mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)");
+  TORCH_CHECK_VALUE(sample_dim || mode != 2, op,
+                    ": mode 2 (iwae) takes log_lik, log_q, log_p with their sample dim (K, *batch)");
   const at::IntArrayRef batch = sample_dim ? log_lik.sizes().slice(1) : log_lik.sizes();
   if (mode == 1) {
     TORCH_CHECK_VALUE(kl.sizes() == batch, op, ": kl must have log_lik's batch shape ", batch, ", got ", kl.sizes());
