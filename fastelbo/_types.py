@@ -42,8 +42,24 @@ class TracedLatent(Latent):
 
     backend: Optional[str] = None
     inputs: Optional[tuple] = None
-    layout: Optional[object] = None  # the event dims' EventLayout when they are not mu's last dim
     inputs_flat: bool = True  # inputs over the flat rows; False: in mu's shape (the op flattened them)
+    # The caller's `dim` where the C++ front door took several trailing event dims: the layout is
+    # made from it and mu when read (DReG only), not on every call.
+    event_dim: Optional[object] = None
+    _layout: Optional[object] = None
+
+    @property
+    def layout(self) -> Optional[object]:
+        """The event dims' EventLayout when they are not mu's last dim (fastelbo/ops/_event_dims.py)."""
+        if self._layout is None and self.event_dim is not None:
+            from .ops._event_dims import layout_for  # (the ops import this module)
+
+            self._layout = layout_for(self.inputs[0], self.event_dim)
+        return self._layout
+
+    @layout.setter
+    def layout(self, value) -> None:
+        self._layout = value
 
     def flat_inputs(self) -> Optional[tuple]:
         """inputs over the flat rows (batch..., D) the kernels summed over (what DReG rebuilds log q

@@ -11,6 +11,7 @@
 // TORCH_EXTENSION_NAME); torch.ops.load_library loads the same file for its operators.
 #include <torch/extension.h>
 
+#include "front_door.h"
 #include "op_handles.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -62,4 +63,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return elbo_op().call(log_lik, log_q, log_p, kl, mode, beta);
       },
       release);
+  fastelbo::front_door::add_to(m.ptr());
 }

@@ -179,7 +179,8 @@ def library_spec(kind: str, root: str | None = None) -> LibrarySpec:
     root = csrc_dir() if root is None else root
     if kind == "cpu":
         capability = cpu_capability()
-        sources = ([os.path.join(root, "binding", name) for name in ("schema.cpp", "autograd.cpp", "python.cpp")]
+        bindings = ("schema.cpp", "autograd.cpp", "python.cpp", "front_door.cpp")
+        sources = ([os.path.join(root, "binding", name) for name in bindings]
                    + sorted(glob.glob(os.path.join(root, "cpu", "*.cpp"))))
         flags = ["-O3", "-fopenmp"] + _CPU_FLAGS.get(capability, ["-DCPU_CAPABILITY=DEFAULT"])
         options = (("extra_cflags", tuple(flags)), ("extra_ldflags", ("-fopenmp",)))

@@ -11,19 +11,36 @@ function mode: make_fx holds one, so its traces go through torch.ops). Everythin
 dispatcher's entry (autograd, Python dispatch such as FakeTensorMode and __torch_dispatch__
 subclasses, the CPU or CUDA kernel) is the same either way. (torch.func transforms never reach
 either: the public functions refuse the fused backends inside them, fastelbo/_backend.py.)
+
+The same module has a front door (csrc/binding/front_door.cpp): fe.gaussian_latent's and
+fe.bernoulli_log_prob's common calls whole in C++, from the Python arguments to the returned
+object, which the public functions try first outside dynamo's tracing (FRONT_DOOR). It reads the
+Python state a call depends on from the modules that own it (install() gives it them) and returns
+None for every call it does not take, which then runs the Python path.
 """
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad
 from torch.overrides import has_torch_function
 
+from .. import _backend, _validate
+from .._types import TracedLatent
+from ._autograd import PARAM_NAMES
+
 BINDINGS = None  # the C++ library's Python module, once loaded
+FRONT_DOOR = None  # the same module once its front door is configured: front_gaussian_latent, ...
 
 
 def install(bindings) -> None:
-    """Called by fastelbo/cpp_backend/library.py when the library is loaded."""
-    global BINDINGS
+    """Called by fastelbo/cpp_backend/library.py when the library is loaded. The front door
+    (csrc/binding/front_door.cpp) is given the Python state it reads at each call."""
+    global BINDINGS, FRONT_DOOR
     BINDINGS = bindings
+    if hasattr(bindings, "front_configure"):
+        bindings.front_configure(TracedLatent, _backend, _validate, torch.autograd.forward_ad, torch.compiler,
+                                 torch._C._are_functorch_transforms_active, PARAM_NAMES)
+        FRONT_DOOR = bindings
 
 
 def runs_eagerly(tensors: tuple) -> bool:

@@ -20,6 +20,7 @@ from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype, kernel_scalar
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, needs_grad, reference_vjp, scale_buffer
+from . import _cpp_calls
 from ._cpp_calls import kernel
 from ._math import bernoulli_log_density, cb_log_normalizer, sum_event_dims
 
@@ -39,6 +40,20 @@ def log_prob_for_loss(logits, x, event_dims, backend, expected_grad: float) -> t
     (a float of the log-probs' dtype: see fastelbo.module.expected_row_grad): the fused kernels
     write their buffer scaled by it, so that the C++ backward can hand it over as the logits'
     gradient (any other incoming gradient stays exact: the backward scales by g / expected_grad)."""
+    # The common call, whole, in C++ (csrc/binding/front_door.cpp; None for any other call), outside
+    # dynamo's tracing. When the kernel refuses it, the Python check names the argument, as below.
+    front_door = None if torch.compiler.is_dynamo_compiling() else _cpp_calls.FRONT_DOOR
+    if front_door is not None:
+        refused = None
+        try:
+            out = front_door.front_bernoulli_log_prob(logits, x, event_dims, backend, expected_grad)
+        except Exception as error:
+            refused = error
+        if refused is not None:
+            _checks.logits_and_unit_data(logits, x, event_dims)
+            raise refused
+        if out is not None:
+            return out
     if type(event_dims) is int and not V.active:
         # The C++ kernels check their arguments (csrc/binding/checks.h); only when they refuse does
         # the Python check run, for the message that names the argument (outside the except block:

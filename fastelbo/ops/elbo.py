@@ -93,7 +93,7 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
             kl_value = latent.kl
             if (log_lik.shape == kl_value.shape and log_lik.dtype in V.FLOAT_DTYPES
                     and log_lik.device == kl_value.device and latent.log_q.dim() == kl_value.dim()):
-                if backend is not None:
+                if backend is not None and backend != latent.backend:  # (the latent's: resolved already)
                     resolve(backend, log_lik.device)
                 return torch.sub(log_lik, kl_value, alpha=beta)
         except Exception as error:

@@ -98,6 +98,21 @@ def gaussian_latent(mu, scale, *, param="logvar", dim=-1, n_samples=None, prior=
     (a constant: it must not require grad); otherwise it is drawn in-kernel from `generator`
     (default: the device's default generator).
     """
+    # The common call, whole, in C++ (csrc/binding/front_door.cpp; None for any other call), outside
+    # dynamo's tracing (which must not read FRONT_DOOR: it is None until the library loads). When the
+    # kernel refuses the call, _check_all names the argument, as below.
+    front_door = None if torch.compiler.is_dynamo_compiling() else _cpp_calls.FRONT_DOOR
+    if front_door is not None and eps is None and generator is None:
+        refused = None
+        try:
+            latent = front_door.front_gaussian_latent(mu, scale, param, dim, n_samples, prior, stl, backend)
+        except Exception as error:
+            refused = error
+        if refused is not None:
+            _check_all(mu, scale, param, n_samples, prior, stl, generator, eps)
+            raise refused
+        if latent is not None:
+            return latent
     if (eps is None and generator is None and (stl is False or stl is True) and not V.active
             and (n_samples is None or (type(n_samples) is int and n_samples >= 1))
             and (prior is None or (type(prior) in (tuple, list) and len(prior) == 2))):

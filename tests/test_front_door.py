@@ -1,0 +1,328 @@
+"""The C++ front door (csrc/binding/front_door.cpp): fe.gaussian_latent's and fe.bernoulli_log_prob's
+common calls, whole, in C++. It must give exactly what the Python path gives (values, gradients,
+the latent's fields and what DReG reads), and must leave every other call to the Python path,
+which resolves the backend, checks the arguments and names what is wrong."""
+import contextlib
+import threading
+
+import pytest
+import torch
+from torch.autograd import forward_ad
+
+import fastelbo as fe
+from fastelbo import _backend, _validate
+from fastelbo.ops import _cpp_calls
+from helpers import BACKENDS, PARAMS, fresh_seed, generator, rand, randn
+
+pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is unavailable")
+
+
+@pytest.fixture
+def door():
+    """The front door module, after the backend choices the tests use have resolved once."""
+    fe.gaussian_latent(torch.zeros(1, 1), torch.zeros(1, 1), backend="cpu")
+    fe.gaussian_latent(torch.zeros(1, 1), torch.zeros(1, 1))
+    assert _cpp_calls.FRONT_DOOR is not None, "the C++ library loaded without its front door"
+    return _cpp_calls.FRONT_DOOR
+
+
+def _latent_args(mu, scale, param="logvar", dim=-1, n_samples=None, prior=None, stl=False, backend="cpu"):
+    return mu, scale, param, dim, n_samples, prior, stl, backend
+
+
+# ---- the same results as the Python path ----
+
+def _cases(g):
+    mu, scale = randn(g, 5, 4, dtype=torch.float32), randn(g, 5, 4, dtype=torch.float32, scale=0.5)
+    nchw = randn(g, 2, 3, 4, 5, dtype=torch.float32)
+    nchw_scale = randn(g, 2, 3, 4, 5, dtype=torch.float32, scale=0.5)
+    prior = (randn(g, 5, 4, dtype=torch.float32), randn(g, 5, 4, dtype=torch.float32, scale=0.5))
+    return {
+        "default": (mu, scale, {}),
+        "log_std, K=3, stl": (mu, scale, {"param": "log_std", "n_samples": 3, "stl": True}),
+        "prior tuple": (mu, scale, {"prior": prior}),
+        "prior list, softplus": (mu, scale, {"prior": list(prior), "param": "softplus"}),
+        "broadcast prior": (mu, scale, {"prior": (prior[0][:1], prior[1][:1]), "param": "soft_log_std"}),
+        "dim=1 of 2-D": (mu, scale, {"dim": 1}),
+        "dim=(1, 2, 3)": (nchw, nchw_scale, {"dim": (1, 2, 3), "prior": (nchw * 0.5, nchw_scale * 0.5)}),
+        "dim=[-1, -2], K=2": (nchw, nchw_scale, {"dim": [-1, -2], "n_samples": 2}),
+        "channels-last": (nchw.to(memory_format=torch.channels_last),
+                          nchw_scale.to(memory_format=torch.channels_last), {"dim": (1, 2, 3)}),
+        "parameters": (torch.nn.Parameter(mu.clone()), torch.nn.Parameter(scale.clone()), {}),
+    }
+
+
+def _run_latent(mu, scale, kwargs, through_door: bool, monkeypatch):
+    """(latent, gradients of mu and scale) of one call with the RNG at a fixed state."""
+    leaf = torch.nn.Parameter if isinstance(mu, torch.nn.Parameter) else (lambda t: t.requires_grad_(True))
+    mu, scale = leaf(mu.detach().clone()), leaf(scale.detach().clone())
+    with monkeypatch.context() as m:
+        if not through_door:
+            m.setattr(_cpp_calls, "FRONT_DOOR", None)
+        torch.manual_seed(11)
+        latent = fe.gaussian_latent(mu, scale, backend="cpu", **kwargs)
+    loss = latent.z.sum() + latent.log_q.sum() * 0.5 + latent.log_p.sum() * 0.25 + latent.kl.sum() * 2
+    mu_grad, scale_grad = torch.autograd.grad(loss, (mu, scale))
+    return latent, mu_grad, scale_grad
+
+
+@pytest.mark.parametrize("case", list(_cases(generator(0))))
+def test_the_front_door_gives_what_the_python_path_gives(door, case, monkeypatch):
+    taken = []
+    real = door.front_gaussian_latent
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(door, name)
+
+        def front_gaussian_latent(self, *args):
+            out = real(*args)
+            taken.append(out is not None)
+            return out
+
+    mu, scale, kwargs = _cases(generator(fresh_seed()))[case]
+    monkeypatch.setattr(_cpp_calls, "FRONT_DOOR", Recording())
+    fast, mu_grad, scale_grad = _run_latent(mu, scale, kwargs, True, monkeypatch)
+    assert taken == [True], "the front door did not take the call"
+    slow, mu_grad_py, scale_grad_py = _run_latent(mu, scale, kwargs, False, monkeypatch)
+    assert taken == [True]
+    assert type(fast) is type(slow)
+    for name in fast._fields:
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert torch.equal(a, b) and a.stride() == b.stride(), name
+    assert torch.equal(mu_grad, mu_grad_py) and torch.equal(scale_grad, scale_grad_py)
+    assert fast.backend == slow.backend == "cpu"
+    assert fast.inputs_flat == slow.inputs_flat
+    assert (fast.layout is None) == (slow.layout is None)
+    if fast.layout is not None:
+        assert fast.layout.dims == slow.layout.dims and fast.layout.shape == slow.layout.shape
+    # The arguments DReG rebuilds log q from: the same, the seed the op drew included.
+    for a, b in zip(fast.inputs, slow.inputs):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+        elif isinstance(a, tuple):
+            assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == len(b) == 2
+        else:
+            assert a == b
+    for a, b in zip(fast.flat_inputs(), slow.flat_inputs()):
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else type(a) is type(b))
+
+
+def test_dreg_reads_a_front_door_latent_as_a_python_one(door, monkeypatch):
+    g = generator(fresh_seed())
+    mu = randn(g, 3, 2, 4, 4, dtype=torch.float32)
+    scale = randn(g, 3, 2, 4, 4, dtype=torch.float32, scale=0.3)
+    logits = randn(g, 4, 3, 6, dtype=torch.float32)
+    x = rand(g, 3, 6, dtype=torch.float32).round()
+    grads = []
+    for through_door in (True, False):
+        m, s = mu.clone().requires_grad_(True), scale.clone().requires_grad_(True)
+        with monkeypatch.context() as patch:
+            if not through_door:
+                patch.setattr(_cpp_calls, "FRONT_DOOR", None)
+            torch.manual_seed(5)
+            lat = fe.gaussian_latent(m, s, dim=(1, 2, 3), n_samples=4, backend="cpu")
+            log_lik = fe.bernoulli_log_prob(logits + lat.z.mean((2, 3, 4)).unsqueeze(-1), x, backend="cpu")
+            value = fe.elbo(log_lik, lat, kl="mc", estimator="dreg")
+        grads.append((value, *torch.autograd.grad(value.sum(), (m, s))))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_the_bernoulli_front_door_gives_what_the_python_path_gives(door, monkeypatch):
+    g = generator(fresh_seed())
+    logits, x = randn(g, 6, 3, 5, dtype=torch.float32), rand(g, 6, 3, 5, dtype=torch.float32)
+    assert door.front_bernoulli_log_prob(logits, x, 2, "cpu", 1.0) is not None
+    results = []
+    for through_door in (True, False):
+        leaf = logits.clone().requires_grad_(True)
+        with monkeypatch.context() as patch:
+            if not through_door:
+                patch.setattr(_cpp_calls, "FRONT_DOOR", None)
+            out = fe.bernoulli_log_prob(leaf, x, event_dims=2, backend="cpu")
+        results.append((out, torch.autograd.grad((out * torch.arange(6.0)).sum(), leaf)[0]))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+# ---- every other call goes to the Python path ----
+
+class _Mode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def _declined_latent_calls(g):
+    """(why, args of front_gaussian_latent) that it must leave to the Python path."""
+    mu, scale = randn(g, 4, 3, dtype=torch.float32), randn(g, 4, 3, dtype=torch.float32)
+    mu3 = randn(g, 2, 4, 3, dtype=torch.float32)
+    return {
+        "backend reference": _latent_args(mu, scale, backend="reference"),
+        "backend not a str": _latent_args(mu, scale, backend=3),
+        "backend unknown": _latent_args(mu, scale, backend="fast"),
+        "param unknown": _latent_args(mu, scale, param="std"),
+        "param not a str": _latent_args(mu, scale, param=0),
+        "n_samples 0": _latent_args(mu, scale, n_samples=0),
+        "n_samples True": _latent_args(mu, scale, n_samples=True),
+        "n_samples float": _latent_args(mu, scale, n_samples=2.0),
+        "stl 1": _latent_args(mu, scale, stl=1),
+        "prior of 3": _latent_args(mu, scale, prior=(mu, scale, mu)),
+        "prior not tensors": _latent_args(mu, scale, prior=(0.0, 1.0)),
+        "prior a generator": _latent_args(mu, scale, prior=(t for t in (mu, scale))),
+        "dim not trailing": _latent_args(mu3, mu3, dim=1),
+        "dims not trailing": _latent_args(mu3, mu3, dim=(0, 2)),
+        "dims repeated": _latent_args(mu3, mu3, dim=(2, 2)),
+        "dim out of range": _latent_args(mu3, mu3, dim=3),
+        "dim a bool": _latent_args(mu3, mu3, dim=True),
+        "dims with a bool": _latent_args(mu3, mu3, dim=(1, True)),
+        "dims empty": _latent_args(mu3, mu3, dim=()),
+        "dim a float": _latent_args(mu3, mu3, dim=-1.0),
+        "a 0-dim mu": _latent_args(torch.tensor(0.5), torch.tensor(0.5)),
+        "a subclass": _latent_args(mu.as_subclass(_Subclass), scale),
+        "a subclass prior": _latent_args(mu, scale, prior=(mu.as_subclass(_Subclass), scale)),
+        "not a tensor": _latent_args(mu.tolist(), scale),
+    }
+
+
+@pytest.mark.parametrize("why", list(_declined_latent_calls(generator(0))))
+def test_the_front_door_leaves_other_latent_calls_to_python(door, why):
+    args = _declined_latent_calls(generator(fresh_seed()))[why]
+    assert door.front_gaussian_latent(*_latent_args(torch.zeros(2, 3), torch.zeros(2, 3))) is not None
+    assert door.front_gaussian_latent(*args) is None
+
+
+@contextlib.contextmanager
+def _block_open_in_another_thread(inside_block=lambda: None):
+    """A use_backend("reference") block that another thread holds open meanwhile (inside_block runs
+    in it first)."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold():
+        with fe.use_backend("reference"):
+            inside_block()
+            inside.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    inside.wait(30)
+    try:
+        yield
+    finally:
+        leave.set()
+        thread.join()
+
+
+def _take_both(door, mu, scale, logits, x, backend="cpu"):
+    """(the latent's front door took it, the Bernoulli's took it)."""
+    latent = door.front_gaussian_latent(*_latent_args(mu, scale, backend=backend))
+    return latent is not None, door.front_bernoulli_log_prob(logits, x, 1, backend, 1.0) is not None
+
+
+def _in_state(state: str, door, tensors):
+    """_take_both in one of the states in which resolve() or the tracing checks do more than a lookup."""
+    if state == "plain":
+        return _take_both(door, *tensors)
+    if state == "backend=None, auto":
+        return _take_both(door, *tensors, backend=None)
+    if state == "set_backend reference":
+        fe.set_backend("reference")
+        try:
+            return _take_both(door, *tensors, backend=None)
+        finally:
+            fe.set_backend("auto")
+    if state == "use_backend in another thread":
+        with _block_open_in_another_thread():
+            return _take_both(door, *tensors, backend=None)
+    if state == "use_backend here, backend given":
+        with fe.use_backend("cpu"):
+            return _take_both(door, *tensors)
+    if state == "validation":
+        fe.set_validation(True)
+        try:
+            return _take_both(door, *tensors)
+        finally:
+            fe.set_validation(False)
+    if state == "forward AD":
+        with forward_ad.dual_level():
+            return _take_both(door, *tensors)
+    if state == "torch.func":
+        result = []
+        torch.func.vmap(lambda t: result.append(_take_both(door, *tensors)) or t)(torch.zeros(2))
+        return result[0]
+    if state == "torch function mode":
+        with _Mode():
+            return _take_both(door, *tensors)
+    if state == "compiling flag":
+        import torch.compiler as compiler
+
+        saved = compiler._is_compiling_flag
+        compiler._is_compiling_flag = True
+        try:
+            return _take_both(door, *tensors)
+        finally:
+            compiler._is_compiling_flag = saved
+    if state == "jit tracing":
+        result = []
+
+        def traced(t):
+            result.append(_take_both(door, *tensors))
+            return t * 2
+
+        torch.jit.trace(traced, (torch.zeros(2),), check_trace=False)
+        return result[0]
+    raise AssertionError(state)
+
+
+STATES = {"plain": (True, True), "backend=None, auto": (True, True), "use_backend here, backend given": (True, True),
+          "set_backend reference": (False, False), "use_backend in another thread": (False, False),
+          "validation": (False, False), "forward AD": (False, False), "torch.func": (False, False),
+          "torch function mode": (False, False), "compiling flag": (False, False), "jit tracing": (False, False)}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_the_front_door_takes_calls_only_where_resolve_is_a_lookup(door, state):
+    g = generator(fresh_seed())
+    tensors = (randn(g, 4, 3, dtype=torch.float32), randn(g, 4, 3, dtype=torch.float32),
+               randn(g, 4, 5, dtype=torch.float32), rand(g, 4, 5, dtype=torch.float32))
+    assert _backend._open_blocks == 0 and not _validate.active
+    assert _in_state(state, door, tensors) == STATES[state]
+    assert _backend._open_blocks == 0
+
+
+def test_a_use_backend_block_is_counted_until_it_closes_even_on_an_error():
+    with pytest.raises(RuntimeError, match="inside"):
+        with fe.use_backend("reference"):
+            assert _backend._open_blocks == 1
+            raise RuntimeError("inside")
+    assert _backend._open_blocks == 0
+
+
+def test_a_use_backend_block_in_another_thread_is_honoured_by_this_one(door):
+    """The thread with the block gets its backend; this one keeps the process-wide choice."""
+    mu, scale = torch.zeros(3, 2), torch.zeros(3, 2)
+    seen = {}
+    with _block_open_in_another_thread(lambda: seen.update(there=fe.gaussian_latent(mu, scale).backend)):
+        seen["here"] = fe.gaussian_latent(mu, scale).backend
+    assert seen == {"there": "reference", "here": "cpu"}
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: fe.gaussian_latent(torch.zeros(4, 3), torch.zeros(4, 2), backend="cpu"), "scale"),
+    (lambda: fe.gaussian_latent(torch.zeros(4, 3), torch.zeros(4, 3), prior=(torch.zeros(5, 3), torch.zeros(4, 3)),
+                                backend="cpu"), "prior"),
+    (lambda: fe.gaussian_latent(torch.zeros(4, 3, dtype=torch.int64), torch.zeros(4, 3), backend="cpu"), "mu"),
+    (lambda: fe.bernoulli_log_prob(torch.zeros(4, 3), torch.zeros(4, 2), backend="cpu"), "x"),
+    (lambda: fe.bernoulli_log_prob(torch.zeros(4, 3), torch.zeros(4, 3), event_dims=3, backend="cpu"), "event_dims"),
+])
+def test_a_call_the_kernel_refuses_is_an_error_naming_the_argument(door, call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_every_param_name_is_the_kernels_code(door, param):
+    assert door.front_gaussian_latent(*_latent_args(torch.zeros(2, 3), torch.zeros(2, 3), param=param)) is not None
