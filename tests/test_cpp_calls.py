@@ -1,6 +1,7 @@
 """The public functions call the C++ ops through the library's typed bindings in eager mode
-(fastelbo/ops/_cpp_calls.py, csrc/binding/python.cpp; fe.gaussian_latent and fe.bernoulli_log_prob
-through its front door, csrc/binding/front_door.cpp, tested in test_front_door.py), and through
+(fastelbo/ops/_cpp_calls.py, csrc/binding/python.cpp; fe.gaussian_latent, fe.bernoulli_log_prob and
+fe.gaussian_log_prob through its front door, csrc/binding/front_door.cpp, tested in
+test_front_door.py), and through
 torch.ops wherever torch.ops does more: a torch function mode, a tensor subclass with
 __torch_function__, torch.compile. The bindings enter the same dispatcher op, so values and
 gradients are the same either way."""
@@ -14,7 +15,7 @@ from helpers import BACKENDS, fresh_seed, generator, rand, randn
 pytestmark = pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is unavailable")
 
 BOUND = ("front_gaussian_latent", "gaussian_kl", "front_bernoulli_log_prob", "continuous_bernoulli_log_prob",
-         "gaussian_log_prob", "categorical_log_prob", "elbo")
+         "front_gaussian_log_prob", "categorical_log_prob", "elbo")
 OPS = tuple(name.removeprefix("front_") for name in BOUND)
 
 

@@ -1,7 +1,8 @@
-"""The C++ front door (csrc/binding/front_door.cpp): fe.gaussian_latent's and fe.bernoulli_log_prob's
-common calls, whole, in C++. It must give exactly what the Python path gives (values, gradients,
-the latent's fields and what DReG reads), and must leave every other call to the Python path,
-which resolves the backend, checks the arguments and names what is wrong."""
+"""The C++ front door (csrc/binding/front_door.cpp): fe.gaussian_latent's, fe.bernoulli_log_prob's
+and fe.gaussian_log_prob's common calls, whole, in C++. It must give exactly what the Python path
+gives (values, gradients, the latent's fields and what DReG reads), and must leave every other
+call to the Python path, which resolves the backend, checks the arguments and names what is
+wrong."""
 import contextlib
 import threading
 
@@ -144,6 +145,28 @@ def test_the_bernoulli_front_door_gives_what_the_python_path_gives(door, monkeyp
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("logvar", ["per pixel", "per element", "float", "int", "none"])
+def test_the_gaussian_front_door_gives_what_the_python_path_gives(door, logvar, monkeypatch):
+    g = generator(fresh_seed())
+    mean, x = randn(g, 6, 3, 5, dtype=torch.float32), randn(g, 6, 3, 5, dtype=torch.float32)
+    v = {"per pixel": randn(g, 5, dtype=torch.float32, scale=0.3), "per element": randn(g, 6, 3, 5, scale=0.3),
+         "float": -0.7, "int": 2, "none": 0.0}[logvar]
+    assert door.front_gaussian_log_prob(mean, x, v, 2, "cpu", 1.0) is not None
+    results = []
+    for through_door in (True, False):
+        leaves = [t.clone().requires_grad_(True) for t in (mean, x)]
+        v_leaf = v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v
+        with monkeypatch.context() as patch:
+            if not through_door:
+                patch.setattr(_cpp_calls, "FRONT_DOOR", None)
+            kwargs = {} if logvar == "none" else {"logvar": v_leaf}
+            out = fe.gaussian_log_prob(*leaves, event_dims=2, backend="cpu", **kwargs)
+        wrt = leaves + ([v_leaf] if isinstance(v, torch.Tensor) else [])
+        results.append((out, *torch.autograd.grad((out * torch.arange(6.0)).sum(), wrt)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b) and a.dtype == b.dtype
+
+
 # ---- every other call goes to the Python path ----
 
 class _Mode(torch.overrides.TorchFunctionMode):
@@ -187,6 +210,35 @@ def _declined_latent_calls(g):
     }
 
 
+def _declined_likelihood_calls():
+    """(why, front door, args) of the likelihoods' front doors that they must leave to Python."""
+    logits, x = torch.zeros(4, 3), torch.ones(4, 3)
+    return {
+        "bernoulli event_dims a bool": ("front_bernoulli_log_prob", (logits, x, True, "cpu", 1.0)),
+        "bernoulli expected_grad an int": ("front_bernoulli_log_prob", (logits, x, 1, "cpu", 1)),
+        "bernoulli backend reference": ("front_bernoulli_log_prob", (logits, x, 1, "reference", 1.0)),
+        "bernoulli a subclass": ("front_bernoulli_log_prob", (logits.as_subclass(_Subclass), x, 1, "cpu", 1.0)),
+        "bernoulli x not a tensor": ("front_bernoulli_log_prob", (logits, 1.0, 1, "cpu", 1.0)),
+        "gaussian logvar a bool": ("front_gaussian_log_prob", (logits, x, True, 1, "cpu", 1.0)),
+        "gaussian logvar inf": ("front_gaussian_log_prob", (logits, x, float("inf"), 1, "cpu", 1.0)),
+        "gaussian logvar nan": ("front_gaussian_log_prob", (logits, x, float("nan"), 1, "cpu", 1.0)),
+        "gaussian logvar a str": ("front_gaussian_log_prob", (logits, x, "0", 1, "cpu", 1.0)),
+        "gaussian logvar a subclass": ("front_gaussian_log_prob", (logits, x, x.as_subclass(_Subclass), 1, "cpu",
+                                                                   1.0)),
+        "gaussian logvar a huge int": ("front_gaussian_log_prob", (logits, x, 2**70, 1, "cpu", 1.0)),
+        "gaussian backend reference": ("front_gaussian_log_prob", (logits, x, 0.0, 1, "reference", 1.0)),
+    }
+
+
+@pytest.mark.parametrize("why", list(_declined_likelihood_calls()))
+def test_the_front_door_leaves_other_likelihood_calls_to_python(door, why):
+    logits, x = torch.zeros(4, 3), torch.ones(4, 3)
+    assert door.front_bernoulli_log_prob(logits, x, 1, "cpu", 1.0) is not None
+    assert door.front_gaussian_log_prob(logits, x, 0.0, 1, "cpu", 1.0) is not None
+    name, args = _declined_likelihood_calls()[why]
+    assert getattr(door, name)(*args) is None
+
+
 @pytest.mark.parametrize("why", list(_declined_latent_calls(generator(0))))
 def test_the_front_door_leaves_other_latent_calls_to_python(door, why):
     args = _declined_latent_calls(generator(fresh_seed()))[why]
@@ -217,9 +269,13 @@ def _block_open_in_another_thread(inside_block=lambda: None):
 
 
 def _take_both(door, mu, scale, logits, x, backend="cpu"):
-    """(the latent's front door took it, the Bernoulli's took it)."""
+    """(the latent's front door took it, the likelihoods' took it: the Bernoulli's and the Gaussian's
+    agree)."""
     latent = door.front_gaussian_latent(*_latent_args(mu, scale, backend=backend))
-    return latent is not None, door.front_bernoulli_log_prob(logits, x, 1, backend, 1.0) is not None
+    bernoulli = door.front_bernoulli_log_prob(logits, x, 1, backend, 1.0) is not None
+    gaussian = door.front_gaussian_log_prob(logits, x, 0.5, 1, backend, 1.0) is not None
+    assert bernoulli == gaussian
+    return latent is not None, bernoulli
 
 
 def _in_state(state: str, door, tensors):
@@ -317,6 +373,13 @@ def test_a_use_backend_block_in_another_thread_is_honoured_by_this_one(door):
     (lambda: fe.gaussian_latent(torch.zeros(4, 3, dtype=torch.int64), torch.zeros(4, 3), backend="cpu"), "mu"),
     (lambda: fe.bernoulli_log_prob(torch.zeros(4, 3), torch.zeros(4, 2), backend="cpu"), "x"),
     (lambda: fe.bernoulli_log_prob(torch.zeros(4, 3), torch.zeros(4, 3), event_dims=3, backend="cpu"), "event_dims"),
+    (lambda: fe.gaussian_log_prob(torch.zeros(4, 3), torch.zeros(4, 3), logvar=torch.zeros(2), backend="cpu"),
+     "logvar"),
+    (lambda: fe.gaussian_log_prob(torch.zeros(4, 3), torch.zeros(5, 3), backend="cpu"), "x"),
+    (lambda: fe.gaussian_log_prob(torch.zeros(4, 3, dtype=torch.int32), torch.zeros(4, 3), backend="cpu"), "mean"),
+    (lambda: fe.gaussian_log_prob(torch.zeros(4, 3), torch.zeros(4, 3), logvar=torch.zeros(3, dtype=torch.int64),
+                                  backend="cpu"), "logvar"),
+    (lambda: fe.gaussian_log_prob(torch.zeros(4, 3), torch.zeros(4, 3), event_dims=-1, backend="cpu"), "event_dims"),
 ])
 def test_a_call_the_kernel_refuses_is_an_error_naming_the_argument(door, call, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -326,3 +389,11 @@ def test_a_call_the_kernel_refuses_is_an_error_naming_the_argument(door, call, m
 @pytest.mark.parametrize("param", PARAMS)
 def test_every_param_name_is_the_kernels_code(door, param):
     assert door.front_gaussian_latent(*_latent_args(torch.zeros(2, 3), torch.zeros(2, 3), param=param)) is not None
+
+
+def test_the_gaussian_front_door_differentiates_x_alone(door):
+    g = generator(fresh_seed())
+    mean, x = randn(g, 4, 5, dtype=torch.float32), randn(g, 4, 5, dtype=torch.float32).requires_grad_(True)
+    assert door.front_gaussian_log_prob(mean, x, 0.3, 1, "cpu", 1.0) is not None
+    grad = torch.autograd.grad(fe.gaussian_log_prob(mean, x, logvar=0.3, backend="cpu").sum(), x)[0]
+    torch.testing.assert_close(grad, -(x - mean).detach() * torch.exp(torch.tensor(-0.3)))

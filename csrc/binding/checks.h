@@ -92,15 +92,36 @@ inline void noise(const at::Tensor& mu, const c10::optional<at::Tensor>& eps, co
   }
 }
 
-// The Bernoulli-type likelihoods: float logits, x (float, bool or uint8) broadcasting to them.
-inline void logits_and_data(const at::Tensor& logits, const at::Tensor& x, int64_t event_dims_value, const char* op) {
-  floating(logits, op, "logits");
+// A likelihood's data x: float, bool or uint8, on the parameters' device, broadcasting to them.
+inline void data(const at::Tensor& x, const at::Tensor& params, const char* op, const char* params_name) {
   const auto xt = x.scalar_type();
   TORCH_CHECK_TYPE(is_float(xt) || xt == at::kBool || xt == at::kByte, op,
                    ": x must be a floating-point, bool or uint8 tensor, got ", xt);
-  same_device(x, logits, op, "x", "logits");
-  broadcasts_to(x, logits.sizes(), op, "x", "logits");
+  same_device(x, params, op, "x", params_name);
+  broadcasts_to(x, params.sizes(), op, "x", params_name);
+}
+
+// The Bernoulli-type likelihoods: float logits, x (float, bool or uint8) broadcasting to them.
+inline void logits_and_data(const at::Tensor& logits, const at::Tensor& x, int64_t event_dims_value, const char* op) {
+  floating(logits, op, "logits");
+  data(x, logits, op, "logits");
   event_dims(event_dims_value, logits, op, "logits");
+}
+
+// The Gaussian likelihood: a float mean, x (float, bool or uint8) broadcasting to it, and the log-variance:
+// a float tensor on mean's device broadcasting to it, or a finite number.
+inline void gaussian(const at::Tensor& mean, const at::Tensor& x, const c10::optional<at::Tensor>& logvar,
+                     double logvar_value, int64_t event_dims_value, const char* op) {
+  floating(mean, op, "mean");
+  data(x, mean, op, "mean");
+  if (logvar.has_value() && logvar->defined()) {
+    floating(*logvar, op, "logvar");
+    same_device(*logvar, mean, op, "logvar", "mean");
+    broadcasts_to(*logvar, mean.sizes(), op, "logvar", "mean");
+  } else {
+    TORCH_CHECK_VALUE(std::isfinite(logvar_value), op, ": logvar must be finite, got ", logvar_value);
+  }
+  event_dims(event_dims_value, mean, op, "mean");
 }
 
 // The gradient a likelihood's caller expects each row to receive (its buffer is scaled by it and

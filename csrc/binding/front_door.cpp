@@ -1,10 +1,10 @@
 // The front door: the public functions' most frequent calls, whole, in C++. fe.gaussian_latent on CPU
-// tensors (any prior and n_samples, trailing event dims) and fe.bernoulli_log_prob (CPU or CUDA), from
-// the Python arguments to the object the function returns, without the Python around the op: the
-// checks of the argument kinds, the backend's resolution, the check that the call runs eagerly, the
-// result's construction. At 256 x 8 and 256 x 64 that Python cost 2.6 us of a 9.2 us latent call
-// and 1.5 us of an 11 us Bernoulli call with its code in the caches, and 5.4 and 2.6 us with it out
-// of them (each call after a compiled step), as it is in a training step between a decoder's layers.
+// tensors (any prior and n_samples, trailing event dims), fe.bernoulli_log_prob and
+// fe.gaussian_log_prob (CPU or CUDA), from the Python arguments to the object the function returns,
+// without the Python around the op: the checks of the argument kinds, the backend's resolution, the
+// check that the call runs eagerly, the result's construction. At 256 x 8 and 256 x 64 that Python
+// cost 2.6 us of a 9.2 us latent call and 1.5 us of an 11 us Bernoulli call with its code in the
+// caches, and 5.4 and 2.6 us with it out // of them (each call after a compiled step), as it is in a training step between a decoder's layers.
 //
 // Each function does what the Python path does for the calls it takes, and returns None for every
 // other call (a tensor subclass, a torch function mode, a torch.func transform, forward-mode AD, an
@@ -25,6 +25,7 @@
 
 #include <ATen/PythonTorchFunctionTLS.h>
 
+#include <cmath>
 #include <vector>
 
 #include "front_door.h"
@@ -242,6 +243,25 @@ PyObject* gaussian_latent(PyObject* /*module*/, PyObject* const* args, Py_ssize_
   END_HANDLE_TH_ERRORS
 }
 
+// Whether a likelihood's call with parameters `params` runs on the C++ kernels: CPU or CUDA tensors,
+// eagerly, validation off, on a backend choice resolved to them for that device.
+bool on_cpp_kernels(const Tensor& params, PyObject* backend) {
+  const c10::DeviceType type = params.device().type();
+  return (type == c10::kCPU || type == c10::kCUDA) && eager_and_unvalidated() &&
+         cpp_backend(backend, type == c10::kCPU ? config->cpu : config->cuda) != nullptr;
+}
+
+// The log-prob (the first output) of a likelihood op's call, made without the GIL.
+template <typename Call>
+PyObject* log_prob_without_gil(const Call& call) {
+  Tensor out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = std::get<0>(call());
+  }
+  return wrap(out);
+}
+
 // bernoulli_log_prob(logits, x, event_dims, backend, expected_grad) -> Tensor or None:
 // fastelbo/ops/bernoulli_log_prob.py's log_prob_for_loss on the C++ kernels.
 PyObject* bernoulli_log_prob(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
@@ -255,19 +275,49 @@ PyObject* bernoulli_log_prob(PyObject* /*module*/, PyObject* const* args, Py_ssi
   }
   const Tensor& logits = THPVariable_Unpack(logits_obj);
   const Tensor& x = THPVariable_Unpack(x_obj);
-  const c10::DeviceType type = logits.device().type();
-  if ((type != c10::kCPU && type != c10::kCUDA) || !eager_and_unvalidated() ||
-      cpp_backend(backend, type == c10::kCPU ? config->cpu : config->cuda) == nullptr) {
+  if (!on_cpp_kernels(logits, backend)) Py_RETURN_NONE;
+  const double expected_grad = PyFloat_AS_DOUBLE(expected_obj);
+  return log_prob_without_gil([&] {
+    const bool need_grad = at::GradMode::is_enabled() && logits.requires_grad();
+    return ops::bernoulli_op().call(logits, x, event_dims, need_grad, expected_grad);
+  });
+  END_HANDLE_TH_ERRORS
+}
+
+// gaussian_log_prob(mean, x, logvar, event_dims, backend, expected_grad) -> Tensor or None:
+// fastelbo/ops/gaussian_log_prob.py's log_prob_for_loss on the C++ kernels, logvar a tensor or a
+// finite number (an int or a float, not a bool).
+PyObject* gaussian_log_prob(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (config == nullptr || nargs != 6) Py_RETURN_NONE;
+  PyObject *mean_obj = args[0], *x_obj = args[1], *logvar_obj = args[2], *backend = args[4], *expected_obj = args[5];
+  int64_t event_dims = 0;
+  if (!plain_tensor(mean_obj) || !plain_tensor(x_obj) || !exact_int(args[3], event_dims) ||
+      !PyFloat_CheckExact(expected_obj)) {
     Py_RETURN_NONE;
   }
-  const double expected_grad = PyFloat_AS_DOUBLE(expected_obj);
-  Tensor out;
-  {
-    pybind11::gil_scoped_release no_gil;
-    const bool need_grad = at::GradMode::is_enabled() && logits.requires_grad();
-    out = std::get<0>(ops::bernoulli_op().call(logits, x, event_dims, need_grad, expected_grad));
+  OptTensor logvar;
+  double logvar_value = 0.0;
+  int64_t logvar_int = 0;
+  if (plain_tensor(logvar_obj)) {
+    logvar = THPVariable_Unpack(logvar_obj);
+  } else if (PyFloat_CheckExact(logvar_obj)) {
+    logvar_value = PyFloat_AS_DOUBLE(logvar_obj);
+  } else if (exact_int(logvar_obj, logvar_int)) {
+    logvar_value = static_cast<double>(logvar_int);
+  } else {
+    Py_RETURN_NONE;
   }
-  return wrap(out);
+  if (!std::isfinite(logvar_value)) Py_RETURN_NONE;  // (the Python check's message names it)
+  const Tensor& mean = THPVariable_Unpack(mean_obj);
+  const Tensor& x = THPVariable_Unpack(x_obj);
+  if (!on_cpp_kernels(mean, backend)) Py_RETURN_NONE;
+  const double expected_grad = PyFloat_AS_DOUBLE(expected_obj);
+  return log_prob_without_gil([&] {
+    const bool need_grad = at::GradMode::is_enabled() &&
+                           (mean.requires_grad() || x.requires_grad() || (logvar && logvar->requires_grad()));
+    return ops::gaussian_op().call(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad);
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -313,6 +363,8 @@ PyMethodDef methods[] = {
      METH_FASTCALL, "fe.gaussian_latent's common call (csrc/binding/front_door.cpp), or None"},
     {"front_bernoulli_log_prob", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bernoulli_log_prob)),
      METH_FASTCALL, "fe.bernoulli_log_prob's common call (csrc/binding/front_door.cpp), or None"},
+    {"front_gaussian_log_prob", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gaussian_log_prob)),
+     METH_FASTCALL, "fe.gaussian_log_prob's common call (csrc/binding/front_door.cpp), or None"},
     {"front_configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(configure)), METH_FASTCALL,
      "the Python state the front door reads (fastelbo/ops/_cpp_calls.py)"},
     {nullptr, nullptr, 0, nullptr}};

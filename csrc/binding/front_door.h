@@ -6,8 +6,8 @@
 namespace fastelbo {
 namespace front_door {
 
-// Adds front_gaussian_latent, front_bernoulli_log_prob and front_configure to the library's Python
-// module (python.cpp).
+// Adds front_gaussian_latent, front_bernoulli_log_prob, front_gaussian_log_prob and front_configure to
+// the library's Python module (python.cpp).
 void add_to(PyObject* module);
 
 }  // namespace front_door

@@ -291,6 +291,7 @@ std::tuple<Tensor, Tensor> continuous_bernoulli_log_prob_cpu(const Tensor& logit
 std::tuple<Tensor, Tensor> gaussian_log_prob_cpu(const Tensor& mean, const Tensor& x, const OptTensor& logvar,
                                                  double logvar_value, int64_t event_dims, bool need_grad,
                                                  double expected_grad) {
+  checks::gaussian(mean, x, logvar, logvar_value, event_dims, "fastelbo.gaussian_log_prob");
   checks::expected_grad(expected_grad, "fastelbo.gaussian_log_prob");
   // The compute dtype is mean's and logvar's (as the reference's); inputs of mixed dtypes, x
   // included, are all read in it.

@@ -63,6 +63,7 @@ Tensor2 continuous_bernoulli_log_prob_cuda(const Tensor& logits, const Tensor& x
 
 Tensor2 gaussian_log_prob_cuda(const Tensor& mean, const Tensor& x, const OptTensor& logvar_opt, double logvar_value,
                                int64_t event_dims, bool need_grad, double expected_grad) {
+  checks::gaussian(mean, x, logvar_opt, logvar_value, event_dims, "fastelbo.gaussian_log_prob");
   checks::expected_grad(expected_grad, "fastelbo.gaussian_log_prob");
   c10::cuda::CUDAGuard device_guard(mean.device());
   const at::Tensor logvar = value_or_undefined(logvar_opt);

@@ -12,11 +12,11 @@ dispatcher's entry (autograd, Python dispatch such as FakeTensorMode and __torch
 subclasses, the CPU or CUDA kernel) is the same either way. (torch.func transforms never reach
 either: the public functions refuse the fused backends inside them, fastelbo/_backend.py.)
 
-The same module has a front door (csrc/binding/front_door.cpp): fe.gaussian_latent's and
-fe.bernoulli_log_prob's common calls whole in C++, from the Python arguments to the returned
-object, which the public functions try first outside dynamo's tracing (FRONT_DOOR). It reads the
-Python state a call depends on from the modules that own it (install() gives it them) and returns
-None for every call it does not take, which then runs the Python path.
+The same module has a front door (csrc/binding/front_door.cpp): fe.gaussian_latent's,
+fe.bernoulli_log_prob's and fe.gaussian_log_prob's common calls whole in C++, from the Python
+arguments to the returned object, which the public functions try first outside dynamo's tracing
+(FRONT_DOOR). It reads the Python state a call depends on from the modules that own it (install()
+gives it them) and returns None for every call it does not take, which then runs the Python path.
 """
 from __future__ import annotations
 

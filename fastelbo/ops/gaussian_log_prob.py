@@ -23,6 +23,7 @@ from .._backend import OVERLOAD, resolve
 from .._dtypes import compute_dtype, kernel_scalar
 from . import _checks
 from ._autograd import add, batch_shape, differentiating, expand_events, needs_grad
+from . import _cpp_calls
 from ._cpp_calls import kernel
 from ._math import sum_event_dims
 
@@ -46,10 +47,37 @@ def gaussian_log_prob(mean, x, *, logvar=0.0, event_dims=1, backend=None) -> tor
 def log_prob_for_loss(mean, x, logvar, event_dims, backend, expected_grad: float) -> torch.Tensor:
     """gaussian_log_prob for a loss whose backward gives every row the gradient `expected_grad` (as
     the Bernoulli's log_prob_for_loss)."""
+    # The common call, whole, in C++ (csrc/binding/front_door.cpp; None for any other call), outside
+    # dynamo's tracing. When the kernel refuses it, the Python checks name the argument.
+    front_door = None if torch.compiler.is_dynamo_compiling() else _cpp_calls.FRONT_DOOR
+    if front_door is not None:
+        refused = None
+        try:
+            out = front_door.front_gaussian_log_prob(mean, x, logvar, event_dims, backend, expected_grad)
+        except Exception as error:
+            refused = error
+        if refused is not None:
+            _check(mean, x, logvar, event_dims)
+            raise refused
+        if out is not None:
+            return out
+    logvar, event_dims = _check(mean, x, logvar, event_dims)
+    tensor_logvar = isinstance(logvar, torch.Tensor)
+    name = resolve(backend, mean.device)
+    if name == "reference":
+        return reference(mean, x, logvar, event_dims)
+    op = kernel(NAME, OVERLOAD[name], (mean, x, logvar))
+    if tensor_logvar:
+        return op(mean, x, logvar, 0.0, event_dims, needs_grad(mean, x, logvar), expected_grad)[0]
+    return op(mean, x, None, logvar, event_dims, needs_grad(mean, x), expected_grad)[0]
+
+
+def _check(mean, x, logvar, event_dims):
+    """Every check of the arguments (TypeError / ValueError naming the argument); (logvar as a float
+    where it is a number, event_dims)."""
     V.tensor("mean", mean)
     _checks.data("x", x, "mean", mean, mean.shape)
-    tensor_logvar = isinstance(logvar, torch.Tensor)
-    if tensor_logvar:
+    if isinstance(logvar, torch.Tensor):
         V.tensor("logvar", logvar)
         V.same_device("logvar", logvar, "mean", mean)
         V.broadcasts_to("logvar", logvar, mean.shape, "mean")
@@ -59,14 +87,7 @@ def log_prob_for_loss(mean, x, logvar, event_dims, backend, expected_grad: float
     if V.active:
         V.finite("mean", mean)
         V.finite("x", x)
-    event_dims = _checks.event_dims(event_dims, mean.dim(), "mean")
-    name = resolve(backend, mean.device)
-    if name == "reference":
-        return reference(mean, x, logvar, event_dims)
-    op = kernel(NAME, OVERLOAD[name], (mean, x, logvar))
-    if tensor_logvar:
-        return op(mean, x, logvar, 0.0, event_dims, needs_grad(mean, x, logvar), expected_grad)[0]
-    return op(mean, x, None, logvar, event_dims, needs_grad(mean, x), expected_grad)[0]
+    return logvar, _checks.event_dims(event_dims, mean.dim(), "mean")
 
 
 def reference(mean, x, logvar, event_dims):
@@ -84,6 +105,11 @@ def reference(mean, x, logvar, event_dims):
 
 
 def fake(mean, x, logvar, logvar_value, event_dims, need_grad, expected_grad=1.0):
+    V.same_device("x", x, "mean", mean)  # as the C++ kernels check (meta tensors reach only this)
+    V.broadcasts_to("x", x, mean.shape, "mean")
+    if logvar is not None:
+        V.same_device("logvar", logvar, "mean", mean)
+        V.broadcasts_to("logvar", logvar, mean.shape, "mean")
     _checks.expected_grad(expected_grad)
     dtype = compute_dtype(mean, logvar)
     return (mean.new_empty(batch_shape(mean, event_dims), dtype=dtype),
