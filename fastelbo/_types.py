@@ -59,7 +59,7 @@ class TracedLatent(Latent):
 
     @layout.setter
     def layout(self, value) -> None:
-        self._layout = value
+        self._layout, self.event_dim = value, None
 
     def flat_inputs(self) -> Optional[tuple]:
         """inputs over the flat rows (batch..., D) the kernels summed over (what DReG rebuilds log q

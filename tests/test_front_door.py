@@ -206,6 +206,8 @@ def _declined_latent_calls(g):
         "a 0-dim mu": _latent_args(torch.tensor(0.5), torch.tensor(0.5)),
         "a subclass": _latent_args(mu.as_subclass(_Subclass), scale),
         "a subclass prior": _latent_args(mu, scale, prior=(mu.as_subclass(_Subclass), scale)),
+        "a subclass prior_scale": _latent_args(mu, scale, prior=[mu, scale.as_subclass(_Subclass)]),
+        "a subclass scale": _latent_args(mu, scale.as_subclass(_Subclass)),
         "not a tensor": _latent_args(mu.tolist(), scale),
     }
 
@@ -219,6 +221,11 @@ def _declined_likelihood_calls():
         "bernoulli backend reference": ("front_bernoulli_log_prob", (logits, x, 1, "reference", 1.0)),
         "bernoulli a subclass": ("front_bernoulli_log_prob", (logits.as_subclass(_Subclass), x, 1, "cpu", 1.0)),
         "bernoulli x not a tensor": ("front_bernoulli_log_prob", (logits, 1.0, 1, "cpu", 1.0)),
+        "bernoulli x a subclass": ("front_bernoulli_log_prob", (logits, x.as_subclass(_Subclass), 1, "cpu", 1.0)),
+        "bernoulli event_dims a float": ("front_bernoulli_log_prob", (logits, x, 1.0, "cpu", 1.0)),
+        "gaussian x a subclass": ("front_gaussian_log_prob", (logits, x.as_subclass(_Subclass), 0.0, 1, "cpu", 1.0)),
+        "gaussian mean a subclass": ("front_gaussian_log_prob", (logits.as_subclass(_Subclass), x, 0.0, 1, "cpu",
+                                                                 1.0)),
         "gaussian logvar a bool": ("front_gaussian_log_prob", (logits, x, True, 1, "cpu", 1.0)),
         "gaussian logvar inf": ("front_gaussian_log_prob", (logits, x, float("inf"), 1, "cpu", 1.0)),
         "gaussian logvar nan": ("front_gaussian_log_prob", (logits, x, float("nan"), 1, "cpu", 1.0)),
@@ -293,6 +300,15 @@ def _in_state(state: str, door, tensors):
     if state == "use_backend in another thread":
         with _block_open_in_another_thread():
             return _take_both(door, *tensors, backend=None)
+    if state == "use_backend here, backend=None":
+        with fe.use_backend("cpu"):
+            return _take_both(door, *tensors, backend=None)
+    if state == "set_backend cpu":
+        fe.set_backend("cpu")
+        try:
+            return _take_both(door, *tensors, backend=None)
+        finally:
+            fe.set_backend("auto")
     if state == "use_backend here, backend given":
         with fe.use_backend("cpu"):
             return _take_both(door, *tensors)
@@ -334,6 +350,7 @@ def _in_state(state: str, door, tensors):
 
 
 STATES = {"plain": (True, True), "backend=None, auto": (True, True), "use_backend here, backend given": (True, True),
+          "set_backend cpu": (True, True), "use_backend here, backend=None": (False, False),
           "set_backend reference": (False, False), "use_backend in another thread": (False, False),
           "validation": (False, False), "forward AD": (False, False), "torch.func": (False, False),
           "torch function mode": (False, False), "compiling flag": (False, False), "jit tracing": (False, False)}
@@ -397,3 +414,65 @@ def test_the_gaussian_front_door_differentiates_x_alone(door):
     assert door.front_gaussian_log_prob(mean, x, 0.3, 1, "cpu", 1.0) is not None
     grad = torch.autograd.grad(fe.gaussian_log_prob(mean, x, logvar=0.3, backend="cpu").sum(), x)[0]
     torch.testing.assert_close(grad, -(x - mean).detach() * torch.exp(torch.tensor(-0.3)))
+
+
+def _allocated_bytes(fn) -> int:
+    """The bytes torch's CPU allocator hands out during fn (the profiler's memory events)."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(e.nbytes() for e in prof.profiler.kineto_results.events()
+               if e.name() == "[memory]" and e.device_type() == DeviceType.CPU and e.nbytes() > 0)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_without_grad_mode_the_likelihoods_write_no_gradient_buffer(door, likelihood):
+    logits, x = torch.randn(256, 64, requires_grad=True), torch.rand(256, 64).round()
+    call = {"bernoulli": lambda: door.front_bernoulli_log_prob(logits, x, 1, "cpu", 1.0),
+            "gaussian": lambda: door.front_gaussian_log_prob(logits, x, 0.0, 1, "cpu", 1.0)}[likelihood]
+    buffer = logits.numel() * logits.element_size()
+    assert _allocated_bytes(call) >= buffer  # grad mode on: the buffer of the logits' gradient
+    with torch.no_grad():
+        assert _allocated_bytes(call) < buffer
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_parameter_s_latent_is_drawn_the_same_way_on_both_paths(door, monkeypatch):
+    """The kernel draws the seed itself for Parameters too, on the Python path as through the front
+    door: a dispatch mode sees the same ops, and the noise is the same."""
+    mu, scale = torch.nn.Parameter(torch.zeros(4, 3)), torch.nn.Parameter(torch.zeros(4, 3))
+    seen = []
+    for through_door in (True, False):
+        with monkeypatch.context() as patch:
+            if not through_door:
+                patch.setattr(_cpp_calls, "FRONT_DOOR", None)
+            torch.manual_seed(3)
+            with _OpLog() as log:
+                z = fe.gaussian_latent(mu, scale, backend="cpu").z
+        seen.append((log.ops, z))
+    assert seen[0][0] == seen[1][0] and not any("randint" in op for op in seen[0][0])
+    assert torch.equal(seen[0][1], seen[1][1])
+
+
+@pytest.mark.parametrize("state", ["forward AD", "torch.func"])
+def test_elbo_s_shortcut_keeps_refusing_fused_backends_where_resolve_does(door, state):
+    mu = torch.zeros(4, 3)
+    latent = fe.gaussian_latent(mu, mu, backend="cpu")
+    log_lik = torch.zeros(4)
+    call = lambda lik: fe.elbo(lik, latent, kl="analytic", backend="cpu")  # noqa: E731
+    with pytest.raises(ValueError, match="backend='cpu' cannot run inside"):
+        if state == "forward AD":
+            with forward_ad.dual_level():
+                call(log_lik)
+        else:
+            torch.func.vmap(call)(log_lik.unsqueeze(0))

@@ -4,7 +4,8 @@
 // without the Python around the op: the checks of the argument kinds, the backend's resolution, the
 // check that the call runs eagerly, the result's construction. At 256 x 8 and 256 x 64 that Python
 // cost 2.6 us of a 9.2 us latent call and 1.5 us of an 11 us Bernoulli call with its code in the
-// caches, and 5.4 and 2.6 us with it out // of them (each call after a compiled step), as it is in a training step between a decoder's layers.
+// caches, and 5.4 and 2.6 us with it out of them (each call after a compiled step), as it is in a
+// training step between a decoder's layers.
 //
 // Each function does what the Python path does for the calls it takes, and returns None for every
 // other call (a tensor subclass, a torch function mode, a torch.func transform, forward-mode AD, an
@@ -26,6 +27,7 @@
 #include <ATen/PythonTorchFunctionTLS.h>
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "front_door.h"
@@ -63,7 +65,17 @@ PyObject* intern(const char* s) {
 
 // A global of a module's dict (borrowed; nullptr when absent).
 PyObject* global(PyObject* globals, PyObject* name) {
-  return PyDict_GetItemWithError(globals, name);
+  PyObject* value = PyDict_GetItemWithError(globals, name);
+  if (value == nullptr && PyErr_Occurred()) throw python_error();
+  return value;
+}
+
+// An exact int's value, or false (not an int, or beyond a long).
+bool long_value(PyObject* obj, long& value) {
+  if (obj == nullptr || !PyLong_CheckExact(obj)) return false;
+  int overflow = 0;
+  value = PyLong_AsLongAndOverflow(obj, &overflow);
+  return overflow == 0;
 }
 
 bool equal_str(PyObject* a, PyObject* b) {
@@ -93,21 +105,20 @@ PyObject* cpp_backend(PyObject* backend, PyObject* device) {
   PyObject* globals = config->backend_globals;
   PyObject* choice = backend;
   if (choice == Py_None) {
-    PyObject* open = global(globals, config->open_blocks);
-    if (open == nullptr || !PyLong_CheckExact(open) || PyLong_AsLong(open) != 0) return nullptr;
+    long open = -1;
+    if (!long_value(global(globals, config->open_blocks), open) || open != 0) return nullptr;
     choice = global(globals, config->global_choice);
     if (choice == nullptr) return nullptr;
   }
-  PyObject* level = global(config->forward_ad_globals, config->forward_level);
-  if (level == nullptr || !PyLong_CheckExact(level) || PyLong_AsLong(level) >= 0) return nullptr;
+  long level = 0;
+  if (!long_value(global(config->forward_ad_globals, config->forward_level), level) || level >= 0) return nullptr;
   PyObject* active = PyObject_CallNoArgs(config->functorch_active);
   if (active == nullptr) throw python_error();
   const bool transforms = active == Py_True;
   Py_DECREF(active);
   PyObject *resolved_table = global(globals, config->resolved), *overloads = global(globals, config->overload);
   if (transforms || resolved_table == nullptr || overloads == nullptr || !PyUnicode_Check(choice)) return nullptr;
-  PyObject* key[2] = {choice, device};
-  Owned key_tuple(PyTuple_Pack(2, key[0], key[1]));
+  Owned key_tuple(PyTuple_Pack(2, choice, device));
   PyObject* name = PyDict_GetItemWithError(resolved_table, key_tuple.obj);  // borrowed
   if (name == nullptr) {
     if (PyErr_Occurred()) throw python_error();
@@ -192,7 +203,10 @@ PyObject* gaussian_latent(PyObject* /*module*/, PyObject* const* args, Py_ssize_
   const Tensor& scale = THPVariable_Unpack(scale_obj);
   int64_t param_code = -1;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(config->params); ++i) {
-    if (equal_str(param, PyTuple_GET_ITEM(config->params, i))) param_code = i;
+    if (equal_str(param, PyTuple_GET_ITEM(config->params, i))) {
+      param_code = i;
+      break;
+    }
   }
   int64_t n_samples = 0;
   if (param_code < 0 || (n_samples_obj != Py_None && (!exact_int(n_samples_obj, n_samples) || n_samples < 1))) {
@@ -224,18 +238,18 @@ PyObject* gaussian_latent(PyObject* /*module*/, PyObject* const* args, Py_ssize_
     out = ops::gaussian_latent_op().call(mu, scale, prior_mu, prior_scale, std::nullopt, std::nullopt, param_code,
                                          n_samples, stl_obj == Py_True, event_dims);
   }
-  Owned latent(PyType_GenericAlloc(reinterpret_cast<PyTypeObject*>(config->traced_latent), 4));
-  PyTuple_SET_ITEM(latent.obj, 0, wrap(std::get<0>(out)));
-  PyTuple_SET_ITEM(latent.obj, 1, wrap(std::get<1>(out)));
-  PyTuple_SET_ITEM(latent.obj, 2, wrap(std::get<2>(out)));
-  PyTuple_SET_ITEM(latent.obj, 3, wrap(std::get<3>(out)));
+  // tuple.__new__(TracedLatent, (z, log_q, log_p, kl)), as the namedtuple's own __new__ makes it
+  Owned fields(PyTuple_New(4));
+  const Tensor* outputs[4] = {&std::get<0>(out), &std::get<1>(out), &std::get<2>(out), &std::get<3>(out)};
+  for (int i = 0; i < 4; ++i) PyTuple_SET_ITEM(fields.obj, i, wrap(*outputs[i]));
+  Owned new_args(PyTuple_Pack(1, fields.obj));
+  Owned latent(PyTuple_Type.tp_new(reinterpret_cast<PyTypeObject*>(config->traced_latent), new_args.obj, nullptr));
   Owned seed(wrap(std::get<4>(out)));
   // (mu, scale, param, n_samples, prior, eps, seed): what DReG rebuilds log q from
   Owned inputs(PyTuple_Pack(7, mu_obj, scale_obj, param, n_samples_obj, pair.obj, Py_None, seed.obj));
   set_attr(latent.obj, config->backend_attr, name.obj);
   set_attr(latent.obj, config->inputs_attr, inputs.obj);
-  const bool last_dim_only = event_dims == 1;
-  if (!last_dim_only) {  // several trailing event dims: the layout is made from mu and dim when read
+  if (event_dims > 1) {  // several trailing event dims: the layout is made from mu and dim when read
     set_attr(latent.obj, config->event_dim_attr, dims.obj);
     set_attr(latent.obj, config->inputs_flat_attr, Py_False);
   }
@@ -329,7 +343,8 @@ PyObject* configure(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   TORCH_CHECK(PyType_Check(args[0]) && PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(args[0]), &PyTuple_Type),
               "configure: the latent type must be a tuple subclass");
   TORCH_CHECK(PyTuple_CheckExact(args[6]), "configure: params must be a tuple");
-  auto* c = new Config();
+  if (config != nullptr) Py_RETURN_NONE;  // configured once per process (the library loads once)
+  auto c = std::make_unique<Config>();
   c->traced_latent = Py_NewRef(args[0]);
   PyObject** dicts[] = {&c->backend_globals, &c->validate_globals, &c->forward_ad_globals, &c->compiler_globals};
   for (int i = 0; i < 4; ++i) {
@@ -353,7 +368,7 @@ PyObject* configure(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   c->default_overload = intern("default");
   c->cpu = intern("cpu");
   c->cuda = intern("cuda");
-  config = c;  // (configured once per process: a second call leaves the first's references alive)
+  config = c.release();
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from .. import _validate as V
 from .._backend import OVERLOAD, check_backend_name, resolve
@@ -93,7 +94,10 @@ def elbo(log_lik, latent, *, kl="mc", estimator="elbo", beta=1.0, backend=None) 
             kl_value = latent.kl
             if (log_lik.shape == kl_value.shape and log_lik.dtype in V.FLOAT_DTYPES
                     and log_lik.device == kl_value.device and latent.log_q.dim() == kl_value.dim()):
-                if backend is not None and backend != latent.backend:  # (the latent's: resolved already)
+                # (the latent's own backend is resolved already, unless torch.func or forward AD, under
+                # which resolve() refuses fused backends, began since)
+                if backend is not None and (backend != latent.backend or _forward_ad._current_level >= 0
+                                            or torch._C._are_functorch_transforms_active()):
                     resolve(backend, log_lik.device)
                 return torch.sub(log_lik, kl_value, alpha=beta)
         except Exception as error:

@@ -151,7 +151,7 @@ def _on_cpp_kernels(name, mu, scale, param, dim, n_samples, prior, stl) -> Trace
     # (_seed_for_kernel and kernel(NAME, "default", eager=eager), written out: the step's most
     # frequent call saves two Python calls)
     eager = runs_eagerly((mu, scale, prior_mu, prior_scale))
-    seed = None if eager and type(mu) is torch.Tensor and mu.device.type == "cpu" else draw_seed(mu.device, None)
+    seed = None if eager and type(mu) in _PLAIN and mu.device.type == "cpu" else draw_seed(mu.device, None)
     op = _cpp_calls.BINDINGS.gaussian_latent if eager and _cpp_calls.BINDINGS is not None else (
         torch.ops.fastelbo.gaussian_latent.default)
     out = op(mu, scale, prior_mu, prior_scale, None, seed, PARAM_CODES[param], n_samples or 0, stl,
@@ -181,6 +181,11 @@ def _checked(mu, scale, param, n_samples, prior, stl, generator, eps, backend, e
     return _traced(out, name, (mu, scale, param, n_samples, prior, eps, seed))
 
 
+# The tensor types whose calls the CPU kernel draws its own seed for, as the front door takes them
+# (a Parameter is a plain tensor to the kernels; the subclasses that tracing wraps tensors in are not).
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _seed_for_kernel(mu: torch.Tensor, generator, eager: bool):
     """The seed to pass the C++ kernels: None for a plain CPU tensor in a call that runs eagerly
     (_cpp_calls.runs_eagerly), where the kernel draws it from the default generator itself, as
@@ -192,7 +197,7 @@ def _seed_for_kernel(mu: torch.Tensor, generator, eager: bool):
     as AOT autograd's common-subexpression elimination would merge two identical calls into one
     noise; torch.randint is an op those passes know to be random (tests/test_cpp_calls.py checks
     the graphs hold it)."""
-    if eager and type(mu) is torch.Tensor and mu.device.type == "cpu" and generator is None:
+    if eager and type(mu) in _PLAIN and mu.device.type == "cpu" and generator is None:
         return None
     return draw_seed(mu.device, generator)
 
