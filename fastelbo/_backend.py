@@ -87,11 +87,6 @@ def _triton_reason() -> str | None:
 
 _state = threading.local()
 _global_choice = "auto"
-# use_backend blocks open in any thread: while there is one, the C++ front door
-# (csrc/binding/front_door.cpp) leaves calls without backend= to the Python path, which reads the
-# calling thread's own blocks.
-_open_blocks = 0
-_blocks_lock = threading.Lock()
 
 
 def _check_name(name, argument: str) -> str:
@@ -154,22 +149,12 @@ def use_backend(name: str):
     _check_name(name, "backend")
     if name != "auto":
         _require_available(name)
-    global _open_blocks
-    # Not counted inside dynamo's tracing, which cannot enter a lock: a compiled region resolves its
-    # backend when it is traced, and the front door never runs inside one.
-    counted = not torch.compiler.is_dynamo_compiling()
     stack = _state.__dict__.setdefault("stack", [])
     stack.append(name)
-    if counted:
-        with _blocks_lock:
-            _open_blocks += 1
     try:
         yield
     finally:
         stack.pop()
-        if counted:
-            with _blocks_lock:
-                _open_blocks -= 1
 
 
 def current_backend() -> str:

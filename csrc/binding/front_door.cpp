@@ -8,16 +8,17 @@
 // training step between a decoder's layers.
 //
 // Each function does what the Python path does for the calls it takes, and returns None for every
-// other call (a tensor subclass, a torch function mode, a torch.func transform, forward-mode AD, an
-// open use_backend block, a backend that does not resolve to the C++ kernels' default overload,
+// other call (a tensor subclass, a torch function mode, a torch.func transform, forward-mode AD, a
+// backend choice that does not resolve to the C++ kernels' default overload,
 // non-trailing event dims, validation mode, ...): the public function then runs its Python path,
 // which resolves, checks and names what is wrong. The op's own argument checks (checks.h) raise here
 // as there, and the Python function then names the argument (fastelbo/ops/gaussian_latent.py,
 // bernoulli_log_prob.py). tests/test_front_door.py holds both paths to the same results.
 //
 // The Python state the calls depend on is read at each call from the modules that own it (given by
-// configure()): fastelbo._backend's process-wide choice, its count of open use_backend blocks and its
-// table of resolved choices, fastelbo._validate's switch, forward AD's level, torch.compiler's flag.
+// configure()): fastelbo._backend's process-wide choice, the calling thread's use_backend blocks and
+// its table of resolved choices, fastelbo._validate's switch, forward AD's level, torch.compiler's
+// flag.
 // Dynamo never reaches these functions: the public functions call them only outside its tracing.
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -50,7 +51,8 @@ struct Config {
   PyObject* functorch_active = nullptr;   // torch._C._are_functorch_transforms_active
   PyObject* params = nullptr;             // the param names, in the kernels' codes' order (a tuple)
   // Interned names: the keys read, the attributes set, the backend "cpu".
-  PyObject *global_choice, *open_blocks, *validate_active, *forward_level, *compiling_flag;
+  PyObject *global_choice, *thread_state, *dict_attr, *stack_key;
+  PyObject *validate_active, *forward_level, *compiling_flag;
   PyObject *resolved, *overload, *default_overload, *cpu, *cuda;
   PyObject *backend_attr, *inputs_attr, *inputs_flat_attr, *event_dim_attr;
 };
@@ -97,19 +99,30 @@ struct Owned {
 };
 
 // The backend of a call on tensors of `device` ("cpu" or "cuda", interned) when it is C++ kernels of
-// the default overload: `backend`, or the process-wide choice when it is None, looked up in
+// the default overload: `backend`, or the current choice when it is None, looked up in
 // fastelbo._backend's table of resolved choices (_RESOLVED, filled by the Python path's first call).
 // nullptr otherwise: an unresolved or other backend, and every state in which resolve() would not
-// simply look the choice up (an open use_backend block, a torch.func transform, forward AD).
+// simply look the choice up (a torch.func transform, forward AD). The choice is read as resolve() reads
+// it: the innermost use_backend block of the calling thread (_state.__dict__["stack"]), else the
+// process-wide one.
 PyObject* cpp_backend(PyObject* backend, PyObject* device) {
   PyObject* globals = config->backend_globals;
   PyObject* choice = backend;
   if (choice == Py_None) {
-    long open = -1;
-    if (!long_value(global(globals, config->open_blocks), open) || open != 0) return nullptr;
-    choice = global(globals, config->global_choice);
+    PyObject* state = global(globals, config->thread_state);
+    if (state == nullptr) return nullptr;
+    Owned thread_dict(PyObject_GetAttr(state, config->dict_attr));  // this thread's (a threading.local)
+    PyObject* stack = PyDict_Check(thread_dict.obj) ? global(thread_dict.obj, config->stack_key) : nullptr;
+    if (stack != nullptr && PyList_CheckExact(stack) && PyList_GET_SIZE(stack) > 0) {
+      choice = PyList_GET_ITEM(stack, PyList_GET_SIZE(stack) - 1);
+    } else if (stack != nullptr && !PyList_CheckExact(stack)) {
+      return nullptr;
+    } else {
+      choice = global(globals, config->global_choice);
+    }
     if (choice == nullptr) return nullptr;
   }
+  Owned held_choice(Py_NewRef(choice));  // (a block's entry: its list could change under the calls below)
   long level = 0;
   if (!long_value(global(config->forward_ad_globals, config->forward_level), level) || level >= 0) return nullptr;
   PyObject* active = PyObject_CallNoArgs(config->functorch_active);
@@ -355,7 +368,9 @@ PyObject* configure(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   c->functorch_active = Py_NewRef(args[5]);
   c->params = Py_NewRef(args[6]);
   c->global_choice = intern("_global_choice");
-  c->open_blocks = intern("_open_blocks");
+  c->thread_state = intern("_state");
+  c->dict_attr = intern("__dict__");
+  c->stack_key = intern("stack");
   c->validate_active = intern("active");
   c->forward_level = intern("_current_level");
   c->compiling_flag = intern("_is_compiling_flag");
